@@ -1,0 +1,1 @@
+//! BPE training (being written).
