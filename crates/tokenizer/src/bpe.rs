@@ -24,7 +24,7 @@ use rustc_hash::FxHashMap;
 use crate::error::{Result, TokenizerError};
 
 /// Below this many bytes a piece is merged by the quadratic scan; above it by the heap.
-const HEAP_THRESHOLD: usize = 128;
+const HEAP_THRESHOLD: usize = 32;
 
 /// How pairs are prioritised; decides which pieces may be looked up whole.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -245,7 +245,9 @@ impl BytePairEncoder {
 
     /// The merge loop using only pairs of priority below `limit`.
     fn merge_limited(&self, piece: &[u8], out: &mut Vec<u32>, limit: u32) {
-        if piece.len() <= HEAP_THRESHOLD {
+        if piece.len() < 2 {
+            out.extend(piece.iter().map(|&b| self.byte_ids[b as usize]))
+        } else if piece.len() <= HEAP_THRESHOLD {
             self.merge_small(piece, out, limit)
         } else {
             self.merge_heap(piece, out, limit)
@@ -257,49 +259,60 @@ impl BytePairEncoder {
         self.pair(a, b).filter(|&(p, _)| p < limit)
     }
 
-    /// Quadratic merge over a stack buffer: for short pieces a linear scan for the minimum beats
-    /// any heap. `parts[i]` is a token, `prio[i]` the priority of merging it with `parts[i + 1]`.
+    /// Quadratic merge over stack buffers: for short pieces a linear scan for the minimum beats
+    /// any heap. Parts form a linked list (`next`) so a merge unlinks one entry instead of
+    /// shifting the arrays; `prio[i]`/`merged[i]` describe merging part `i` with its successor.
     fn merge_small(&self, piece: &[u8], out: &mut Vec<u32>, limit: u32) {
+        const END: u8 = u8::MAX;
         let n = piece.len();
+        debug_assert!((2..=HEAP_THRESHOLD).contains(&n) && HEAP_THRESHOLD < END as usize);
         let mut parts = [0u32; HEAP_THRESHOLD];
         let mut prio = [u32::MAX; HEAP_THRESHOLD];
         let mut merged = [0u32; HEAP_THRESHOLD];
+        let mut next = [END; HEAP_THRESHOLD];
         for (i, &b) in piece.iter().enumerate() {
             parts[i] = self.byte_ids[b as usize];
+            next[i] = (i + 1) as u8;
         }
+        next[n - 1] = END;
         let lookup = |a: u32, b: u32| self.pair_below(a, b, limit).unwrap_or((u32::MAX, 0));
         for i in 0..n - 1 {
             (prio[i], merged[i]) = lookup(parts[i], parts[i + 1]);
         }
-        let mut len = n;
         loop {
-            // Leftmost minimum, as tiktoken (strict `<`).
-            let mut best = u32::MAX;
-            let mut at = 0;
-            for (i, &p) in prio[..len - 1].iter().enumerate() {
-                if p < best {
-                    best = p;
-                    at = i;
+            // Leftmost minimum, as tiktoken (strict `<`), remembering the part before it.
+            let (mut best, mut at, mut before) = (u32::MAX, 0usize, END);
+            let (mut i, mut prev) = (0usize, END);
+            while next[i] != END {
+                if prio[i] < best {
+                    (best, at, before) = (prio[i], i, prev);
                 }
+                prev = i as u8;
+                i = next[i] as usize;
             }
             if best == u32::MAX {
                 break;
             }
             parts[at] = merged[at];
-            parts.copy_within(at + 2..len, at + 1);
-            prio.copy_within(at + 2..len, at + 1);
-            merged.copy_within(at + 2..len, at + 1);
-            len -= 1;
-            if at + 1 < len {
-                (prio[at], merged[at]) = lookup(parts[at], parts[at + 1]);
-            } else {
-                prio[at] = u32::MAX;
-            }
-            if at > 0 {
-                (prio[at - 1], merged[at - 1]) = lookup(parts[at - 1], parts[at]);
+            let gone = next[at] as usize;
+            next[at] = next[gone];
+            (prio[at], merged[at]) = match next[at] {
+                END => (u32::MAX, 0),
+                j => lookup(parts[at], parts[j as usize]),
+            };
+            if before != END {
+                let p = before as usize;
+                (prio[p], merged[p]) = lookup(parts[p], parts[at]);
             }
         }
-        out.extend_from_slice(&parts[..len]);
+        let mut i = 0usize;
+        loop {
+            out.push(parts[i]);
+            match next[i] {
+                END => break,
+                j => i = j as usize,
+            }
+        }
     }
 
     /// O(n log n) merge: a min-heap of candidate merges keyed by (priority, position) and a
@@ -365,13 +378,41 @@ mod tests {
         BytePairEncoder::from_ranks(ranks).unwrap()
     }
 
-    /// The heap merge and the quadratic merge agree on every string (tiktoken's rule both).
+    /// tiktoken's `_byte_pair_merge`, transcribed literally: ranks of byte strings, a vector of
+    /// part boundaries, leftmost minimum rank merged first.
+    fn tiktoken_reference(ranks: &FxHashMap<Vec<u8>, u32>, piece: &[u8]) -> Vec<u32> {
+        let rank = |parts: &[usize], i: usize| {
+            if i + 3 <= parts.len() {
+                ranks.get(&piece[parts[i]..parts[i + 2]]).copied().unwrap_or(u32::MAX)
+            } else {
+                u32::MAX
+            }
+        };
+        let mut parts: Vec<usize> = (0..=piece.len()).collect();
+        loop {
+            let (mut best, mut at) = (u32::MAX, 0);
+            for i in 0..parts.len() - 1 {
+                let r = rank(&parts, i);
+                if r < best {
+                    (best, at) = (r, i);
+                }
+            }
+            if best == u32::MAX {
+                break;
+            }
+            parts.remove(at + 1);
+        }
+        parts.windows(2).map(|w| ranks[&piece[w[0]..w[1]]]).collect()
+    }
+
+    /// Both merge paths equal tiktoken's algorithm on random strings of every length.
     #[test]
-    fn heap_merge_equals_scan_merge() {
+    fn merges_equal_tiktoken_reference() {
         let bpe = toy();
+        let ranks: FxHashMap<Vec<u8>, u32> = bpe.iter().map(|(b, id)| (b.to_vec(), id)).collect();
         let mut seed = 0x2545_f491_4f6c_dd1du64;
-        for len in (2..=HEAP_THRESHOLD).step_by(3) {
-            for _ in 0..40 {
+        for len in 2..200 {
+            for _ in 0..20 {
                 let piece: Vec<u8> = (0..len)
                     .map(|_| {
                         seed ^= seed << 13;
@@ -380,12 +421,15 @@ mod tests {
                         b"abc"[(seed % 3) as usize]
                     })
                     .collect();
-                let (mut small, mut heap) = (Vec::new(), Vec::new());
-                bpe.merge_small(&piece, &mut small, u32::MAX);
+                let want = tiktoken_reference(&ranks, &piece);
+                let mut heap = Vec::new();
                 bpe.merge_heap(&piece, &mut heap, u32::MAX);
-                assert_eq!(small, heap, "{:?}", String::from_utf8_lossy(&piece));
-                let bytes: Vec<u8> = small.iter().flat_map(|&id| bpe.token_bytes(id).unwrap().to_vec()).collect();
-                assert_eq!(bytes, piece);
+                assert_eq!(heap, want, "heap: {:?}", String::from_utf8_lossy(&piece));
+                if len <= HEAP_THRESHOLD {
+                    let mut small = Vec::new();
+                    bpe.merge_small(&piece, &mut small, u32::MAX);
+                    assert_eq!(small, want, "scan: {:?}", String::from_utf8_lossy(&piece));
+                }
             }
         }
     }
