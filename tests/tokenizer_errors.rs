@@ -40,7 +40,14 @@ fn malformed_tiktoken_files_are_typed_errors() {
     let mut dup_rank = tiny_ranks();
     dup_rank.push_str("YWJj 256\n");
     let missing_byte: String = tiny_ranks().lines().skip(1).map(|l| format!("{l}\n")).collect();
-    for (data, what) in [(dup_token, "duplicate token"), (dup_rank, "duplicate rank"), (missing_byte, "missing byte")] {
+    let mut huge_rank = tiny_ranks();
+    huge_rank.push_str("YWJj 4000000000\n");
+    for (data, what) in [
+        (dup_token, "duplicate token"),
+        (dup_rank, "duplicate rank"),
+        (missing_byte, "missing byte"),
+        (huge_rank, "a rank that would need a 4-billion-entry table"),
+    ] {
         match tiktoken(&data) {
             Err(TokenizerError::InvalidVocab(_)) => {}
             other => panic!("{what}: expected InvalidVocab, got {other:?}"),

@@ -114,8 +114,18 @@ impl BytePairEncoder {
     fn index(
         entries: impl IntoIterator<Item = (Vec<u8>, u32)>,
     ) -> Result<(Vec<Box<[u8]>>, FxHashMap<Box<[u8]>, u32>)> {
+        let entries: Vec<(Vec<u8>, u32)> = entries.into_iter().collect();
+        // Ids index a table; a malformed file must not make it huge. Real vocabularies are dense.
+        let max_id = entries.iter().map(|&(_, id)| id as usize).max().unwrap_or(0);
+        if max_id >= 2 * entries.len() + 1024 {
+            return Err(TokenizerError::InvalidVocab(format!(
+                "ids are too sparse: {} tokens but id {max_id}",
+                entries.len()
+            )));
+        }
         let mut whole: FxHashMap<Box<[u8]>, u32> = FxHashMap::default();
-        let mut tokens: Vec<Box<[u8]>> = Vec::new();
+        whole.reserve(entries.len());
+        let mut tokens: Vec<Box<[u8]>> = Vec::with_capacity(max_id + 1);
         for (bytes, id) in entries {
             if bytes.is_empty() {
                 return Err(TokenizerError::InvalidVocab(format!("token {id} has no bytes")));
