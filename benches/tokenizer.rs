@@ -45,8 +45,7 @@ fn load() -> Contenders {
 
     let data = std::fs::read(vocab.join("qwen.tiktoken")).unwrap();
     let ours = Tokenizer::qwen_from_tiktoken(&data).unwrap();
-    let ranks: FxHashMap<Vec<u8>, u32> =
-        qwen_tokenizer::tiktoken::parse_ranks(&data).unwrap().into_iter().collect();
+    let ranks: FxHashMap<Vec<u8>, u32> = qwen_tokenizer::tiktoken::parse_ranks(&data).unwrap().into_iter().collect();
     let specials: FxHashMap<String, u32> = ours.specials().iter().map(|(s, id)| (s.to_string(), id)).collect();
     let tiktoken = CoreBPE::new(ranks, specials, QWEN_PATTERN).unwrap();
     let hf = tokenizers::Tokenizer::from_file(vocab.join("tokenizer.json")).unwrap();
@@ -123,7 +122,13 @@ fn ratios() {
         ("1 thread", best(5, || k.ours_seq()), best(5, || k.tiktoken_seq()), best(5, || k.hf_seq())),
         ("all threads", best(5, || k.ours_par()), best(5, || k.tiktoken_par()), best(5, || k.hf_par())),
     ] {
-        println!("{:<22} {:>10.1} {:>11.2}x {:>11.2}x", format!("qwen-tokenizer {label}"), mb / ours, tk / ours, hf / ours);
+        println!(
+            "{:<22} {:>10.1} {:>11.2}x {:>11.2}x",
+            format!("qwen-tokenizer {label}"),
+            mb / ours,
+            tk / ours,
+            hf / ours
+        );
         println!("{:<22} {:>10.1}", format!("tiktoken-rs {label}"), mb / tk);
         println!("{:<22} {:>10.1}", format!("hf-tokenizers {label}"), mb / hf);
     }

@@ -58,7 +58,8 @@ fn main() -> anyhow::Result<()> {
             if line.trim().is_empty() {
                 bail!("line {}: empty line (expected {{\"text\": ...}})", n + 1);
             }
-            let input: Input = serde_json::from_str(&line).with_context(|| format!("line {}: expected {{\"text\": ...}}", n + 1))?;
+            let input: Input =
+                serde_json::from_str(&line).with_context(|| format!("line {}: expected {{\"text\": ...}}", n + 1))?;
             batch.push(input.text);
             if batch.len() == args.batch.max(1) {
                 break;

@@ -19,12 +19,7 @@ fn tiktoken(data: &str) -> Result<Tokenizer, TokenizerError> {
 #[test]
 fn malformed_tiktoken_files_are_typed_errors() {
     assert!(tiktoken(&tiny_ranks()).is_ok());
-    let cases = [
-        ("", "no ranks"),
-        ("YQ==\n", "no rank"),
-        ("!!!! 3\n", "bad base64"),
-        ("YQ== x\n", "bad rank"),
-    ];
+    let cases = [("", "no ranks"), ("YQ==\n", "no rank"), ("!!!! 3\n", "bad base64"), ("YQ== x\n", "bad rank")];
     for (data, what) in cases {
         match tiktoken(data) {
             Err(TokenizerError::MalformedTiktoken { .. }) => {}
@@ -57,7 +52,8 @@ fn malformed_tiktoken_files_are_typed_errors() {
 
 #[test]
 fn special_id_colliding_with_an_ordinary_token_is_rejected() {
-    let r = Tokenizer::from_tiktoken(tiny_ranks().as_bytes(), vec![("<|x|>".into(), 256)], qwen_tokenizer::QWEN_PATTERN);
+    let r =
+        Tokenizer::from_tiktoken(tiny_ranks().as_bytes(), vec![("<|x|>".into(), 256)], qwen_tokenizer::QWEN_PATTERN);
     assert!(matches!(r, Err(TokenizerError::InvalidVocab(_))), "{r:?}");
 }
 
@@ -85,7 +81,12 @@ fn byte_vocab() -> serde_json::Map<String, serde_json::Value> {
     (0..256u32)
         .map(|b| {
             let printable = (0x21..=0x7e).contains(&b) || (0xa1..=0xac).contains(&b) || (0xae..=0xff).contains(&b);
-            let c = if printable { b } else { n += 1; 255 + n };
+            let c = if printable {
+                b
+            } else {
+                n += 1;
+                255 + n
+            };
             (char::from_u32(c).unwrap().to_string(), serde_json::json!(b))
         })
         .collect()

@@ -28,7 +28,13 @@ fn check_all(name: &str, cases: &[serde_json::Value], field: &str, encode: impl 
         }
     }
     assert!(tokens > 0, "{name}: empty fixture");
-    assert!(bad.is_empty(), "{name}: {} of {} samples differ:\n{}", bad.len(), cases.len(), bad[..bad.len().min(10)].join("\n"));
+    assert!(
+        bad.is_empty(),
+        "{name}: {} of {} samples differ:\n{}",
+        bad.len(),
+        cases.len(),
+        bad[..bad.len().min(10)].join("\n")
+    );
 }
 
 #[test]
@@ -54,7 +60,10 @@ fn check_nfc(name: &str, field: &str, unicode_age: &str, tok: &Tokenizer) {
         if Normalization::Nfc.apply(text) == reference {
             same.push(c);
         } else {
-            assert!(newer.is_match(text).unwrap(), "{name}: NFC differs on text with no character newer than {unicode_age}: {text:?}");
+            assert!(
+                newer.is_match(text).unwrap(),
+                "{name}: NFC differs on text with no character newer than {unicode_age}: {text:?}"
+            );
             assert_eq!(plain.encode_ordinary(&reference).unwrap(), ids(&c[field]), "{name}: {text:?}");
             diverged += 1;
         }

@@ -26,6 +26,9 @@ use crate::error::{Result, TokenizerError};
 /// Below this many bytes a piece is merged by the quadratic scan; above it by the heap.
 const HEAP_THRESHOLD: usize = 32;
 
+/// Byte strings that are one token, to their id.
+type WholeMap = FxHashMap<Box<[u8]>, u32>;
+
 /// How pairs are prioritised; decides which pieces may be looked up whole.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MergeRule {
@@ -75,10 +78,7 @@ impl BytePairEncoder {
 
     /// Builds an HF-style encoder from a vocabulary and an ordered merge list of `(left, right)`
     /// byte strings; the merged token must be in the vocabulary.
-    pub fn from_merges(
-        vocab: impl IntoIterator<Item = (Vec<u8>, u32)>,
-        merges: &[(Vec<u8>, Vec<u8>)],
-    ) -> Result<Self> {
+    pub fn from_merges(vocab: impl IntoIterator<Item = (Vec<u8>, u32)>, merges: &[(Vec<u8>, Vec<u8>)]) -> Result<Self> {
         let (tokens, mut whole) = Self::index(vocab)?;
         let byte_ids = Self::byte_ids(&whole)?;
         let mut pairs = FxHashMap::default();
@@ -111,9 +111,7 @@ impl BytePairEncoder {
         Ok(enc)
     }
 
-    fn index(
-        entries: impl IntoIterator<Item = (Vec<u8>, u32)>,
-    ) -> Result<(Vec<Box<[u8]>>, FxHashMap<Box<[u8]>, u32>)> {
+    fn index(entries: impl IntoIterator<Item = (Vec<u8>, u32)>) -> Result<(Vec<Box<[u8]>>, WholeMap)> {
         let entries: Vec<(Vec<u8>, u32)> = entries.into_iter().collect();
         // Ids index a table; a malformed file must not make it huge. Real vocabularies are dense.
         let max_id = entries.iter().map(|&(_, id)| id as usize).max().unwrap_or(0);
@@ -203,11 +201,9 @@ impl BytePairEncoder {
     /// tokens the merge loop cannot reach are left out. This is what `tokenizer.json` needs.
     pub fn merge_list(&self) -> Vec<(u32, u32, u32)> {
         let mut v: Vec<(u32, u32, u32, u32)> = match self.rule {
-            MergeRule::Merges => self
-                .pairs
-                .iter()
-                .map(|(&k, &(prio, merged))| (prio, (k >> 32) as u32, k as u32, merged))
-                .collect(),
+            MergeRule::Merges => {
+                self.pairs.iter().map(|(&k, &(prio, merged))| (prio, (k >> 32) as u32, k as u32, merged)).collect()
+            }
             MergeRule::Ranks => {
                 let mut v = Vec::new();
                 let mut parts = Vec::new();

@@ -92,7 +92,7 @@ pub struct ChatTokens {
 impl ChatTokens {
     fn push(&mut self, ids: &[u32], role: Role, part: Part) {
         self.ids.extend_from_slice(ids);
-        self.tags.extend(std::iter::repeat(Tag { role, part }).take(ids.len()));
+        self.tags.extend(std::iter::repeat_n(Tag { role, part }, ids.len()));
     }
 
     fn extend(&mut self, other: &ChatTokens) {

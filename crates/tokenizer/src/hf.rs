@@ -52,7 +52,10 @@ fn normalization(v: &Value) -> Result<Normalization> {
         Value::Object(o) => match o.get("type").and_then(Value::as_str) {
             Some("NFC") => Ok(Normalization::Nfc),
             Some("Sequence") => {
-                let items = o.get("normalizers").and_then(Value::as_array).ok_or_else(|| malformed("normalizer Sequence without normalizers"))?;
+                let items = o
+                    .get("normalizers")
+                    .and_then(Value::as_array)
+                    .ok_or_else(|| malformed("normalizer Sequence without normalizers"))?;
                 match items.as_slice() {
                     [] => Ok(Normalization::None),
                     [one] => normalization(one),
@@ -84,7 +87,10 @@ fn pretokenizer(v: &Value) -> Result<Pretokenizer> {
             }
         }
         Some("Sequence") => {
-            let items = o.get("pretokenizers").and_then(Value::as_array).ok_or_else(|| malformed("pre_tokenizer Sequence without pretokenizers"))?;
+            let items = o
+                .get("pretokenizers")
+                .and_then(Value::as_array)
+                .ok_or_else(|| malformed("pre_tokenizer Sequence without pretokenizers"))?;
             let mut split = None;
             let mut byte_level = false;
             for item in items {
@@ -155,25 +161,36 @@ impl Tokenizer {
 
         let table = bytes_to_chars();
         let inverse: rustc_hash::FxHashMap<char, u8> = table.iter().enumerate().map(|(b, &c)| (c, b as u8)).collect();
-        let vocab_obj = model.get("vocab").and_then(Value::as_object).ok_or_else(|| malformed("model.vocab is not an object"))?;
+        let vocab_obj =
+            model.get("vocab").and_then(Value::as_object).ok_or_else(|| malformed("model.vocab is not an object"))?;
         let mut vocab = Vec::with_capacity(vocab_obj.len());
         for (s, id) in vocab_obj {
-            let id = id.as_u64().filter(|&i| i <= u32::MAX as u64).ok_or_else(|| malformed(format!("vocab id of {s:?} is not a u32")))?;
-            let bytes = chars_to_bytes(s, &inverse).ok_or_else(|| unsupported(format!("vocab entry {s:?} is not byte-level")))?;
+            let id = id
+                .as_u64()
+                .filter(|&i| i <= u32::MAX as u64)
+                .ok_or_else(|| malformed(format!("vocab id of {s:?} is not a u32")))?;
+            let bytes = chars_to_bytes(s, &inverse)
+                .ok_or_else(|| unsupported(format!("vocab entry {s:?} is not byte-level")))?;
             vocab.push((bytes, id as u32));
         }
-        let merges_v = model.get("merges").and_then(Value::as_array).ok_or_else(|| malformed("model.merges is not an array"))?;
+        let merges_v =
+            model.get("merges").and_then(Value::as_array).ok_or_else(|| malformed("model.merges is not an array"))?;
         let mut merges = Vec::with_capacity(merges_v.len());
         for (i, m) in merges_v.iter().enumerate() {
             let (a, b) = match m {
-                Value::String(s) => s.split_once(' ').ok_or_else(|| malformed(format!("merge {i} {s:?} has no space")))?,
+                Value::String(s) => {
+                    s.split_once(' ').ok_or_else(|| malformed(format!("merge {i} {s:?} has no space")))?
+                }
                 Value::Array(v) if v.len() == 2 => (
                     v[0].as_str().ok_or_else(|| malformed(format!("merge {i} is not strings")))?,
                     v[1].as_str().ok_or_else(|| malformed(format!("merge {i} is not strings")))?,
                 ),
                 _ => return Err(malformed(format!("merge {i} is neither \"a b\" nor [a, b]"))),
             };
-            let conv = |t: &str| chars_to_bytes(t, &inverse).ok_or_else(|| unsupported(format!("merge {i} token {t:?} is not byte-level")));
+            let conv = |t: &str| {
+                chars_to_bytes(t, &inverse)
+                    .ok_or_else(|| unsupported(format!("merge {i} token {t:?} is not byte-level")))
+            };
             merges.push((conv(a)?, conv(b)?));
         }
         if ignore_merges {
@@ -183,8 +200,13 @@ impl Tokenizer {
 
         let mut specials = Vec::new();
         for t in root.get("added_tokens").and_then(Value::as_array).map(Vec::as_slice).unwrap_or(&[]) {
-            let content = t.get("content").and_then(Value::as_str).ok_or_else(|| malformed("added token without content"))?;
-            let id = t.get("id").and_then(Value::as_u64).filter(|&i| i <= u32::MAX as u64).ok_or_else(|| malformed(format!("added token {content:?} without a u32 id")))?;
+            let content =
+                t.get("content").and_then(Value::as_str).ok_or_else(|| malformed("added token without content"))?;
+            let id = t
+                .get("id")
+                .and_then(Value::as_u64)
+                .filter(|&i| i <= u32::MAX as u64)
+                .ok_or_else(|| malformed(format!("added token {content:?} without a u32 id")))?;
             for flag in ["single_word", "lstrip", "rstrip"] {
                 if t.get(flag).and_then(Value::as_bool).unwrap_or(false) {
                     return Err(unsupported(format!("added token {content:?} with {flag}")));
@@ -209,8 +231,7 @@ impl Tokenizer {
         let vocab: serde_json::Map<String, Value> =
             self.bpe.iter().map(|(b, id)| (bytes_to_string(b, &table), json!(id))).collect();
         let tok = |id: u32| bytes_to_string(self.bpe.token_bytes(id).expect("merge uses known ids"), &table);
-        let merges: Vec<Value> =
-            self.bpe.merge_list().into_iter().map(|(a, b, _)| json!([tok(a), tok(b)])).collect();
+        let merges: Vec<Value> = self.bpe.merge_list().into_iter().map(|(a, b, _)| json!([tok(a), tok(b)])).collect();
         let added: Vec<Value> = self
             .specials
             .iter()

@@ -16,11 +16,11 @@ use regex_syntax::hir::{Class, HirKind};
 use crate::error::{Result, TokenizerError};
 
 /// Qwen's split pattern (tokenization_qwen.py `PAT_STR`), byte for byte.
-pub const QWEN_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+pub const QWEN_PATTERN: &str =
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// GPT-2's split pattern, used by HF `ByteLevel` pre-tokenizers with `use_regex: true`.
-pub const GPT2_PATTERN: &str =
-    r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
+pub const GPT2_PATTERN: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
 
 /// How text is cut into pieces before BPE.
 #[derive(Debug, Clone)]
@@ -43,9 +43,9 @@ impl Pretokenizer {
 
     /// The fancy-regex pre-tokenizer for `pattern`, even when a faster one exists.
     pub fn regex(pattern: &str) -> Result<Self> {
-        fancy_regex::Regex::new(pattern).map(|re| Self::Regex(Box::new(re))).map_err(|e| {
-            TokenizerError::InvalidPattern { pattern: pattern.to_string(), reason: e.to_string() }
-        })
+        fancy_regex::Regex::new(pattern)
+            .map(|re| Self::Regex(Box::new(re)))
+            .map_err(|e| TokenizerError::InvalidPattern { pattern: pattern.to_string(), reason: e.to_string() })
     }
 
     /// The pattern this pre-tokenizer implements.
@@ -357,13 +357,8 @@ mod tests {
 
     fn both(text: &str) -> (Vec<String>, Vec<String>) {
         let fast = Pretokenizer::Qwen.pieces(text).unwrap().into_iter().map(String::from).collect();
-        let slow = Pretokenizer::regex(QWEN_PATTERN)
-            .unwrap()
-            .pieces(text)
-            .unwrap()
-            .into_iter()
-            .map(String::from)
-            .collect();
+        let slow =
+            Pretokenizer::regex(QWEN_PATTERN).unwrap().pieces(text).unwrap().into_iter().map(String::from).collect();
         (fast, slow)
     }
 

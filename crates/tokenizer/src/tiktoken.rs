@@ -30,9 +30,7 @@ pub fn parse_ranks(data: &[u8]) -> Result<Vec<(Vec<u8>, u32)>> {
             continue;
         }
         let bad = |reason: String| TokenizerError::MalformedTiktoken { line: line_no, reason };
-        let (tok, rank) = line
-            .split_once(' ')
-            .ok_or_else(|| bad("expected `base64 rank`".into()))?;
+        let (tok, rank) = line.split_once(' ').ok_or_else(|| bad("expected `base64 rank`".into()))?;
         let bytes = B64.decode(tok).map_err(|e| bad(format!("bad base64 {tok:?}: {e}")))?;
         let rank: u32 = rank.trim().parse().map_err(|_| bad(format!("bad rank {rank:?}")))?;
         out.push((bytes, rank));

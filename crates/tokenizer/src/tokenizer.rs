@@ -138,11 +138,7 @@ impl Tokenizer {
     }
 
     /// Encodes many texts on all cores (rayon); the result is in input order.
-    pub fn encode_batch<S: AsRef<str> + Sync>(
-        &self,
-        texts: &[S],
-        allowed: &AllowedSpecial,
-    ) -> Result<Vec<Vec<u32>>> {
+    pub fn encode_batch<S: AsRef<str> + Sync>(&self, texts: &[S], allowed: &AllowedSpecial) -> Result<Vec<Vec<u32>>> {
         texts.par_iter().map(|t| self.encode(t.as_ref(), allowed)).collect()
     }
 
