@@ -1,0 +1,397 @@
+//! Model configuration, read straight from an HF `config.json`.
+//!
+//! Two families, told apart by `model_type` (or `architectures`):
+//! - **Qwen-1** (`"qwen"`, `QWenLMHeadModel`): Dec-2023 keys (`hidden_size`, `num_hidden_layers`,
+//!   ...) and the Aug-2023 names (`n_embd`, `n_layer`, `n_head`, `ffn_hidden_size`, `n_positions`,
+//!   `padded_vocab_size`); the MLP is `intermediate_size / 2` wide; `seq_length`,
+//!   `use_dynamic_ntk` and `use_logn_attn` select the long-context behaviour at inference.
+//! - **Qwen2/2.5** (`"qwen2"`, `Qwen2ForCausalLM`): `rope_theta` + `rope_scaling` + `torch_dtype`
+//!   as real checkpoints have them, or transformers-5 `rope_parameters` + `layer_types` + `dtype`;
+//!   `head_dim` when given; `use_sliding_window`/`sliding_window`/`max_window_layers`.
+//!
+//! Both become one [`QwenConfig`], validated, which keeps the original JSON to write it back.
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use qwen_context::{LayerWindows, LogN, Rope, RopeScaling};
+
+use crate::error::{ModelError, Result};
+
+/// Which published implementation (and checkpoint layout) a config belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    /// `QWenLMHeadModel`: `transformer.h.N.attn.c_attn` (fused q|k|v), `mlp.w1`/`w2`/`c_proj`.
+    Qwen1,
+    /// `Qwen2ForCausalLM`: `model.layers.N.self_attn.q_proj`, `mlp.gate_proj`/`up_proj`/`down_proj`.
+    Qwen2,
+}
+
+/// Everything the model needs to know, whatever file it came from.
+#[derive(Debug, Clone)]
+pub struct QwenConfig {
+    pub family: Family,
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    /// Width of the SwiGLU MLP (Qwen-1: `intermediate_size / 2`).
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub num_key_value_heads: usize,
+    pub head_dim: usize,
+    pub rms_norm_eps: f64,
+    /// RoPE base, rotated width and scaling (plain, Qwen-1 dynamic NTK, HF dynamic, YaRN).
+    pub rope: Rope,
+    /// Qwen-1 `use_logn_attn`.
+    pub logn: Option<LogN>,
+    /// Keys each layer may see.
+    pub windows: LayerWindows,
+    pub tie_word_embeddings: bool,
+    pub max_position_embeddings: usize,
+    /// Parameter dtype named by the config (`torch_dtype`/`dtype`), if any.
+    pub dtype: Option<String>,
+    /// The JSON this config was read from (written back on save).
+    pub source: Value,
+}
+
+fn default_eps() -> f64 {
+    1e-6
+}
+fn default_one() -> f64 {
+    1.0
+}
+fn default_base() -> f64 {
+    10000.0
+}
+fn default_true() -> bool {
+    true
+}
+
+#[derive(Deserialize)]
+struct Qwen1Json {
+    #[serde(alias = "padded_vocab_size")]
+    vocab_size: usize,
+    #[serde(alias = "n_embd")]
+    hidden_size: usize,
+    #[serde(alias = "n_layer")]
+    num_hidden_layers: usize,
+    #[serde(alias = "n_head")]
+    num_attention_heads: usize,
+    #[serde(alias = "ffn_hidden_size")]
+    intermediate_size: usize,
+    #[serde(alias = "n_positions")]
+    max_position_embeddings: Option<usize>,
+    kv_channels: Option<usize>,
+    #[serde(default = "default_one")]
+    rotary_pct: f64,
+    #[serde(default = "default_base")]
+    rotary_emb_base: f64,
+    #[serde(default)]
+    use_dynamic_ntk: bool,
+    #[serde(default)]
+    use_logn_attn: bool,
+    seq_length: Option<usize>,
+    #[serde(default = "default_eps")]
+    layer_norm_epsilon: f64,
+    #[serde(default)]
+    tie_word_embeddings: bool,
+    #[serde(default = "default_true")]
+    no_bias: bool,
+}
+
+#[derive(Deserialize)]
+struct Qwen2Json {
+    vocab_size: usize,
+    hidden_size: usize,
+    intermediate_size: usize,
+    num_hidden_layers: usize,
+    num_attention_heads: usize,
+    num_key_value_heads: Option<usize>,
+    head_dim: Option<usize>,
+    hidden_act: Option<String>,
+    max_position_embeddings: usize,
+    #[serde(default = "default_eps")]
+    rms_norm_eps: f64,
+    rope_theta: Option<f64>,
+    rope_scaling: Option<Value>,
+    rope_parameters: Option<Value>,
+    #[serde(default)]
+    tie_word_embeddings: bool,
+    #[serde(default)]
+    use_sliding_window: bool,
+    sliding_window: Option<usize>,
+    max_window_layers: Option<usize>,
+    layer_types: Option<Vec<String>>,
+    torch_dtype: Option<String>,
+    dtype: Option<String>,
+}
+
+fn invalid(msg: impl Into<String>) -> ModelError {
+    ModelError::Config(msg.into())
+}
+
+impl QwenConfig {
+    /// Parses and validates an HF `config.json`.
+    pub fn from_json_str(text: &str) -> Result<Self> {
+        let value: Value = serde_json::from_str(text).map_err(|e| invalid(e.to_string()))?;
+        Self::from_json(value)
+    }
+
+    /// Reads and validates `config.json` from a file.
+    pub fn from_file(path: impl AsRef<std::path::Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io { path: path.into(), source })?;
+        Self::from_json_str(&text)
+    }
+
+    /// Validates a parsed `config.json`.
+    pub fn from_json(value: Value) -> Result<Self> {
+        let model_type = value.get("model_type").and_then(Value::as_str);
+        let arch = value.get("architectures").and_then(Value::as_array).and_then(|a| a.first()).and_then(Value::as_str);
+        let family = match (model_type, arch) {
+            (Some("qwen"), _) | (None, Some("QWenLMHeadModel")) => Family::Qwen1,
+            (Some("qwen2"), _) | (None, Some("Qwen2ForCausalLM")) => Family::Qwen2,
+            (m, a) => return Err(ModelError::Unsupported(format!("model_type {m:?} / architectures {a:?}"))),
+        };
+        let config = match family {
+            Family::Qwen1 => Self::qwen1(&value)?,
+            Family::Qwen2 => Self::qwen2(&value)?,
+        };
+        config.validate()?;
+        Ok(Self { source: value, ..config })
+    }
+
+    fn qwen1(value: &Value) -> Result<Self> {
+        let c: Qwen1Json = serde_json::from_value(value.clone()).map_err(|e| invalid(format!("Qwen-1 config: {e}")))?;
+        if !c.no_bias {
+            return Err(ModelError::Unsupported("Qwen-1 with no_bias = false (biases on every projection)".into()));
+        }
+        if c.num_attention_heads == 0 || c.hidden_size % c.num_attention_heads != 0 {
+            return Err(invalid(format!(
+                "hidden_size {} is not a multiple of {} heads",
+                c.hidden_size, c.num_attention_heads
+            )));
+        }
+        let head_dim = c.kv_channels.unwrap_or(c.hidden_size / c.num_attention_heads);
+        if !(c.rotary_pct > 0.0 && c.rotary_pct <= 1.0) {
+            return Err(invalid(format!("rotary_pct {} must be in (0, 1]", c.rotary_pct)));
+        }
+        let rotary_dim = (head_dim as f64 * c.rotary_pct) as usize;
+        let seq_length = c.seq_length.or(c.max_position_embeddings).unwrap_or(2048);
+        let scaling = if c.use_dynamic_ntk { RopeScaling::QwenDynamicNtk { seq_length } } else { RopeScaling::None };
+        if c.intermediate_size % 2 != 0 {
+            return Err(invalid(format!(
+                "Qwen-1 intermediate_size {} must be even (MLP width is half)",
+                c.intermediate_size
+            )));
+        }
+        Ok(Self {
+            family: Family::Qwen1,
+            vocab_size: c.vocab_size,
+            hidden_size: c.hidden_size,
+            intermediate_size: c.intermediate_size / 2,
+            num_hidden_layers: c.num_hidden_layers,
+            num_attention_heads: c.num_attention_heads,
+            num_key_value_heads: c.num_attention_heads,
+            head_dim,
+            rms_norm_eps: c.layer_norm_epsilon,
+            rope: Rope::new(c.rotary_emb_base, rotary_dim, scaling)?,
+            logn: c.use_logn_attn.then_some(LogN { seq_length }),
+            windows: LayerWindows::full(c.num_hidden_layers),
+            tie_word_embeddings: c.tie_word_embeddings,
+            max_position_embeddings: c.max_position_embeddings.unwrap_or(seq_length),
+            dtype: ["bf16", "fp16", "fp32"]
+                .into_iter()
+                .find(|k| value.get(*k).and_then(Value::as_bool) == Some(true))
+                .map(str::to_string),
+            source: Value::Null,
+        })
+    }
+
+    fn qwen2(value: &Value) -> Result<Self> {
+        let c: Qwen2Json = serde_json::from_value(value.clone()).map_err(|e| invalid(format!("Qwen2 config: {e}")))?;
+        if let Some(act) = c.hidden_act.as_deref().filter(|a| *a != "silu") {
+            return Err(ModelError::Unsupported(format!("hidden_act {act:?} (Qwen uses silu)")));
+        }
+        if c.num_attention_heads == 0 {
+            return Err(invalid("num_attention_heads is 0"));
+        }
+        let head_dim = c.head_dim.unwrap_or(c.hidden_size / c.num_attention_heads);
+        // transformers 5 folds rope_theta and rope_scaling into rope_parameters.
+        let params = c.rope_parameters.clone().or_else(|| c.rope_scaling.clone()).filter(|v| !v.is_null());
+        let get_f = |k: &str| params.as_ref().and_then(|p| p.get(k)).and_then(Value::as_f64);
+        let get_u = |k: &str| params.as_ref().and_then(|p| p.get(k)).and_then(Value::as_u64).map(|v| v as usize);
+        let theta = get_f("rope_theta").or(c.rope_theta).unwrap_or(10000.0);
+        let rope_type = params
+            .as_ref()
+            .and_then(|p| p.get("rope_type").or_else(|| p.get("type")))
+            .and_then(Value::as_str)
+            .unwrap_or("default");
+        let factor = || get_f("factor").ok_or_else(|| invalid(format!("rope type {rope_type} needs a factor")));
+        let scaling = match rope_type {
+            "default" => RopeScaling::None,
+            "dynamic" => RopeScaling::HfDynamic {
+                factor: factor()?,
+                max_position_embeddings: get_u("original_max_position_embeddings").unwrap_or(c.max_position_embeddings),
+            },
+            "yarn" => RopeScaling::Yarn {
+                factor: factor()?,
+                original_max_position_embeddings: get_u("original_max_position_embeddings")
+                    .unwrap_or(c.max_position_embeddings),
+                beta_fast: get_f("beta_fast").unwrap_or(32.0),
+                beta_slow: get_f("beta_slow").unwrap_or(1.0),
+                attention_factor: get_f("attention_factor"),
+                truncate: params.as_ref().and_then(|p| p.get("truncate")).and_then(Value::as_bool).unwrap_or(true),
+            },
+            other => return Err(ModelError::Unsupported(format!("rope type {other:?}"))),
+        };
+        let layers = c.num_hidden_layers;
+        let windows = match (&c.layer_types, c.use_sliding_window, c.sliding_window) {
+            (_, false, _) | (_, true, None) => LayerWindows::full(layers),
+            (Some(types), true, Some(w)) => {
+                if types.len() != layers {
+                    return Err(invalid(format!("layer_types has {} entries for {layers} layers", types.len())));
+                }
+                let mut windows = Vec::with_capacity(layers);
+                for t in types {
+                    windows.push(match t.as_str() {
+                        "full_attention" => None,
+                        "sliding_attention" => Some(w),
+                        other => return Err(ModelError::Unsupported(format!("layer type {other:?}"))),
+                    });
+                }
+                if w == 0 {
+                    return Err(invalid("sliding_window is 0"));
+                }
+                LayerWindows { windows }
+            }
+            (None, true, Some(w)) => LayerWindows::qwen2(layers, w, c.max_window_layers.unwrap_or(layers))?,
+        };
+        Ok(Self {
+            family: Family::Qwen2,
+            vocab_size: c.vocab_size,
+            hidden_size: c.hidden_size,
+            intermediate_size: c.intermediate_size,
+            num_hidden_layers: layers,
+            num_attention_heads: c.num_attention_heads,
+            num_key_value_heads: c.num_key_value_heads.unwrap_or(c.num_attention_heads),
+            head_dim,
+            rms_norm_eps: c.rms_norm_eps,
+            rope: Rope::new(theta, head_dim, scaling)?,
+            logn: None,
+            windows,
+            tie_word_embeddings: c.tie_word_embeddings,
+            max_position_embeddings: c.max_position_embeddings,
+            dtype: c.dtype.or(c.torch_dtype),
+            source: Value::Null,
+        })
+    }
+
+    fn validate(&self) -> Result<()> {
+        for (name, v) in [
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("intermediate_size", self.intermediate_size),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("num_key_value_heads", self.num_key_value_heads),
+            ("head_dim", self.head_dim),
+            ("max_position_embeddings", self.max_position_embeddings),
+        ] {
+            if v == 0 {
+                return Err(invalid(format!("{name} must be > 0")));
+            }
+        }
+        if self.num_attention_heads % self.num_key_value_heads != 0 {
+            return Err(invalid(format!(
+                "{} attention heads are not a multiple of {} key/value heads",
+                self.num_attention_heads, self.num_key_value_heads
+            )));
+        }
+        if self.rope.dim > self.head_dim {
+            return Err(invalid(format!("rotary dim {} exceeds head_dim {}", self.rope.dim, self.head_dim)));
+        }
+        if !(self.rms_norm_eps > 0.0 && self.rms_norm_eps < 1.0) {
+            return Err(invalid(format!("rms_norm_eps {} must be in (0, 1)", self.rms_norm_eps)));
+        }
+        Ok(())
+    }
+
+    /// Heads sharing one key/value head.
+    pub fn kv_groups(&self) -> usize {
+        self.num_attention_heads / self.num_key_value_heads
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn qwen2() -> Value {
+        serde_json::json!({
+            "model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"], "vocab_size": 256, "hidden_size": 64,
+            "intermediate_size": 128, "num_hidden_layers": 3, "num_attention_heads": 4, "num_key_value_heads": 2,
+            "max_position_embeddings": 256, "rms_norm_eps": 1e-6, "rope_theta": 10000.0, "hidden_act": "silu"
+        })
+    }
+
+    #[test]
+    fn qwen2_legacy_and_transformers5_keys_agree() {
+        let legacy = QwenConfig::from_json(qwen2()).unwrap();
+        let mut v5 = qwen2();
+        let o = v5.as_object_mut().unwrap();
+        o.remove("rope_theta");
+        o.insert("rope_parameters".into(), serde_json::json!({"rope_type": "default", "rope_theta": 10000.0}));
+        o.insert("dtype".into(), "float32".into());
+        let new = QwenConfig::from_json(v5).unwrap();
+        assert_eq!(legacy.rope, new.rope);
+        assert_eq!(legacy.head_dim, 16);
+        assert_eq!(legacy.kv_groups(), 2);
+    }
+
+    #[test]
+    fn qwen2_sliding_window_rule() {
+        let mut v = qwen2();
+        let o = v.as_object_mut().unwrap();
+        o.insert("use_sliding_window".into(), true.into());
+        o.insert("sliding_window".into(), 6.into());
+        o.insert("max_window_layers".into(), 1.into());
+        let c = QwenConfig::from_json(v).unwrap();
+        assert_eq!(c.windows.windows, [None, Some(6), Some(6)]);
+    }
+
+    #[test]
+    fn qwen1_aug2023_names() {
+        let v = serde_json::json!({
+            "model_type": "qwen", "padded_vocab_size": 256, "n_embd": 64, "n_layer": 2, "n_head": 4,
+            "ffn_hidden_size": 256, "n_positions": 64, "kv_channels": 16, "rotary_pct": 1.0,
+            "rotary_emb_base": 10000, "use_dynamic_ntk": true, "use_logn_attn": true, "seq_length": 16
+        });
+        let c = QwenConfig::from_json(v).unwrap();
+        assert_eq!((c.family, c.intermediate_size, c.num_key_value_heads), (Family::Qwen1, 128, 4));
+        assert_eq!(c.rope.scaling, RopeScaling::QwenDynamicNtk { seq_length: 16 });
+        assert_eq!(c.logn, Some(LogN { seq_length: 16 }));
+    }
+
+    #[test]
+    fn bad_configs_are_typed_errors() {
+        let with = |k: &str, v: Value| {
+            let mut c = qwen2();
+            c.as_object_mut().unwrap().insert(k.into(), v);
+            QwenConfig::from_json(c)
+        };
+        assert!(matches!(with("num_key_value_heads", 3.into()), Err(ModelError::Config(_))));
+        assert!(matches!(with("vocab_size", 0.into()), Err(ModelError::Config(_))));
+        assert!(matches!(with("vocab_size", "big".into()), Err(ModelError::Config(_))));
+        assert!(matches!(with("hidden_act", "gelu".into()), Err(ModelError::Unsupported(_))));
+        assert!(matches!(with("rope_scaling", serde_json::json!({"type": "dynamic"})), Err(ModelError::Config(_))));
+        assert!(matches!(
+            with("rope_scaling", serde_json::json!({"type": "longrope", "factor": 2.0})),
+            Err(ModelError::Unsupported(_))
+        ));
+        assert!(matches!(with("model_type", "llama".into()), Err(ModelError::Unsupported(_))));
+        assert!(matches!(QwenConfig::from_json_str("{"), Err(ModelError::Config(_))));
+        let mut no_hidden = qwen2();
+        no_hidden.as_object_mut().unwrap().remove("hidden_size");
+        assert!(matches!(QwenConfig::from_json(no_hidden), Err(ModelError::Config(_))));
+    }
+}

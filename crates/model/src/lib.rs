@@ -1,0 +1,21 @@
+//! The Qwen transformer (Qwen-1 and Qwen2/2.5) on any burn backend.
+//!
+//! - [`config`]: HF `config.json` of either family, validated, into one [`QwenConfig`].
+//! - [`qwen`]: the model, top to bottom, with its KV cache.
+//! - [`load`]: HF safetensors (single or sharded; f32/bf16/f16) in either naming scheme;
+//!   [`save`] writes them back.
+//!
+//! Long-context behaviour that a checkpoint's config asks for (Qwen-1 dynamic NTK and LogN, HF
+//! dynamic RoPE and YaRN, Qwen2 sliding windows) comes from the `qwen-context` crate's traits.
+
+pub mod config;
+mod error;
+pub mod load;
+pub mod qwen;
+pub mod save;
+
+pub use config::{Family, QwenConfig};
+pub use error::{ModelError, Result};
+pub use load::load;
+pub use qwen::{KvCache, Mode, Qwen, QwenModel};
+pub use save::SaveDtype;

@@ -1,0 +1,476 @@
+//! The Qwen transformer, top to bottom: rotary embedding → attention (with its KV cache) → MLP →
+//! decoder layer → model. Field names are the Qwen2 checkpoint's (`q_proj`, `input_layernorm`);
+//! `load.rs` maps Qwen-1's names onto them.
+//!
+//! Block (both families): `h += attn(rms_norm(h)); h += mlp(rms_norm(h))`, then a final RMSNorm
+//! and an untied LM head (tied when the config says so). Attention has biases on Q, K and V only;
+//! the MLP is SwiGLU, `down(silu(gate(x)) * up(x))`.
+
+use burn::module::Module;
+use burn::nn::{Embedding, Linear, RmsNorm};
+use burn::tensor::activation::silu;
+use burn::tensor::backend::Backend;
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::{Bool, Int, Tensor, TensorData};
+
+use qwen_context::{AttentionWindow, QueryScale, RopeConvention, RopeFrequencies, RopeSchedule};
+
+use crate::config::QwenConfig;
+use crate::error::{ModelError, Result};
+
+// ---------------------------------------------------------------------------------------------
+// Rotary embedding
+
+/// cos/sin tables for a run of positions, `[1, 1, seq, rotary_dim]`, and the convention.
+#[derive(Debug, Clone)]
+pub struct RopeTables<B: Backend> {
+    cos: Tensor<B, 4>,
+    sin: Tensor<B, 4>,
+    convention: RopeConvention,
+}
+
+impl<B: Backend> RopeTables<B> {
+    /// Tables for positions `start..start + len` under `freqs`. Angles are computed in f32 as the
+    /// references do (`outer(positions, inv_freq)`), then cos/sin scaled by the attention factor.
+    pub fn new(
+        freqs: &RopeFrequencies,
+        start: usize,
+        len: usize,
+        convention: RopeConvention,
+        device: &B::Device,
+    ) -> Self {
+        let half = freqs.inv_freq.len();
+        let dim = 2 * half;
+        let (mut cos, mut sin) = (Vec::with_capacity(len * dim), Vec::with_capacity(len * dim));
+        for p in start..start + len {
+            let angle = |i: usize| p as f32 * freqs.inv_freq[i];
+            let f = freqs.attention_factor;
+            match convention {
+                // emb = cat(freqs, freqs)
+                RopeConvention::RotateHalf => {
+                    for _ in 0..2 {
+                        for i in 0..half {
+                            cos.push(angle(i).cos() * f);
+                            sin.push(angle(i).sin() * f);
+                        }
+                    }
+                }
+                // each frequency twice in a row
+                RopeConvention::Interleaved => {
+                    for i in 0..half {
+                        for _ in 0..2 {
+                            cos.push(angle(i).cos() * f);
+                            sin.push(angle(i).sin() * f);
+                        }
+                    }
+                }
+            }
+        }
+        let shape = [1, 1, len, dim];
+        Self {
+            cos: Tensor::from_data(TensorData::new(cos, shape), device),
+            sin: Tensor::from_data(TensorData::new(sin, shape), device),
+            convention,
+        }
+    }
+
+    /// Rotates the first `rotary_dim` features of `x: [batch, heads, seq, head_dim]`.
+    pub fn apply(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let [b, h, s, d] = x.dims();
+        let r = self.cos.dims()[3];
+        let (rot, pass) = if r < d { (x.clone().narrow(3, 0, r), Some(x.narrow(3, r, d - r))) } else { (x, None) };
+        let rotated = match self.convention {
+            RopeConvention::RotateHalf => {
+                let x1 = rot.clone().narrow(3, 0, r / 2);
+                let x2 = rot.clone().narrow(3, r / 2, r / 2);
+                Tensor::cat(vec![x2.neg(), x1], 3)
+            }
+            RopeConvention::Interleaved => {
+                let pairs = rot.clone().reshape([b, h, s, r / 2, 2]);
+                let even = pairs.clone().narrow(4, 0, 1);
+                let odd = pairs.narrow(4, 1, 1);
+                Tensor::cat(vec![odd.neg(), even], 4).reshape([b, h, s, r])
+            }
+        };
+        let out = rot * self.cos.clone() + rotated * self.sin.clone();
+        match pass {
+            Some(p) => Tensor::cat(vec![out, p], 3),
+            None => out,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// KV cache
+
+/// Keys and values of one layer, preallocated to the cache capacity.
+#[derive(Debug, Clone)]
+pub struct LayerCache<B: Backend> {
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+}
+
+/// The KV cache of a whole model for one batch of sequences, plus the RoPE frequencies fixed at
+/// prefill (Qwen-1 dynamic NTK keeps its alpha for the whole generation).
+#[derive(Debug, Clone)]
+pub struct KvCache<B: Backend> {
+    layers: Vec<LayerCache<B>>,
+    len: usize,
+    capacity: usize,
+    prefill_freqs: Option<RopeFrequencies>,
+}
+
+impl<B: Backend> KvCache<B> {
+    /// An empty cache for `batch` sequences of up to `capacity` tokens.
+    pub fn new(config: &QwenConfig, batch: usize, capacity: usize, device: &B::Device) -> Self {
+        let shape = [batch, config.num_key_value_heads, capacity, config.head_dim];
+        let layers = (0..config.num_hidden_layers)
+            .map(|_| LayerCache { k: Tensor::zeros(shape, device), v: Tensor::zeros(shape, device) })
+            .collect();
+        Self { layers, len: 0, capacity, prefill_freqs: None }
+    }
+
+    /// Tokens cached so far.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether nothing is cached yet.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Maximum number of tokens.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Attention
+
+/// Multi-head attention with grouped key/value heads.
+#[derive(Module, Debug)]
+pub struct Attention<B: Backend> {
+    pub q_proj: Linear<B>,
+    pub k_proj: Linear<B>,
+    pub v_proj: Linear<B>,
+    pub o_proj: Linear<B>,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+}
+
+/// Per-forward inputs shared by every layer.
+pub struct Step<'a, B: Backend> {
+    pub rope: &'a RopeTables<B>,
+    /// `[1, 1, seq, 1]` query factors (LogN), if any differ from 1.
+    pub query_scale: Option<Tensor<B, 4>>,
+    /// Absolute position of the first query.
+    pub offset: usize,
+}
+
+impl<B: Backend> Attention<B> {
+    /// `x: [batch, seq, hidden]` → `[batch, seq, hidden]`.
+    pub fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        step: &Step<'_, B>,
+        window: Option<usize>,
+        cache: Option<&mut LayerCache<B>>,
+    ) -> Tensor<B, 3> {
+        let [b, s, _] = x.dims();
+        let (nh, nkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        let heads = |t: Tensor<B, 3>, n: usize| t.reshape([b, s, n, hd]).swap_dims(1, 2);
+        let q = step.rope.apply(heads(self.q_proj.forward(x.clone()), nh));
+        let k = step.rope.apply(heads(self.k_proj.forward(x.clone()), nkv));
+        let v = heads(self.v_proj.forward(x), nkv);
+        // LogN multiplies the query only, after RoPE.
+        let q = match &step.query_scale {
+            Some(f) => q * f.clone(),
+            None => q,
+        };
+        let (k, v) = match cache {
+            Some(c) => {
+                let end = step.offset + s;
+                c.k = c.k.clone().slice_assign([0..b, 0..nkv, step.offset..end, 0..hd], k);
+                c.v = c.v.clone().slice_assign([0..b, 0..nkv, step.offset..end, 0..hd], v);
+                (c.k.clone().narrow(2, 0, end), c.v.clone().narrow(2, 0, end))
+            }
+            None => (k, v),
+        };
+        let kv_len = k.dims()[2];
+        let (k, v) = (repeat_kv(k, nh / nkv), repeat_kv(v, nh / nkv));
+        let mask =
+            window.filter(|&w| w < kv_len).map(|w| window_mask::<B>(b, nh, s, kv_len, step.offset, w, &q.device()));
+        let options = AttentionModuleOptions {
+            scale: Some(1.0 / (hd as f64).sqrt()),
+            softcap: None,
+            // Bottom-right aligned: query i sees keys 0..=offset+i.
+            is_causal: mask.is_none(),
+        };
+        let out = attention(q, k, v, mask, None, options);
+        self.o_proj.forward(out.swap_dims(1, 2).reshape([b, s, nh * hd]))
+    }
+}
+
+/// `[b, kv_heads, len, d]` → `[b, kv_heads * groups, len, d]`, each kv head serving `groups` heads.
+fn repeat_kv<B: Backend>(x: Tensor<B, 4>, groups: usize) -> Tensor<B, 4> {
+    if groups == 1 {
+        return x;
+    }
+    let [b, n, l, d] = x.dims();
+    x.unsqueeze_dim::<5>(2).expand([b, n, groups, l, d]).reshape([b, n * groups, l, d])
+}
+
+/// `true` where a query may NOT see a key: keys after it, or `window` or more positions before it.
+fn window_mask<B: Backend>(
+    batch: usize,
+    heads: usize,
+    queries: usize,
+    keys: usize,
+    offset: usize,
+    window: usize,
+    device: &B::Device,
+) -> Tensor<B, 4, Bool> {
+    let mut m = Vec::with_capacity(queries * keys);
+    for i in 0..queries {
+        let q = offset + i;
+        m.extend((0..keys).map(|k| k > q || q - k >= window));
+    }
+    Tensor::<B, 2, Bool>::from_data(TensorData::new(m, [queries, keys]), device)
+        .unsqueeze::<4>()
+        .expand([batch, heads, queries, keys])
+}
+
+// ---------------------------------------------------------------------------------------------
+// MLP, layer, model
+
+/// SwiGLU: `down_proj(silu(gate_proj(x)) * up_proj(x))`.
+#[derive(Module, Debug)]
+pub struct Mlp<B: Backend> {
+    pub gate_proj: Linear<B>,
+    pub up_proj: Linear<B>,
+    pub down_proj: Linear<B>,
+}
+
+impl<B: Backend> Mlp<B> {
+    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        self.down_proj.forward(silu(self.gate_proj.forward(x.clone())) * self.up_proj.forward(x))
+    }
+}
+
+/// Pre-norm decoder layer.
+#[derive(Module, Debug)]
+pub struct DecoderLayer<B: Backend> {
+    pub input_layernorm: RmsNorm<B>,
+    pub self_attn: Attention<B>,
+    pub post_attention_layernorm: RmsNorm<B>,
+    pub mlp: Mlp<B>,
+}
+
+impl<B: Backend> DecoderLayer<B> {
+    pub fn forward(
+        &self,
+        h: Tensor<B, 3>,
+        step: &Step<'_, B>,
+        window: Option<usize>,
+        cache: Option<&mut LayerCache<B>>,
+    ) -> Tensor<B, 3> {
+        let h = h.clone() + self.self_attn.forward(self.input_layernorm.forward(h), step, window, cache);
+        h.clone() + self.mlp.forward(self.post_attention_layernorm.forward(h))
+    }
+}
+
+/// The causal language model.
+#[derive(Module, Debug)]
+pub struct Qwen<B: Backend> {
+    pub embed_tokens: Embedding<B>,
+    pub layers: Vec<DecoderLayer<B>>,
+    pub norm: RmsNorm<B>,
+    /// `None` when the head is tied to `embed_tokens`.
+    pub lm_head: Option<Linear<B>>,
+}
+
+/// Whether inference-only long-context behaviour applies (Qwen-1 turns dynamic NTK and LogN off
+/// while training).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Inference,
+    Training,
+}
+
+/// A model with its config: what callers use.
+#[derive(Debug, Clone)]
+pub struct QwenModel<B: Backend> {
+    pub config: QwenConfig,
+    pub model: Qwen<B>,
+    pub convention: RopeConvention,
+}
+
+impl<B: Backend> QwenModel<B> {
+    /// Wraps loaded weights (rotate-half RoPE, as every Qwen checkpoint uses).
+    pub fn new(config: QwenConfig, model: Qwen<B>) -> Self {
+        Self { config, model, convention: RopeConvention::RotateHalf }
+    }
+
+    /// A model with random weights (normal, `std`; norms at 1), e.g. for tests and benchmarks.
+    ///
+    /// Weights are created eagerly (burn's initializers are lazy, and a lazily initialized module
+    /// that is cloned would draw different weights in each copy).
+    pub fn random(config: QwenConfig, std: f64, device: &B::Device) -> Self {
+        use burn::module::Param;
+        use burn::tensor::Distribution;
+        let c = &config;
+        let normal = |shape: Vec<usize>| {
+            Tensor::<B, 1>::random([shape.iter().product::<usize>()], Distribution::Normal(0.0, std), device)
+        };
+        let linear = |i: usize, o: usize, bias: bool| Linear {
+            weight: Param::from_tensor(normal(vec![i, o]).reshape([i, o])),
+            bias: bias.then(|| Param::from_tensor(normal(vec![o]))),
+        };
+        let norm =
+            || RmsNorm { gamma: Param::from_tensor(Tensor::ones([c.hidden_size], device)), epsilon: c.rms_norm_eps };
+        let (nh, nkv, hd, h) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim, c.hidden_size);
+        let layers = (0..c.num_hidden_layers)
+            .map(|_| DecoderLayer {
+                input_layernorm: norm(),
+                self_attn: Attention {
+                    q_proj: linear(h, nh * hd, true),
+                    k_proj: linear(h, nkv * hd, true),
+                    v_proj: linear(h, nkv * hd, true),
+                    o_proj: linear(nh * hd, h, false),
+                    num_heads: nh,
+                    num_kv_heads: nkv,
+                    head_dim: hd,
+                },
+                post_attention_layernorm: norm(),
+                mlp: Mlp {
+                    gate_proj: linear(h, c.intermediate_size, false),
+                    up_proj: linear(h, c.intermediate_size, false),
+                    down_proj: linear(c.intermediate_size, h, false),
+                },
+            })
+            .collect();
+        let model = Qwen {
+            embed_tokens: Embedding {
+                weight: Param::from_tensor(normal(vec![c.vocab_size, h]).reshape([c.vocab_size, h])),
+            },
+            layers,
+            norm: norm(),
+            lm_head: (!c.tie_word_embeddings).then(|| linear(h, c.vocab_size, false)),
+        };
+        Self::new(config, model)
+    }
+
+    pub fn device(&self) -> B::Device {
+        self.model.embed_tokens.weight.device()
+    }
+
+    fn check_ids(&self, ids: &[Vec<u32>]) -> Result<(usize, usize)> {
+        let b = ids.len();
+        let s = ids.first().map_or(0, Vec::len);
+        if b == 0 || s == 0 {
+            return Err(ModelError::EmptyInput);
+        }
+        for row in ids {
+            if row.len() != s {
+                return Err(ModelError::Config(format!("ragged batch: lengths {} and {}", s, row.len())));
+            }
+            if let Some(&id) = row.iter().find(|&&id| id as usize >= self.config.vocab_size) {
+                return Err(ModelError::TokenOutOfRange { id, vocab_size: self.config.vocab_size });
+            }
+        }
+        Ok((b, s))
+    }
+
+    fn ids_tensor(&self, ids: &[Vec<u32>], b: usize, s: usize) -> Tensor<B, 2, Int> {
+        let flat: Vec<i64> = ids.iter().flatten().map(|&i| i as i64).collect();
+        Tensor::from_data(TensorData::new(flat, [b, s]), &self.device())
+    }
+
+    /// Logits `[batch, seq, vocab]` for a batch of equal-length sequences, without a cache, as the
+    /// reference computes them at inference (dynamic NTK and LogN apply past the training length).
+    pub fn forward(&self, ids: &[Vec<u32>]) -> Result<Tensor<B, 3>> {
+        self.forward_mode(ids, Mode::Inference)
+    }
+
+    /// Logits without a cache in the given mode.
+    pub fn forward_mode(&self, ids: &[Vec<u32>], mode: Mode) -> Result<Tensor<B, 3>> {
+        let (b, s) = self.check_ids(ids)?;
+        let input = self.ids_tensor(ids, b, s);
+        let freqs = match mode {
+            Mode::Inference => self.config.rope.frequencies(s),
+            Mode::Training => {
+                qwen_context::Rope { scaling: qwen_context::RopeScaling::None, ..self.config.rope.clone() }
+                    .frequencies(s)
+            }
+        };
+        let scale = if mode == Mode::Inference { self.query_scale(0, s, s) } else { None };
+        Ok(self.run(input, &freqs, scale, 0, None))
+    }
+
+    /// Logits for `ids` appended to what `cache` holds; fills the cache.
+    pub fn forward_cached(&self, ids: &[Vec<u32>], cache: &mut KvCache<B>) -> Result<Tensor<B, 3>> {
+        let (b, s) = self.check_ids(ids)?;
+        let offset = cache.len;
+        let end = offset + s;
+        if end > cache.capacity {
+            return Err(ModelError::SequenceTooLong { len: end, limit: cache.capacity });
+        }
+        if cache.layers.first().is_some_and(|l| l.k.dims()[0] != b) {
+            return Err(ModelError::Config(format!("batch of {b} does not match the cache")));
+        }
+        let schedule = &self.config.rope;
+        let freqs = match (&cache.prefill_freqs, schedule.changes_during_decode()) {
+            (Some(f), false) => f.clone(),
+            _ => schedule.frequencies(end),
+        };
+        if cache.prefill_freqs.is_none() {
+            cache.prefill_freqs = Some(freqs.clone());
+        }
+        let scale = self.query_scale(offset, s, end);
+        let input = self.ids_tensor(ids, b, s);
+        let out = self.run(input, &freqs, scale, offset, Some(cache));
+        cache.len = end;
+        Ok(out)
+    }
+
+    /// `[1, 1, s, 1]` LogN factors for queries at `offset..offset+s` over `key_len` keys.
+    fn query_scale(&self, offset: usize, s: usize, key_len: usize) -> Option<Tensor<B, 4>> {
+        let logn = self.config.logn.as_ref()?;
+        let f: Vec<f32> = (offset..offset + s).map(|p| logn.scale(p, key_len)).collect();
+        if f.iter().all(|&x| x == 1.0) {
+            return None;
+        }
+        Some(Tensor::from_data(TensorData::new(f, [1, 1, s, 1]), &self.device()))
+    }
+
+    fn run(
+        &self,
+        input: Tensor<B, 2, Int>,
+        freqs: &RopeFrequencies,
+        query_scale: Option<Tensor<B, 4>>,
+        offset: usize,
+        mut cache: Option<&mut KvCache<B>>,
+    ) -> Tensor<B, 3> {
+        let s = input.dims()[1];
+        let rope = RopeTables::new(freqs, offset, s, self.convention, &self.device());
+        let step = Step { rope: &rope, query_scale, offset };
+        let mut h = self.model.embed_tokens.forward(input);
+        for (i, layer) in self.model.layers.iter().enumerate() {
+            let window = self.config.windows.window(i);
+            let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[i]);
+            h = layer.forward(h, &step, window, layer_cache);
+        }
+        let h = self.model.norm.forward(h);
+        match &self.model.lm_head {
+            Some(head) => head.forward(h),
+            None => {
+                let w = self.model.embed_tokens.weight.val().transpose().unsqueeze::<3>();
+                h.matmul(w)
+            }
+        }
+    }
+}
