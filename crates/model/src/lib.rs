@@ -2,6 +2,7 @@
 //!
 //! - [`config`]: HF `config.json` of either family, validated, into one [`QwenConfig`].
 //! - [`qwen`]: the model, top to bottom, with its KV cache.
+//! - [`generate`]: KV-cache generation and sampling.
 //! - [`load`]: HF safetensors (single or sharded; f32/bf16/f16) in either naming scheme;
 //!   [`save`] writes them back.
 //!
@@ -10,12 +11,14 @@
 
 pub mod config;
 mod error;
+pub mod generate;
 pub mod load;
 pub mod qwen;
 pub mod save;
 
 pub use config::{Family, QwenConfig};
 pub use error::{ModelError, Result};
+pub use generate::{GenerateConfig, Sampler, SamplingConfig};
 pub use load::load;
 pub use qwen::{KvCache, Mode, Qwen, QwenModel};
 pub use save::SaveDtype;

@@ -253,3 +253,54 @@ fn broken_checkpoints_are_typed_errors_naming_the_tensor() {
     std::fs::write(d.join("config.json"), r#"{"model_type": "qwen2"}"#).unwrap();
     assert!(matches!(load::<B>(&d, &device), Err(ModelError::Config(_))));
 }
+
+/// Greedy generation with the cache picks, at every step, the argmax of a full recompute.
+#[test]
+fn greedy_generation_matches_full_recompute() {
+    use qwen_model::generate::argmax;
+    use qwen_model::{GenerateConfig, SamplingConfig};
+    let device = Default::default();
+    let model = QwenModel::<B>::random(qwen2_config(serde_json::json!({})), 0.3, &device);
+    let prompt = ids(5, 6);
+    let config = GenerateConfig { max_new_tokens: 8, stop_ids: vec![], sampling: SamplingConfig::default() };
+    let got = model.generate(&prompt, &config, |_| true).unwrap();
+    let mut seq = prompt.clone();
+    for _ in 0..8 {
+        let logits = values(model.forward(std::slice::from_ref(&seq)).unwrap());
+        let v = model.config.vocab_size;
+        seq.push(argmax(&logits[logits.len() - v..]));
+    }
+    assert_eq!(got, seq[prompt.len()..]);
+    // A stop id ends generation and is included.
+    let stop = GenerateConfig { stop_ids: vec![got[2]], ..config.clone() };
+    let first = got.iter().position(|&t| t == got[2]).unwrap();
+    assert_eq!(model.generate(&prompt, &stop, |_| true).unwrap(), got[..=first]);
+    // Batched prompts give what each gives alone.
+    let other = ids(5, 9);
+    let batch = model.generate_batch(&[prompt.clone(), other.clone(), ids(3, 1)], &config, |_, _| true).unwrap();
+    assert_eq!(batch[0], got);
+    assert_eq!(batch[1], model.generate(&other, &config, |_| true).unwrap());
+    assert_eq!(batch[2], model.generate(&ids(3, 1), &config, |_| true).unwrap());
+}
+
+#[test]
+fn sampling_is_seeded_and_filters() {
+    use qwen_model::{Sampler, SamplingConfig};
+    let logits = [0.0f32, 3.0, 1.0, 2.9, -1.0];
+    let draw = |config: SamplingConfig| {
+        let mut s = Sampler::new(config).unwrap();
+        (0..200).map(|_| s.sample(&mut logits.clone(), &[])).collect::<Vec<_>>()
+    };
+    let hot = SamplingConfig { temperature: 1.0, seed: 7, ..Default::default() };
+    assert_eq!(draw(hot.clone()), draw(hot.clone()), "same seed, same tokens");
+    assert_ne!(draw(hot.clone()), draw(SamplingConfig { seed: 8, ..hot.clone() }));
+    assert!(draw(SamplingConfig { top_k: 2, ..hot.clone() }).iter().all(|&t| t == 1 || t == 3));
+    assert!(draw(SamplingConfig { top_k: 1, ..hot.clone() }).iter().all(|&t| t == 1));
+    // top_p 0.5: token 1 alone has ~0.47, so tokens 1 and 3 are kept.
+    assert!(draw(SamplingConfig { top_p: 0.5, ..hot.clone() }).iter().all(|&t| t == 1 || t == 3));
+    // A strong repetition penalty on token 1 makes 3 the greedy choice.
+    let mut s = Sampler::new(SamplingConfig { repetition_penalty: 2.0, ..Default::default() }).unwrap();
+    assert_eq!(s.sample(&mut logits.clone(), &[1]), 3);
+    assert!(Sampler::new(SamplingConfig { top_p: 0.0, ..Default::default() }).is_err());
+    assert!(Sampler::new(SamplingConfig { temperature: -1.0, ..Default::default() }).is_err());
+}

@@ -1,0 +1,106 @@
+//! Streams a completion (or a ChatML reply) from a checkpoint.
+//!
+//! ```text
+//! cargo run --release --example generate -- --model DIR --tokenizer vocab/qwen.tiktoken --chat --prompt "Hi"
+//! ```
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::Parser;
+use qwen::backend::{device, Backend};
+use qwen_model::{GenerateConfig, SamplingConfig};
+use qwen_tokenizer::{AllowedSpecial, ChatMl, Normalization, StreamDecoder, Tokenizer, DEFAULT_SYSTEM};
+
+/// Generates text with a Qwen checkpoint, streaming it to stdout; tokens/s go to stderr.
+#[derive(Parser)]
+#[command(name = "generate")]
+struct Args {
+    /// Folder with config.json and safetensors weights.
+    #[arg(long)]
+    model: PathBuf,
+    /// `.tiktoken` (Qwen-1) or `tokenizer.json` (Qwen2) file.
+    #[arg(long)]
+    tokenizer: PathBuf,
+    /// Render the prompt as a ChatML conversation (default system prompt) and stop at <|im_end|>.
+    #[arg(long)]
+    chat: bool,
+    #[arg(long, default_value = "Once upon a time")]
+    prompt: String,
+    #[arg(long, default_value_t = 64)]
+    max_new_tokens: usize,
+    /// 0 = greedy.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    /// 0 = off.
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    #[arg(long, default_value_t = 1.0)]
+    repetition_penalty: f32,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let tok = Tokenizer::from_file(&args.tokenizer)
+        .with_context(|| format!("loading {}", args.tokenizer.display()))?
+        .with_normalization(Normalization::Nfc);
+    let model = qwen_model::load::<Backend>(&args.model, &device())
+        .with_context(|| format!("loading {}", args.model.display()))?;
+    let (prompt, mut stop_ids) = if args.chat {
+        let chat = ChatMl::new(&tok)?;
+        let ctx = chat.make_context(DEFAULT_SYSTEM, &[] as &[(String, String)], &args.prompt, 6144)?;
+        (ctx.ids, chat.stop_ids())
+    } else {
+        (tok.encode(&args.prompt, &AllowedSpecial::None)?, Vec::new())
+    };
+    if let Some(eot) = tok.specials().id("<|endoftext|>") {
+        stop_ids.push(eot);
+    }
+    let config = GenerateConfig {
+        max_new_tokens: args.max_new_tokens,
+        stop_ids: stop_ids.clone(),
+        sampling: SamplingConfig {
+            temperature: args.temperature,
+            top_k: args.top_k,
+            top_p: args.top_p,
+            repetition_penalty: args.repetition_penalty,
+            seed: args.seed,
+        },
+    };
+    if !args.chat {
+        print!("{}", args.prompt);
+    }
+    let mut stream = StreamDecoder::new(&tok);
+    let mut stdout = std::io::stdout().lock();
+    let start = Instant::now();
+    let mut first = None;
+    let new = model.generate(&prompt, &config, |t| {
+        first.get_or_insert_with(Instant::now);
+        if !stop_ids.contains(&t) {
+            if let Ok(text) = stream.push(t) {
+                let _ = write!(stdout, "{text}");
+                let _ = stdout.flush();
+            }
+        }
+        true
+    })?;
+    writeln!(stdout, "{}", stream.finish())?;
+    let total = start.elapsed().as_secs_f64();
+    let prefill = first.map_or(total, |f| (f - start).as_secs_f64());
+    let decode_tokens = new.len().saturating_sub(1);
+    eprintln!(
+        "[{}] prompt {} tokens, generated {} tokens; prefill {:.1} tokens/s, decode {:.1} tokens/s",
+        qwen::backend::name(),
+        prompt.len(),
+        new.len(),
+        prompt.len() as f64 / prefill.max(1e-9),
+        decode_tokens as f64 / (total - prefill).max(1e-9),
+    );
+    Ok(())
+}
