@@ -85,7 +85,9 @@ impl Rope {
             return bad(format!("rotary dim {dim} must be even and at least 4"));
         }
         match &scaling {
-            RopeScaling::Ntk { alpha } if alpha.is_nan() || *alpha < 1.0 => return bad(format!("NTK alpha {alpha} must be >= 1")),
+            RopeScaling::Ntk { alpha } if alpha.is_nan() || *alpha < 1.0 => {
+                return bad(format!("NTK alpha {alpha} must be >= 1"))
+            }
             RopeScaling::QwenDynamicNtk { seq_length: 0 } => return bad("seq_length must be > 0".into()),
             RopeScaling::HfDynamic { factor, max_position_embeddings }
                 if factor.is_nan() || *factor < 1.0 || *max_position_embeddings == 0 =>

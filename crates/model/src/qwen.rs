@@ -284,13 +284,41 @@ impl<B: Backend> DecoderLayer<B> {
 }
 
 /// The causal language model.
+///
+/// With tied embeddings there is one matrix, kept in the head's layout (`lm_head.weight`,
+/// `[hidden, vocab]`): the head is then a plain contiguous matmul (a matmul against a transposed
+/// view of the `[vocab, hidden]` embedding is ~20x slower on CPU backends), and the embedding
+/// lookup gathers columns of it instead of rows.
 #[derive(Module, Debug)]
 pub struct Qwen<B: Backend> {
-    pub embed_tokens: Embedding<B>,
+    /// `None` when tied to `lm_head`.
+    pub embed_tokens: Option<Embedding<B>>,
     pub layers: Vec<DecoderLayer<B>>,
     pub norm: RmsNorm<B>,
-    /// `None` when the head is tied to `embed_tokens`.
-    pub lm_head: Option<Linear<B>>,
+    pub lm_head: Linear<B>,
+}
+
+impl<B: Backend> Qwen<B> {
+    /// Embeddings of `ids: [batch, seq]` → `[batch, seq, hidden]`.
+    pub fn embed(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        match &self.embed_tokens {
+            Some(e) => e.forward(ids),
+            None => {
+                let [b, s] = ids.dims();
+                let w = self.lm_head.weight.val();
+                let h = w.dims()[0];
+                w.select(1, ids.reshape([b * s])).transpose().reshape([b, s, h])
+            }
+        }
+    }
+
+    /// The `[vocab, hidden]` embedding matrix (a transposed copy of the head when tied).
+    pub fn embedding_matrix(&self) -> Tensor<B, 2> {
+        match &self.embed_tokens {
+            Some(e) => e.weight.val(),
+            None => self.lm_head.weight.val().transpose(),
+        }
+    }
 }
 
 /// Whether inference-only long-context behaviour applies (Qwen-1 turns dynamic NTK and LogN off
@@ -354,18 +382,18 @@ impl<B: Backend> QwenModel<B> {
             })
             .collect();
         let model = Qwen {
-            embed_tokens: Embedding {
+            embed_tokens: (!c.tie_word_embeddings).then(|| Embedding {
                 weight: Param::from_tensor(normal(vec![c.vocab_size, h]).reshape([c.vocab_size, h])),
-            },
+            }),
             layers,
             norm: norm(),
-            lm_head: (!c.tie_word_embeddings).then(|| linear(h, c.vocab_size, false)),
+            lm_head: linear(h, c.vocab_size, false),
         };
         Self::new(config, model)
     }
 
     pub fn device(&self) -> B::Device {
-        self.model.embed_tokens.weight.device()
+        self.model.lm_head.weight.device()
     }
 
     fn check_ids(&self, ids: &[Vec<u32>]) -> Result<(usize, usize)> {
@@ -458,19 +486,12 @@ impl<B: Backend> QwenModel<B> {
         let s = input.dims()[1];
         let rope = RopeTables::new(freqs, offset, s, self.convention, &self.device());
         let step = Step { rope: &rope, query_scale, offset };
-        let mut h = self.model.embed_tokens.forward(input);
+        let mut h = self.model.embed(input);
         for (i, layer) in self.model.layers.iter().enumerate() {
             let window = self.config.windows.window(i);
             let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[i]);
             h = layer.forward(h, &step, window, layer_cache);
         }
-        let h = self.model.norm.forward(h);
-        match &self.model.lm_head {
-            Some(head) => head.forward(h),
-            None => {
-                let w = self.model.embed_tokens.weight.val().transpose().unsqueeze::<3>();
-                h.matmul(w)
-            }
-        }
+        self.model.lm_head.forward(self.model.norm.forward(h))
     }
 }

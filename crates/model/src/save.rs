@@ -74,7 +74,7 @@ impl<B: Backend> QwenModel<B> {
         let mut vectors: Vec<(String, Tensor<B, 1>)> = Vec::new();
         match c.family {
             Family::Qwen2 => {
-                put2("model.embed_tokens.weight".into(), m.embed_tokens.weight.val());
+                put2("model.embed_tokens.weight".into(), m.embedding_matrix());
                 for (i, l) in m.layers.iter().enumerate() {
                     let p = format!("model.layers.{i}");
                     let a = &l.self_attn;
@@ -98,7 +98,7 @@ impl<B: Backend> QwenModel<B> {
                 vectors.push(("model.norm.weight".into(), m.norm.gamma.val()));
             }
             Family::Qwen1 => {
-                put2("transformer.wte.weight".into(), m.embed_tokens.weight.val());
+                put2("transformer.wte.weight".into(), m.embedding_matrix());
                 for (i, l) in m.layers.iter().enumerate() {
                     let p = format!("transformer.h.{i}");
                     let a = &l.self_attn;
@@ -121,8 +121,8 @@ impl<B: Backend> QwenModel<B> {
                 vectors.push(("transformer.ln_f.weight".into(), m.norm.gamma.val()));
             }
         }
-        if let Some(head) = &m.lm_head {
-            put2("lm_head.weight".into(), w(head));
+        if !c.tie_word_embeddings {
+            put2("lm_head.weight".into(), w(&m.lm_head));
         }
         tensors.extend(vectors.into_iter().map(|(n, t)| (n, raw(t, dtype))));
         let views: Vec<(String, &Raw)> = tensors.iter().map(|(n, r)| (n.clone(), r)).collect();
