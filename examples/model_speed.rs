@@ -52,7 +52,7 @@ fn main() {
     for _ in 0..args.reps {
         let mut cache = KvCache::new(&model.config, 1, args.prefill + args.decode, &model.device());
         let t = Instant::now();
-        last_value(model.forward_cached(&[prompt.clone()], &mut cache).unwrap());
+        last_value(model.forward_cached(std::slice::from_ref(&prompt), &mut cache).unwrap());
         prefill = prefill.min(t.elapsed().as_secs_f64());
         let t = Instant::now();
         for i in 0..args.decode {
