@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Prefill/decode tokens/s and peak memory: qwen-rs (examples/model_speed.rs, CPU backend by default)
 # and PyTorch (tools/reference/bench_torch.py) on the same Qwen2.5-0.5B shape, one after the other in
-# one run, then the ratios. Needs .venv-model (tools/reference/make_model_venv.sh).
+# one run, then the ratios. Needs .venv-model (tools/reference/make_model_venvs.sh).
 # Extra arguments go to both (e.g. --layers 4 for a quick look); FEATURES=cuda selects a GPU backend.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."

@@ -69,8 +69,9 @@ fn default_true() -> bool {
 
 #[derive(Deserialize)]
 struct Qwen1Json {
-    #[serde(alias = "padded_vocab_size")]
-    vocab_size: usize,
+    vocab_size: Option<usize>,
+    /// Aug-2023: embedding rows (and `vocab_size` the head's rows).
+    padded_vocab_size: Option<usize>,
     #[serde(alias = "n_embd")]
     hidden_size: usize,
     #[serde(alias = "n_layer")]
@@ -163,6 +164,13 @@ impl QwenConfig {
 
     fn qwen1(value: &Value) -> Result<Self> {
         let c: Qwen1Json = serde_json::from_value(value.clone()).map_err(|e| invalid(format!("Qwen-1 config: {e}")))?;
+        let vocab_size = match (c.vocab_size, c.padded_vocab_size) {
+            (Some(a), Some(b)) if a != b => {
+                return Err(ModelError::Unsupported(format!("padded_vocab_size {b} differs from vocab_size {a}")))
+            }
+            (Some(v), _) | (None, Some(v)) => v,
+            (None, None) => return Err(invalid("Qwen-1 config: missing field `vocab_size`")),
+        };
         if !c.no_bias {
             return Err(ModelError::Unsupported("Qwen-1 with no_bias = false (biases on every projection)".into()));
         }
@@ -187,7 +195,7 @@ impl QwenConfig {
         }
         Ok(Self {
             family: Family::Qwen1,
-            vocab_size: c.vocab_size,
+            vocab_size,
             hidden_size: c.hidden_size,
             intermediate_size: c.intermediate_size / 2,
             num_hidden_layers: c.num_hidden_layers,

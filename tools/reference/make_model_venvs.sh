@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Create the two git-ignored venvs used by tools/reference/model_fixtures.py (never by CI):
+#   .venv-model  transformers 5.x + torch (Qwen2 fixtures, `verify`)   <- requirements-model.txt
+#   .venv-qwen1  transformers 4.36.2 + torch 2.1.2 (Qwen-1's own code) <- requirements-model-qwen1.txt
+# Idempotent; runnable from any cwd. PyPI only (torch's PyPI wheels pull several GB of CUDA wheels).
+# Override the base interpreter (Python 3.11) with PYTHON=...; pass `model` or `qwen1` to build one.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+cd "$ROOT"
+PY="${PYTHON:-python3}"
+export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1
+which="${1:-all}"
+build() {  # venv requirements
+  if [ ! -x "$1/bin/python" ]; then
+    "$PY" -m venv "$1"
+  fi
+  "$1/bin/python" -m pip install --quiet --no-input --progress-bar off -r "$2" </dev/null
+  "$1/bin/python" -c 'import torch, transformers; print("'"$1"' ok: torch", torch.__version__, "transformers", transformers.__version__)'
+}
+if [ "$which" = all ] || [ "$which" = model ]; then
+  build .venv-model tools/reference/requirements-model.txt
+fi
+if [ "$which" = all ] || [ "$which" = qwen1 ]; then
+  build .venv-qwen1 tools/reference/requirements-model-qwen1.txt
+fi
