@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Extract Qwen-1's modeling code (NOT vendored in this repo) from local git clones of two public
 # GitHub mirrors of the Hugging Face model repos, at pinned commits, and check the sha256 pins:
-#   DEC_CLONE: a clone of github.com/zhangningboo/Qwen-7B      (Qwen/Qwen-7B, Dec-2023 code)
-#   AUG_CLONE: a clone of github.com/undefdev/Qwen-7B-Chat     (Qwen/Qwen-7B-Chat, Aug-2023 code)
+#   DEC_CLONE: a clone of GitHub zhangningboo/Qwen-7B      (Qwen/Qwen-7B, Dec-2023 code)
+#   AUG_CLONE: a clone of GitHub undefdev/Qwen-7B-Chat     (Qwen/Qwen-7B-Chat, Aug-2023 code)
 # Usage: tools/reference/get_qwen1_model_code.sh DEC_CLONE AUG_CLONE OUT_DIR
 # Writes OUT_DIR/dec2023/ and OUT_DIR/aug2023/ (modeling_qwen.py, configuration_qwen.py,
 # qwen_generation_utils.py) for `model_fixtures.py qwen1 --qwen1-code OUT_DIR/dec2023

@@ -61,7 +61,7 @@ NORM_STD = 0.1  # RMSNorm weights are 1 + N(0, NORM_STD)
 # Qwen-1 modeling code provenance (files are NOT vendored; see README).
 QWEN1_DEC = {
     "label": "Qwen/Qwen-7B modeling code, Dec-2023 revision",
-    "repo": "github.com/zhangningboo/Qwen-7B (git mirror of the Hugging Face Qwen/Qwen-7B repo, full history)",
+    "repo": "GitHub zhangningboo/Qwen-7B (git mirror of the Hugging Face Qwen/Qwen-7B repo, full history)",
     "commit": "ffe04dd57f85293043ba999a2c0daa788d6182e9",
     "file_commit": "d4efd21e866b9cb3466cb65b963933f5e98016d1",
     "file_commit_note": "last commit touching modeling_qwen.py: 2023-12-07 'update modeling_qwen.py' by yangapku",
@@ -73,7 +73,7 @@ QWEN1_DEC = {
 }
 QWEN1_AUG = {
     "label": "Qwen/Qwen-7B-Chat modeling code, Aug-2023 revision (Aug-4-2023, n_embd/n_layer/... keys)",
-    "repo": "github.com/undefdev/Qwen-7B-Chat (git mirror of the Hugging Face Qwen/Qwen-7B-Chat repo, Aug-2023 history)",
+    "repo": "GitHub undefdev/Qwen-7B-Chat (git mirror of the Hugging Face Qwen/Qwen-7B-Chat repo, Aug-2023 history)",
     "commit": "04df5dd57b94b9ed20498ee42063ea9e164f98b3",
     "file_commit": "04df5dd57b94b9ed20498ee42063ea9e164f98b3",
     "file_commit_note": "2023-08-04 'update config and streaming generation' (last Aug-2023 change to modeling/config)",
