@@ -30,7 +30,8 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let model = qwen_model::load::<Backend>(&args.model, &device()).with_context(|| format!("loading {}", args.model.display()))?;
+    let model = qwen_model::load::<Backend>(&args.model, &device())
+        .with_context(|| format!("loading {}", args.model.display()))?;
     let dtype = match args.dtype {
         Dtype::F32 => SaveDtype::F32,
         Dtype::Bf16 => SaveDtype::BF16,

@@ -1,0 +1,58 @@
+//! Batching without a tensor library: the training crate maps [`TokenBatch`] to burn tensors.
+
+use crate::pack::Sequence;
+
+/// Turns a list of items into one batch.
+pub trait Batcher<I, O> {
+    fn batch(&self, items: Vec<I>) -> O;
+}
+
+/// Token ids of a batch, row-major `[batch, seq_len]`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TokenBatch {
+    pub inputs: Vec<u32>,
+    pub targets: Vec<u32>,
+    pub batch: usize,
+    pub seq_len: usize,
+}
+
+impl TokenBatch {
+    /// Row `i` of the inputs.
+    pub fn input_row(&self, i: usize) -> &[u32] {
+        &self.inputs[i * self.seq_len..(i + 1) * self.seq_len]
+    }
+    /// Row `i` of the targets.
+    pub fn target_row(&self, i: usize) -> &[u32] {
+        &self.targets[i * self.seq_len..(i + 1) * self.seq_len]
+    }
+}
+
+/// Concatenates [`Sequence`]s of one length into a [`TokenBatch`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TokenBatcher;
+
+impl Batcher<Sequence, TokenBatch> for TokenBatcher {
+    /// # Panics
+    /// If the sequences do not all have the same length, or an input and its target differ in
+    /// length.
+    fn batch(&self, items: Vec<Sequence>) -> TokenBatch {
+        let seq_len = items.first().map_or(0, |s| s.input.len());
+        let mut out = TokenBatch {
+            inputs: Vec::with_capacity(items.len() * seq_len),
+            targets: Vec::with_capacity(items.len() * seq_len),
+            batch: items.len(),
+            seq_len,
+        };
+        for s in items {
+            assert!(
+                s.input.len() == seq_len && s.target.len() == seq_len,
+                "sequence lengths {}/{} differ from the batch's {seq_len}",
+                s.input.len(),
+                s.target.len()
+            );
+            out.inputs.extend(s.input);
+            out.targets.extend(s.target);
+        }
+        out
+    }
+}
