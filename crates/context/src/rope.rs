@@ -81,7 +81,7 @@ impl Rope {
         if !(base > 1.0 && base.is_finite()) {
             return bad(format!("base {base} must be a finite number > 1"));
         }
-        if dim < 4 || dim % 2 != 0 {
+        if dim < 4 || !dim.is_multiple_of(2) {
             return bad(format!("rotary dim {dim} must be even and at least 4"));
         }
         match &scaling {

@@ -174,7 +174,7 @@ impl QwenConfig {
         if !c.no_bias {
             return Err(ModelError::Unsupported("Qwen-1 with no_bias = false (biases on every projection)".into()));
         }
-        if c.num_attention_heads == 0 || c.hidden_size % c.num_attention_heads != 0 {
+        if c.num_attention_heads == 0 || !c.hidden_size.is_multiple_of(c.num_attention_heads) {
             return Err(invalid(format!(
                 "hidden_size {} is not a multiple of {} heads",
                 c.hidden_size, c.num_attention_heads
@@ -187,7 +187,7 @@ impl QwenConfig {
         let rotary_dim = (head_dim as f64 * c.rotary_pct) as usize;
         let seq_length = c.seq_length.or(c.max_position_embeddings).unwrap_or(2048);
         let scaling = if c.use_dynamic_ntk { RopeScaling::QwenDynamicNtk { seq_length } } else { RopeScaling::None };
-        if c.intermediate_size % 2 != 0 {
+        if !c.intermediate_size.is_multiple_of(2) {
             return Err(invalid(format!(
                 "Qwen-1 intermediate_size {} must be even (MLP width is half)",
                 c.intermediate_size
@@ -309,7 +309,7 @@ impl QwenConfig {
                 return Err(invalid(format!("{name} must be > 0")));
             }
         }
-        if self.num_attention_heads % self.num_key_value_heads != 0 {
+        if !self.num_attention_heads.is_multiple_of(self.num_key_value_heads) {
             return Err(invalid(format!(
                 "{} attention heads are not a multiple of {} key/value heads",
                 self.num_attention_heads, self.num_key_value_heads

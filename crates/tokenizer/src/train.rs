@@ -397,7 +397,7 @@ impl Learner {
             self.add_token(bytes, &mut scratch, &mut delta);
             done += 1;
             if let Some(t0) = progress {
-                if done % step == 0 || done == total {
+                if done.is_multiple_of(step) || done == total {
                     let last = self.tokens.last().expect("just added");
                     eprintln!(
                         "bpe: {done}/{total} merges ({}%), last {:?} x{count}, {:.2}s",
