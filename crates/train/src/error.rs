@@ -1,0 +1,47 @@
+//! The one error type of this crate.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong computing a loss, stepping, saving or resuming.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// The model rejected the input (empty or ragged batch, token out of range, ...).
+    #[error(transparent)]
+    Model(#[from] qwen_model::ModelError),
+    /// A batch is malformed: lengths disagree, or it has no token to learn from.
+    #[error("invalid batch: {0}")]
+    Batch(String),
+    /// The loss or the gradient norm is NaN or infinite; the model was not updated.
+    #[error("non-finite {what} at step {step}")]
+    NonFinite { step: u64, what: &'static str },
+    /// A configuration value is out of range.
+    #[error("invalid config: {0}")]
+    Config(String),
+    #[error("I/O error on {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// `trainer_state.json` is malformed.
+    #[error("invalid trainer state {path}: {source}")]
+    State {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// burn's recorder failed to write or read the optimizer state.
+    #[error("optimizer record {path}: {reason}")]
+    Record { path: PathBuf, reason: String },
+    /// The checkpoint does not match the model it is loaded into.
+    #[error("checkpoint mismatch: {0}")]
+    Mismatch(String),
+}
+
+/// `Result` with [`TrainError`].
+pub type Result<T> = std::result::Result<T, TrainError>;
+
+pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> TrainError {
+    let path = path.into();
+    move |source| TrainError::Io { path, source }
+}

@@ -1,0 +1,172 @@
+//! One optimizer step over several micro-batches: forward in training mode, token-weighted
+//! cross-entropy, backward per micro-batch with gradients accumulated, global-norm clipping,
+//! decoupled weight decay on matrices, burn's AdamW update.
+//!
+//! Mixed precision: burn 0.21 has no autocast (docs/burn.md), so the trainer runs entirely in
+//! the backend's float type; pick `Autodiff<Cuda<bf16>>` for bf16 or keep f32.
+//!
+//! Loss scaling for accumulation: each micro-batch's summed loss is divided by the number of
+//! non-ignored targets over *all* the micro-batches, so the accumulated gradient equals the
+//! gradient of one big batch (micro-batches with more real tokens weigh more).
+
+use burn::module::AutodiffModule;
+use burn::optim::{GradientsAccumulator, GradientsParams, Optimizer};
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::ElementConversion;
+use serde::{Deserialize, Serialize};
+
+use qwen_data::TokenBatch;
+use qwen_model::{Mode, Qwen, QwenModel};
+
+use crate::error::{Result, TrainError};
+use crate::loss::{cross_entropy_sum, IGNORE_INDEX};
+use crate::optim::{apply_weight_decay, clip_global_norm, global_norm, OptimConfig, QwenOptimizer};
+use crate::schedule::Schedule;
+
+/// Everything that defines a run besides the model and the data.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    pub schedule: Schedule,
+    pub optim: OptimConfig,
+    /// The run's seed (saved with checkpoints; the data loader keeps its own).
+    pub seed: u64,
+}
+
+impl TrainConfig {
+    pub fn validate(&self) -> Result<()> {
+        self.schedule.validate()?;
+        self.optim.validate()
+    }
+}
+
+/// What one [`Trainer::train_step`] did.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepStats {
+    /// The step just taken, counting from 1.
+    pub step: u64,
+    /// Token-weighted mean loss over the micro-batches, before the update.
+    pub loss: f32,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f32,
+    /// The learning rate used.
+    pub lr: f64,
+    /// Targets that counted (not [`IGNORE_INDEX`]).
+    pub tokens: usize,
+}
+
+/// The model, its optimizer, the schedule and the step counter.
+pub struct Trainer<B: AutodiffBackend> {
+    pub(crate) model: QwenModel<B>,
+    pub(crate) optim: QwenOptimizer<B>,
+    pub(crate) config: TrainConfig,
+    pub(crate) step: u64,
+}
+
+impl<B: AutodiffBackend> Trainer<B> {
+    /// A trainer at step 0 with a fresh optimizer.
+    pub fn new(model: QwenModel<B>, config: TrainConfig) -> Result<Self> {
+        config.validate()?;
+        Ok(Self { model, optim: config.optim.init::<B>(), config, step: 0 })
+    }
+
+    pub fn model(&self) -> &QwenModel<B> {
+        &self.model
+    }
+
+    /// Direct access, e.g. to change a weight in a test. Keep parameter ids unchanged
+    /// (`Param::map`), or the optimizer state no longer matches.
+    pub fn model_mut(&mut self) -> &mut QwenModel<B> {
+        &mut self.model
+    }
+
+    pub fn into_model(self) -> QwenModel<B> {
+        self.model
+    }
+
+    pub fn config(&self) -> &TrainConfig {
+        &self.config
+    }
+
+    /// Optimizer steps taken.
+    pub fn step(&self) -> u64 {
+        self.step
+    }
+
+    /// The rate the next step will use.
+    pub fn next_lr(&self) -> f64 {
+        self.config.schedule.lr(self.step)
+    }
+
+    /// Loss and gradients of the micro-batches (accumulated, token-weighted), without updating.
+    /// Returns `(loss, grads, tokens)`.
+    pub fn loss_and_grads(&self, batches: &[TokenBatch]) -> Result<(f32, GradientsParams, usize)> {
+        if batches.is_empty() {
+            return Err(TrainError::Batch("no micro-batches".into()));
+        }
+        let mut tokens = 0usize;
+        for b in batches {
+            let n = b.batch * b.seq_len;
+            if n == 0 || b.inputs.len() != n || b.targets.len() != n {
+                return Err(TrainError::Batch(format!(
+                    "batch {}x{} with {} inputs and {} targets",
+                    b.batch,
+                    b.seq_len,
+                    b.inputs.len(),
+                    b.targets.len()
+                )));
+            }
+            tokens += b.targets.iter().filter(|&&t| t != IGNORE_INDEX).count();
+        }
+        if tokens == 0 {
+            return Err(TrainError::Batch("every target is ignored".into()));
+        }
+        let module = &self.model.model;
+        let mut acc = GradientsAccumulator::<Qwen<B>>::new();
+        let mut loss = 0f32;
+        for b in batches {
+            let rows: Vec<Vec<u32>> = (0..b.batch).map(|i| b.input_row(i).to_vec()).collect();
+            let logits = self.model.forward_mode(&rows, Mode::Training)?;
+            let (sum, _) = cross_entropy_sum(logits, &b.targets)?;
+            let l = sum.div_scalar(tokens as f64);
+            loss += l.clone().into_scalar().elem::<f32>();
+            let grads = GradientsParams::from_grads(l.backward(), module);
+            acc.accumulate(module, grads);
+        }
+        Ok((loss, acc.grads(), tokens))
+    }
+
+    /// One optimizer step over `batches` (gradient accumulation over all of them).
+    ///
+    /// # Errors
+    /// [`TrainError::NonFinite`] if the loss or the gradient norm is NaN/Inf: then neither the
+    /// model, the optimizer state nor the step counter changes. [`TrainError::Batch`] and
+    /// [`TrainError::Model`] for malformed input.
+    pub fn train_step(&mut self, batches: &[TokenBatch]) -> Result<StepStats> {
+        let (loss, mut grads, tokens) = self.loss_and_grads(batches)?;
+        if !loss.is_finite() {
+            return Err(TrainError::NonFinite { step: self.step, what: "loss" });
+        }
+        let module = self.model.model.clone();
+        let norm = match self.config.optim.clip_norm {
+            Some(max) => clip_global_norm::<B, _>(&module, &mut grads, max as f64),
+            None => global_norm::<B, _>(&module, &grads),
+        };
+        if !norm.is_finite() {
+            return Err(TrainError::NonFinite { step: self.step, what: "gradient norm" });
+        }
+        let lr = self.config.schedule.lr(self.step);
+        let module = apply_weight_decay::<B, _>(module, &grads, lr, self.config.optim.weight_decay as f64);
+        self.model.model = self.optim.step(lr, module, grads);
+        self.step += 1;
+        Ok(StepStats { step: self.step, loss, grad_norm: norm as f32, lr, tokens })
+    }
+
+    /// The model on the inner (non-autodiff) backend, e.g. for evaluation or saving.
+    pub fn valid_model(&self) -> QwenModel<B::InnerBackend> {
+        QwenModel {
+            config: self.model.config.clone(),
+            model: self.model.model.valid(),
+            convention: self.model.convention,
+        }
+    }
+}

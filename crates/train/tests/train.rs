@@ -1,0 +1,254 @@
+//! End-to-end checks of the training loop on `Autodiff<Flex>` with a tiny Qwen2 config
+//! (hidden 32, 2 layers, vocab 64): overfitting, autodiff vs finite differences, clipping,
+//! bit-exact resume, and the NaN guard.
+
+use burn::backend::{Autodiff, Flex};
+use burn::module::{AutodiffModule, Param};
+use burn::tensor::{ElementConversion, Tensor};
+use qwen_data::{LoaderState, TokenBatch};
+use qwen_model::{Mode, QwenConfig, QwenModel};
+use qwen_train::{
+    clip_global_norm, cross_entropy, global_norm, OptimConfig, Schedule, TrainConfig, TrainError, Trainer, IGNORE_INDEX,
+};
+
+type B = Autodiff<Flex>;
+type Inner = Flex;
+
+fn config() -> QwenConfig {
+    QwenConfig::from_json(serde_json::json!({
+        "model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"], "vocab_size": 64, "hidden_size": 32,
+        "intermediate_size": 48, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+        "max_position_embeddings": 64, "rms_norm_eps": 1e-6, "rope_theta": 10000.0, "hidden_act": "silu",
+        "tie_word_embeddings": false, "torch_dtype": "float32"
+    }))
+    .unwrap()
+}
+
+/// `batch` rows of `seq` tokens, targets shifted by one; `seed` varies the content.
+fn batch(batch: usize, seq: usize, seed: u32) -> TokenBatch {
+    let mut out = TokenBatch { batch, seq_len: seq, ..Default::default() };
+    for r in 0..batch as u32 {
+        let row: Vec<u32> = (0..=seq as u32).map(|i| (i * 7 + r * 13 + seed * 29 + (i * i) % 5) % 64).collect();
+        out.inputs.extend(&row[..seq]);
+        out.targets.extend(&row[1..]);
+    }
+    out
+}
+
+fn train_config(peak: f64, warmup: u64, total: u64) -> TrainConfig {
+    TrainConfig { schedule: Schedule::new(peak, warmup, total), optim: OptimConfig::default(), seed: 7 }
+}
+
+fn tmp(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("qwen-train-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+#[test]
+fn loss_falls_when_overfitting_one_batch() {
+    let model = QwenModel::<B>::random(config(), 0.02, &Default::default());
+    let mut t = Trainer::new(model, train_config(1e-2, 3, 30)).unwrap();
+    let b = batch(2, 16, 0);
+    let first = t.train_step(std::slice::from_ref(&b)).unwrap();
+    assert_eq!(first.tokens, 32);
+    assert!((first.loss - (64f32).ln()).abs() < 0.1, "initial loss {} ~ ln 64", first.loss);
+    let mut last = first;
+    for _ in 1..30 {
+        last = t.train_step(std::slice::from_ref(&b)).unwrap();
+    }
+    assert_eq!(last.step, 30);
+    eprintln!("overfit: loss {} -> {} (grad norm {} -> {})", first.loss, last.loss, first.grad_norm, last.grad_norm);
+    assert!(last.loss < 0.5 * first.loss, "loss {} -> {}", first.loss, last.loss);
+}
+
+#[test]
+fn ignored_targets_do_not_count() {
+    let device = Default::default();
+    let model = QwenModel::<Inner>::random(config(), 0.1, &device);
+    let b = batch(1, 8, 3);
+    let logits = model.forward_mode(std::slice::from_ref(&b.inputs), Mode::Training).unwrap();
+    let full = cross_entropy(logits.clone(), &b.targets).unwrap().into_scalar().elem::<f32>();
+    let mut masked = b.targets.clone();
+    masked[4..].fill(IGNORE_INDEX);
+    let part = cross_entropy(logits.clone().narrow(1, 0, 4), &b.targets[..4]).unwrap().into_scalar().elem::<f32>();
+    let with_mask = cross_entropy(logits.clone(), &masked).unwrap().into_scalar().elem::<f32>();
+    assert!((part - with_mask).abs() < 1e-6, "{part} vs {with_mask}");
+    assert!(full.is_finite());
+    assert!(matches!(cross_entropy(logits, &[IGNORE_INDEX; 8]), Err(TrainError::Batch(_))));
+}
+
+/// Picks one rank-1 parameter of a model.
+type PickParam = fn(&mut QwenModel<Inner>) -> &mut Param<Tensor<Inner, 1>>;
+
+/// Loss of the inner model as a function of one rank-1 parameter.
+fn loss_with<F: Fn(&mut QwenModel<Inner>) -> &mut Param<Tensor<Inner, 1>>>(
+    model: &QwenModel<Inner>,
+    which: &F,
+    value: Tensor<Inner, 1>,
+    b: &TokenBatch,
+) -> f64 {
+    let mut m = model.clone();
+    let p = which(&mut m);
+    *p = Param::initialized(p.id, value);
+    let rows: Vec<Vec<u32>> = (0..b.batch).map(|i| b.input_row(i).to_vec()).collect();
+    let logits = m.forward_mode(&rows, Mode::Training).unwrap();
+    cross_entropy(logits, &b.targets).unwrap().into_scalar().elem::<f64>()
+}
+
+#[test]
+fn autodiff_gradient_matches_finite_differences() {
+    let model = QwenModel::<B>::random(config(), 0.1, &Default::default());
+    let t = Trainer::new(model, train_config(1e-3, 0, 10)).unwrap();
+    let b = batch(2, 8, 1);
+    let (_, grads, _) = t.loss_and_grads(std::slice::from_ref(&b)).unwrap();
+    let inner = t.valid_model();
+    let checks: [(&str, PickParam); 2] = [
+        ("final norm gamma", |m| &mut m.model.norm.gamma),
+        ("layer 0 q_proj bias", |m| m.model.layers[0].self_attn.q_proj.bias.as_mut().unwrap()),
+    ];
+    for (name, which) in checks {
+        let mut m = inner.clone();
+        let p = which(&mut m).clone();
+        let g: Tensor<Inner, 1> = grads.get(p.id).expect("gradient present");
+        let gnorm = g.clone().square().sum().into_scalar().elem::<f64>().sqrt();
+        assert!(gnorm > 1e-4, "{name}: gradient too small to check ({gnorm})");
+        // Directional derivative along g/|g| must equal |g|.
+        let d = g.div_scalar(gnorm);
+        let h = 1e-2;
+        let plus = loss_with(&inner, &which, p.val() + d.clone().mul_scalar(h), &b);
+        let minus = loss_with(&inner, &which, p.val() - d.mul_scalar(h), &b);
+        let fd = (plus - minus) / (2.0 * h);
+        let rel = (fd - gnorm).abs() / gnorm;
+        assert!(rel < 1e-2, "{name}: finite difference {fd} vs autodiff {gnorm} (rel {rel})");
+    }
+}
+
+#[test]
+fn clipping_scales_to_the_global_norm_and_leaves_small_grads() {
+    let model = QwenModel::<B>::random(config(), 0.1, &Default::default());
+    let t = Trainer::new(model, train_config(1e-3, 0, 10)).unwrap();
+    let module = &t.model().model;
+    let (_, mut grads, _) = t.loss_and_grads(&[batch(2, 8, 2)]).unwrap();
+    let n = global_norm::<B, _>(module, &grads);
+    assert!(n > 0.0 && n.is_finite());
+
+    // Below the threshold: nothing changes.
+    let pre = clip_global_norm::<B, _>(module, &mut grads, 2.0 * n);
+    assert_eq!(pre, n);
+    assert_eq!(global_norm::<B, _>(module, &grads), n);
+
+    // Above: scaled to the threshold.
+    let max = n / 4.0;
+    let pre = clip_global_norm::<B, _>(module, &mut grads, max);
+    assert_eq!(pre, n);
+    let after = global_norm::<B, _>(module, &grads);
+    assert!(after <= max * (1.0 + 1e-5), "{after} > {max}");
+    assert!(after >= max * (1.0 - 1e-5), "{after} << {max}");
+
+    // The report's threshold, 1.0, on a model whose gradient norm is well above it.
+    let big = QwenModel::<B>::random(config(), 1.0, &Default::default());
+    let t = Trainer::new(big, train_config(1e-3, 0, 10)).unwrap();
+    let module = &t.model().model;
+    let (_, mut grads, _) = t.loss_and_grads(&[batch(2, 8, 2)]).unwrap();
+    let n = global_norm::<B, _>(module, &grads);
+    assert!(n > 1.0, "norm {n}");
+    assert_eq!(clip_global_norm::<B, _>(module, &mut grads, 1.0), n);
+    assert!(global_norm::<B, _>(module, &grads) <= 1.0 + 1e-5);
+}
+
+fn micro_batches(step: u32) -> Vec<TokenBatch> {
+    vec![batch(2, 8, 2 * step), batch(1, 8, 2 * step + 1)]
+}
+
+#[test]
+fn resume_is_bit_exact() {
+    let device = Default::default();
+    let model = QwenModel::<B>::random(config(), 0.05, &device);
+    let cfg = train_config(5e-3, 2, 6);
+
+    let mut straight = Trainer::new(model.clone(), cfg).unwrap();
+    let a: Vec<f32> = (0..6).map(|s| straight.train_step(&micro_batches(s)).unwrap().loss).collect();
+
+    let dir = tmp("resume");
+    let mut first = Trainer::new(model, cfg).unwrap();
+    let mut b: Vec<f32> = (0..3).map(|s| first.train_step(&micro_batches(s)).unwrap().loss).collect();
+    let loader = LoaderState { epoch: 1, position: 42, seed: 9 };
+    first.save_checkpoint(&dir, None).unwrap();
+    first.save_checkpoint(&dir, Some(loader)).unwrap(); // over an existing checkpoint
+    drop(first);
+    let leftovers: Vec<_> = std::fs::read_dir(dir.parent().unwrap())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| {
+            n.starts_with(dir.file_name().unwrap().to_str().unwrap()) && n.len() > dir.file_name().unwrap().len()
+        })
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+
+    let (mut resumed, got_loader) = Trainer::<B>::resume(&dir, &device).unwrap();
+    assert_eq!(got_loader, Some(loader));
+    assert_eq!(resumed.step(), 3);
+    assert_eq!(resumed.config(), &cfg);
+    b.extend((3..6).map(|s| resumed.train_step(&micro_batches(s)).unwrap().loss));
+    assert_eq!(a, b);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn non_finite_loss_is_reported_and_nothing_changes() {
+    let model = QwenModel::<B>::random(config(), 0.1, &Default::default());
+    let mut t = Trainer::new(model, train_config(1e-3, 0, 10)).unwrap();
+    t.train_step(&[batch(1, 8, 0)]).unwrap();
+    let w = &mut t.model_mut().model.lm_head.weight;
+    *w = w.clone().map(|x| Tensor::from_inner(x.inner().mul_scalar(f32::NAN)).require_grad());
+    let gamma = |t: &Trainer<B>| t.valid_model().model.norm.gamma.val().into_data().to_vec::<f32>().unwrap();
+    let before = gamma(&t);
+    let err = t.train_step(&[batch(1, 8, 1)]).unwrap_err();
+    assert!(matches!(err, TrainError::NonFinite { step: 1, what: "loss" }), "{err}");
+    assert_eq!(t.step(), 1);
+    assert_eq!(gamma(&t), before);
+    let _ = t.model().model.valid();
+}
+
+#[test]
+fn accumulation_equals_one_big_batch() {
+    let model = QwenModel::<B>::random(config(), 0.1, &Default::default());
+    let t = Trainer::new(model, train_config(1e-3, 0, 10)).unwrap();
+    let (a, b) = (batch(2, 8, 4), batch(1, 8, 5));
+    let mut whole = a.clone();
+    whole.batch += b.batch;
+    whole.inputs.extend(&b.inputs);
+    whole.targets.extend(&b.targets);
+    // Ignored targets change the weights of the micro-batches: the mean stays per token.
+    let (mut a2, mut whole2) = (a.clone(), whole.clone());
+    a2.targets[..5].fill(IGNORE_INDEX);
+    whole2.targets[..5].fill(IGNORE_INDEX);
+    for (parts, one) in [(vec![a.clone(), b.clone()], whole), (vec![a2, b], whole2)] {
+        let module = &t.model().model;
+        let (l1, g1, n1) = t.loss_and_grads(&parts).unwrap();
+        let (l2, g2, n2) = t.loss_and_grads(&[one]).unwrap();
+        assert_eq!(n1, n2);
+        assert!((l1 - l2).abs() < 1e-5, "{l1} vs {l2}");
+        let (x, y) = (global_norm::<B, _>(module, &g1), global_norm::<B, _>(module, &g2));
+        assert!((x - y).abs() < 1e-5 * y, "{x} vs {y}");
+    }
+}
+
+#[test]
+fn weight_decay_skips_rank_one_parameters() {
+    let model = QwenModel::<B>::random(config(), 0.1, &Default::default());
+    let t = Trainer::new(model, train_config(1e-3, 0, 10)).unwrap();
+    let (_, grads, _) = t.loss_and_grads(&[batch(1, 8, 0)]).unwrap();
+    let before = t.valid_model();
+    let decayed = qwen_train::apply_weight_decay::<B, _>(t.model().model.clone(), &grads, 1.0, 0.5).valid();
+    let v = |x: Tensor<Inner, 2>| x.into_data().to_vec::<f32>().unwrap();
+    let w = v(before.model.layers[0].mlp.up_proj.weight.val());
+    let half: Vec<f32> = w.iter().map(|x| x * 0.5).collect();
+    assert_eq!(v(decayed.layers[0].mlp.up_proj.weight.val()), half);
+    let v1 = |x: Tensor<Inner, 1>| x.into_data().to_vec::<f32>().unwrap();
+    assert_eq!(v1(decayed.norm.gamma.val()), v1(before.model.norm.gamma.val()));
+    let bias = |m: &qwen_model::Qwen<Inner>| v1(m.layers[0].self_attn.q_proj.bias.as_ref().unwrap().val());
+    assert_eq!(bias(&decayed), bias(&before.model));
+}
