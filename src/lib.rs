@@ -2,8 +2,10 @@
 //! examples run on, chosen by cargo feature (`flex` by default; `ndarray`; `wgpu`; `cuda`).
 
 pub use qwen_context as context;
+pub use qwen_data as data;
 pub use qwen_model as model;
 pub use qwen_tokenizer as tokenizer;
+pub use qwen_train as train;
 
 /// The backend selected by cargo features: `cuda` > `wgpu` > `ndarray` > `flex`.
 pub mod backend {
@@ -17,6 +19,9 @@ pub mod backend {
     pub type Backend = burn::backend::Flex;
     #[cfg(not(any(feature = "flex", feature = "ndarray", feature = "wgpu", feature = "cuda")))]
     compile_error!("enable one backend feature: flex, ndarray, wgpu or cuda");
+
+    /// The selected backend with automatic differentiation, for training.
+    pub type TrainBackend = burn::backend::Autodiff<Backend>;
 
     /// The default device of the selected backend.
     pub fn device() -> burn::tensor::Device<Backend> {

@@ -1,0 +1,72 @@
+//! Training throughput (tokens/s of full optimizer steps) of a small Qwen, as one JSON line, for
+//! `tools/reference/bench_train_vs_torch.sh` (PyTorch runs the same step in the same run).
+//! Default: the tiny config of the pretraining issue — hidden 256, 4 layers, 4 heads,
+//! intermediate 688, vocab 32000, seq 256, batch 4 — f32, AdamW, clipping at 1.0.
+
+use std::time::Instant;
+
+use clap::Parser;
+use qwen::backend::{device, TrainBackend};
+use qwen_data::batch::TokenBatch;
+use qwen_model::{QwenConfig, QwenModel};
+use qwen_train::{OptimConfig, Schedule, TrainConfig, Trainer};
+
+/// Measures training tokens/s (forward, loss, backward, clip, AdamW step).
+#[derive(Parser)]
+#[command(name = "train_speed")]
+struct Args {
+    #[arg(long, default_value_t = 256)]
+    hidden: usize,
+    #[arg(long, default_value_t = 4)]
+    layers: usize,
+    #[arg(long, default_value_t = 4)]
+    heads: usize,
+    #[arg(long, default_value_t = 688)]
+    intermediate: usize,
+    #[arg(long, default_value_t = 32000)]
+    vocab: usize,
+    #[arg(long, default_value_t = 256)]
+    seq: usize,
+    #[arg(long, default_value_t = 4)]
+    batch: usize,
+    /// Measured steps (after 2 warm-up steps).
+    #[arg(long, default_value_t = 10)]
+    steps: usize,
+}
+
+fn main() -> anyhow::Result<()> {
+    let a = Args::parse();
+    let config = QwenConfig::from_json(serde_json::json!({
+        "model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"], "vocab_size": a.vocab, "hidden_size": a.hidden,
+        "intermediate_size": a.intermediate, "num_hidden_layers": a.layers, "num_attention_heads": a.heads,
+        "num_key_value_heads": a.heads, "max_position_embeddings": 4096, "rms_norm_eps": 1e-6, "rope_theta": 10000.0,
+        "hidden_act": "silu", "tie_word_embeddings": false
+    }))?;
+    let model = QwenModel::<TrainBackend>::random(config, 0.02, &device());
+    let train = TrainConfig { schedule: Schedule::new(3e-4, 2, 1000), optim: OptimConfig::default(), seed: 0 };
+    let mut trainer = Trainer::new(model, train)?;
+    let n = a.batch * a.seq;
+    let batch = |step: usize| {
+        let ids: Vec<u32> = (0..n + 1).map(|i| ((i * 7919 + step * 104_729) % a.vocab) as u32).collect();
+        TokenBatch { inputs: ids[..n].to_vec(), targets: ids[1..].to_vec(), batch: a.batch, seq_len: a.seq }
+    };
+    for s in 0..2 {
+        trainer.train_step(&[batch(s)])?;
+    }
+    let start = Instant::now();
+    let mut loss = 0.0;
+    for s in 0..a.steps {
+        loss = trainer.train_step(&[batch(s + 2)])?.loss;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "{}",
+        serde_json::json!({
+            "impl": format!("qwen-rs/{}", qwen::backend::name()),
+            "train_tokens_per_s": (n * a.steps) as f64 / secs,
+            "step_ms": 1e3 * secs / a.steps as f64,
+            "last_loss": loss,
+        })
+    );
+    Ok(())
+}
