@@ -1,10 +1,11 @@
 //! Batching without a tensor library: the training crate maps [`TokenBatch`] to burn tensors.
 
+use crate::error::{DataError, Result};
 use crate::pack::Sequence;
 
 /// Turns a list of items into one batch.
 pub trait Batcher<I, O> {
-    fn batch(&self, items: Vec<I>) -> O;
+    fn batch(&self, items: Vec<I>) -> Result<O>;
 }
 
 /// Token ids of a batch, row-major `[batch, seq_len]`.
@@ -32,10 +33,9 @@ impl TokenBatch {
 pub struct TokenBatcher;
 
 impl Batcher<Sequence, TokenBatch> for TokenBatcher {
-    /// # Panics
-    /// If the sequences do not all have the same length, or an input and its target differ in
-    /// length.
-    fn batch(&self, items: Vec<Sequence>) -> TokenBatch {
+    /// Fails with [`DataError::Config`] if the sequences do not all have the same length, or an
+    /// input and its target differ in length.
+    fn batch(&self, items: Vec<Sequence>) -> Result<TokenBatch> {
         let seq_len = items.first().map_or(0, |s| s.input.len());
         let mut out = TokenBatch {
             inputs: Vec::with_capacity(items.len() * seq_len),
@@ -44,15 +44,16 @@ impl Batcher<Sequence, TokenBatch> for TokenBatcher {
             seq_len,
         };
         for s in items {
-            assert!(
-                s.input.len() == seq_len && s.target.len() == seq_len,
-                "sequence lengths {}/{} differ from the batch's {seq_len}",
-                s.input.len(),
-                s.target.len()
-            );
+            if s.input.len() != seq_len || s.target.len() != seq_len {
+                return Err(DataError::Config(format!(
+                    "sequence lengths {}/{} differ from the batch's {seq_len}",
+                    s.input.len(),
+                    s.target.len()
+                )));
+            }
             out.inputs.extend(s.input);
             out.targets.extend(s.target);
         }
-        out
+        Ok(out)
     }
 }

@@ -170,10 +170,14 @@ fn token_batcher() {
     let dir = TempDir::new("batcher");
     let mut loader = ShardLoader::new(shards(&dir), 4, 0).unwrap();
     let items = loader.next_batch(3);
-    let b = TokenBatcher.batch(items.clone());
+    let b = TokenBatcher.batch(items.clone()).unwrap();
     assert_eq!((b.batch, b.seq_len, b.inputs.len(), b.targets.len()), (3, 4, 12, 12));
     for (i, s) in items.iter().enumerate() {
         assert_eq!(b.input_row(i), &s.input[..]);
         assert_eq!(b.target_row(i), &s.target[..]);
     }
+    // Ragged sequences are a typed error, not a panic.
+    let mut ragged = items;
+    ragged[1].input.pop();
+    assert!(matches!(TokenBatcher.batch(ragged), Err(DataError::Config(_))));
 }
