@@ -175,7 +175,7 @@ impl<B: Backend> QwenModel<B> {
             let mut done = vec![false; group.len()];
             let mut input: Vec<Vec<u32>> = seqs.clone();
             for _ in 0..config.max_new_tokens {
-                let logits = self.forward_cached(&input, &mut cache)?;
+                let logits = self.forward_cached_last(&input, &mut cache)?;
                 let [b, s, v] = logits.dims();
                 let last: Vec<f32> = logits
                     .narrow(1, s - 1, 1)

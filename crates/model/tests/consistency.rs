@@ -304,3 +304,18 @@ fn sampling_is_seeded_and_filters() {
     assert!(Sampler::new(SamplingConfig { top_p: 0.0, ..Default::default() }).is_err());
     assert!(Sampler::new(SamplingConfig { temperature: -1.0, ..Default::default() }).is_err());
 }
+
+/// The last-position head used by generation gives the last row of the full head.
+#[test]
+fn last_position_head_equals_last_row() {
+    let device = Default::default();
+    let model = QwenModel::<B>::random(qwen2_config(serde_json::json!({"tie_word_embeddings": true})), 0.2, &device);
+    let seq = ids(9, 2);
+    let mut a = KvCache::new(&model.config, 1, 16, &device);
+    let mut b = KvCache::new(&model.config, 1, 16, &device);
+    let full = values(model.forward_cached(std::slice::from_ref(&seq), &mut a).unwrap());
+    let last = values(model.forward_cached_last(std::slice::from_ref(&seq), &mut b).unwrap());
+    let v = model.config.vocab_size;
+    assert_eq!(last.len(), v);
+    assert!(max_diff(&full[full.len() - v..], &last) < 1e-5);
+}
