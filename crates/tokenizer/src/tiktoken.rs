@@ -99,6 +99,3 @@ impl Tokenizer {
         write_atomic(path.as_ref(), &buf)
     }
 }
-
-/// The default split pattern for a tiktoken file with no other information: Qwen's.
-pub const DEFAULT_PATTERN: &str = QWEN_PATTERN;
