@@ -10,7 +10,7 @@ use base64::Engine;
 
 use crate::bpe::BytePairEncoder;
 use crate::error::{Result, TokenizerError};
-use crate::pretokenize::{Pretokenizer, QWEN_PATTERN};
+use crate::pretokenize::Pretokenizer;
 use crate::special::{qwen_specials, SpecialTokens};
 use crate::tokenizer::{Normalization, Tokenizer};
 
