@@ -33,6 +33,9 @@ pub enum TrainError {
     /// burn's recorder failed to write or read the optimizer state.
     #[error("optimizer record {path}: {reason}")]
     Record { path: PathBuf, reason: String },
+    /// A chart could not be drawn or written.
+    #[error("plot: {0}")]
+    Plot(String),
     /// The checkpoint does not match the model it is loaded into.
     #[error("checkpoint mismatch: {0}")]
     Mismatch(String),

@@ -6,19 +6,27 @@
 //! - [`trainer`]: [`Trainer::train_step`] with gradient accumulation and NaN/Inf guards.
 //! - [`checkpoint`]: atomic checkpoints (HF weights + optimizer record + `trainer_state.json`)
 //!   and exact resume.
+//! - [`eval`]: held-out loss and perplexity.
+//! - [`metrics`]: the JSON Lines metrics log; [`plot`] (feature `plot`, on by default): PNG charts.
 //!
-//! There is no mixed precision: burn 0.21 has no autocast, so training runs in the backend's
-//! float type.
+//! Mixed precision ([`TrainConfig::precision`]): bf16 matmuls with f32 master weights, written out
+//! in the model because burn 0.21 has no autocast.
 
 pub mod checkpoint;
 mod error;
+pub mod eval;
 pub mod loss;
+pub mod metrics;
 pub mod optim;
+#[cfg(feature = "plot")]
+pub mod plot;
 pub mod schedule;
 pub mod trainer;
 
 pub use checkpoint::TrainerState;
 pub use error::{Result, TrainError};
+pub use eval::{evaluate, EvalStats};
+pub use metrics::{read_metrics, MetricsLog};
 pub use loss::{cross_entropy, cross_entropy_sum, IGNORE_INDEX};
 pub use optim::{apply_weight_decay, clip_global_norm, global_norm, OptimConfig, QwenOptimizer};
 pub use schedule::Schedule;
