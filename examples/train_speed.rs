@@ -8,8 +8,8 @@ use std::time::Instant;
 use clap::Parser;
 use qwen::backend::{device, TrainBackend};
 use qwen_data::batch::TokenBatch;
-use qwen_model::{QwenConfig, QwenModel};
-use qwen_train::{OptimConfig, Schedule, TrainConfig, Trainer};
+use qwen_model::{Precision, QwenConfig, QwenModel};
+use qwen_train::{Schedule, TrainConfig, Trainer};
 
 /// Measures training tokens/s (forward, loss, backward, clip, AdamW step).
 #[derive(Parser)]
@@ -29,6 +29,9 @@ struct Args {
     seq: usize,
     #[arg(long, default_value_t = 4)]
     batch: usize,
+    /// Mixed precision: bf16 matmuls, f32 master weights.
+    #[arg(long)]
+    bf16: bool,
     /// Measured steps (after 2 warm-up steps).
     #[arg(long, default_value_t = 10)]
     steps: usize,
@@ -43,7 +46,8 @@ fn main() -> anyhow::Result<()> {
         "hidden_act": "silu", "tie_word_embeddings": false
     }))?;
     let model = QwenModel::<TrainBackend>::random(config, 0.02, &device());
-    let train = TrainConfig { schedule: Schedule::new(3e-4, 2, 1000), optim: OptimConfig::default(), seed: 0 };
+    let precision = if a.bf16 { Precision::Bf16 } else { Precision::Full };
+    let train = TrainConfig { precision, ..TrainConfig::new(Schedule::new(3e-4, 2, 1000), 0) };
     let mut trainer = Trainer::new(model, train)?;
     let n = a.batch * a.seq;
     let batch = |step: usize| {
@@ -62,7 +66,7 @@ fn main() -> anyhow::Result<()> {
     println!(
         "{}",
         serde_json::json!({
-            "impl": format!("qwen-rs/{}", qwen::backend::name()),
+            "impl": format!("qwen-rs/{}{}", qwen::backend::name(), if a.bf16 { "/bf16" } else { "" }),
             "train_tokens_per_s": (n * a.steps) as f64 / secs,
             "step_ms": 1e3 * secs / a.steps as f64,
             "last_loss": loss,

@@ -20,5 +20,5 @@ pub use config::{Family, QwenConfig};
 pub use error::{ModelError, Result};
 pub use generate::{GenerateConfig, Sampler, SamplingConfig};
 pub use load::load;
-pub use qwen::{KvCache, Mode, Qwen, QwenModel};
+pub use qwen::{KvCache, LayerCache, Mode, Precision, Qwen, QwenModel};
 pub use save::SaveDtype;

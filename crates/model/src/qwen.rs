@@ -12,7 +12,8 @@ use burn::tensor::activation::silu;
 use burn::tensor::backend::Backend;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{Bool, Int, Tensor, TensorData};
+use burn::tensor::{Bool, FloatDType, Int, Tensor, TensorData};
+use serde::{Deserialize, Serialize};
 
 use qwen_context::{AttentionWindow, QueryScale, RopeConvention, RopeFrequencies, RopeSchedule};
 
@@ -104,11 +105,59 @@ impl<B: Backend> RopeTables<B> {
 // ---------------------------------------------------------------------------------------------
 // KV cache
 
-/// Keys and values of one layer, preallocated to the cache capacity.
+/// Keys and values of one layer.
+///
+/// A full-attention layer preallocates the cache capacity and writes each step in place. A layer
+/// with a window `w` shorter than the capacity keeps only the last `w - 1` keys between steps:
+/// no later query can see anything older, so older keys are dropped and the layer's memory stays
+/// `O(w)` however long the sequence grows.
 #[derive(Debug, Clone)]
-pub struct LayerCache<B: Backend> {
-    k: Tensor<B, 4>,
-    v: Tensor<B, 4>,
+pub enum LayerCache<B: Backend> {
+    /// Preallocated to the capacity, written in place.
+    Full { k: Tensor<B, 4>, v: Tensor<B, 4> },
+    /// The last keys of a windowed layer (`None` before the first step), the first one at
+    /// absolute position `start`.
+    Window { window: usize, kv: Option<(Tensor<B, 4>, Tensor<B, 4>)>, start: usize },
+}
+
+impl<B: Backend> LayerCache<B> {
+    /// Adds this step's keys and values (`[b, kv_heads, s, d]`, positions `offset..offset + s`) and
+    /// returns every key and value the step's queries may need, with the absolute position of the
+    /// first one.
+    fn append(&mut self, k: Tensor<B, 4>, v: Tensor<B, 4>, offset: usize) -> (Tensor<B, 4>, Tensor<B, 4>, usize) {
+        let [b, n, s, d] = k.dims();
+        let end = offset + s;
+        match self {
+            Self::Full { k: ck, v: cv } => {
+                *ck = ck.clone().slice_assign([0..b, 0..n, offset..end, 0..d], k);
+                *cv = cv.clone().slice_assign([0..b, 0..n, offset..end, 0..d], v);
+                (ck.clone().narrow(2, 0, end), cv.clone().narrow(2, 0, end), 0)
+            }
+            Self::Window { window, kv, start } => {
+                let first = *start;
+                let (k, v) = match kv.take() {
+                    Some((ck, cv)) => (Tensor::cat(vec![ck, k], 2), Tensor::cat(vec![cv, v], 2)),
+                    None => (k, v),
+                };
+                // What the next query (at `end`) can still see: the last `window - 1` keys.
+                let keep = (*window - 1).min(end - first);
+                if keep > 0 {
+                    let from = end - keep - first;
+                    *kv = Some((k.clone().narrow(2, from, keep), v.clone().narrow(2, from, keep)));
+                }
+                *start = end - keep;
+                (k, v, first)
+            }
+        }
+    }
+
+    /// Cached positions (the preallocated length for full-attention layers).
+    fn len(&self) -> usize {
+        match self {
+            Self::Full { k, .. } => k.dims()[2],
+            Self::Window { kv, .. } => kv.as_ref().map_or(0, |(k, _)| k.dims()[2]),
+        }
+    }
 }
 
 /// The KV cache of a whole model for one batch of sequences, plus the RoPE frequencies fixed at
@@ -119,16 +168,28 @@ pub struct KvCache<B: Backend> {
     len: usize,
     capacity: usize,
     prefill_freqs: Option<RopeFrequencies>,
+    /// Elements per cached position and layer: `batch * kv_heads * head_dim`, for K and V each.
+    row: usize,
 }
 
 impl<B: Backend> KvCache<B> {
-    /// An empty cache for `batch` sequences of up to `capacity` tokens.
+    /// An empty cache for `batch` sequences of up to `capacity` tokens. Layers whose window (from
+    /// the config) is shorter than `capacity` keep only their window (see [`LayerCache`]).
     pub fn new(config: &QwenConfig, batch: usize, capacity: usize, device: &B::Device) -> Self {
         let shape = [batch, config.num_key_value_heads, capacity, config.head_dim];
         let layers = (0..config.num_hidden_layers)
-            .map(|_| LayerCache { k: Tensor::zeros(shape, device), v: Tensor::zeros(shape, device) })
+            .map(|i| match config.windows.window(i).filter(|&w| w < capacity) {
+                Some(window) => LayerCache::Window { window, kv: None, start: 0 },
+                None => LayerCache::Full { k: Tensor::zeros(shape, device), v: Tensor::zeros(shape, device) },
+            })
             .collect();
-        Self { layers, len: 0, capacity, prefill_freqs: None }
+        let row = batch * config.num_key_value_heads * config.head_dim;
+        Self { layers, len: 0, capacity, prefill_freqs: None, row }
+    }
+
+    /// Bytes held for keys and values now (f32): what the windows save shows here.
+    pub fn bytes(&self) -> usize {
+        self.layers.iter().map(|l| 2 * l.len() * self.row * std::mem::size_of::<f32>()).sum()
     }
 
     /// Tokens cached so far.
@@ -144,6 +205,42 @@ impl<B: Backend> KvCache<B> {
     /// Maximum number of tokens.
     pub fn capacity(&self) -> usize {
         self.capacity
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Precision
+
+/// The float type of the matrix multiplications (every `Linear`, the LM head included).
+///
+/// `Bf16` is mixed precision as the report trains: inputs and weights are cast to bf16 for each
+/// matmul and the product back to the backend's float type, so the parameters (the master
+/// weights, which the optimizer updates), norms, RoPE, softmax, residuals and the loss stay f32.
+/// Under autodiff the casts pass gradients through, so gradients arrive in f32. burn 0.21 has no
+/// autocast; this is the same thing written out at the one place it matters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// Everything in the backend's float type.
+    #[default]
+    Full,
+    /// bf16 matmuls, f32 everything else.
+    Bf16,
+}
+
+/// `linear(x)` with the matmul in `precision`.
+fn project<B: Backend, const D: usize>(linear: &Linear<B>, x: Tensor<B, D>, precision: Precision) -> Tensor<B, D> {
+    match precision {
+        Precision::Full => linear.forward(x),
+        Precision::Bf16 => {
+            let dtype = x.dtype();
+            let w = linear.weight.val().cast(FloatDType::BF16).unsqueeze::<D>();
+            let y = x.cast(FloatDType::BF16).matmul(w).cast(dtype);
+            match &linear.bias {
+                Some(b) => y + b.val().unsqueeze::<D>(),
+                None => y,
+            }
+        }
     }
 }
 
@@ -169,6 +266,7 @@ pub struct Step<'a, B: Backend> {
     pub query_scale: Option<Tensor<B, 4>>,
     /// Absolute position of the first query.
     pub offset: usize,
+    pub precision: Precision,
 }
 
 impl<B: Backend> Attention<B> {
@@ -183,27 +281,27 @@ impl<B: Backend> Attention<B> {
         let [b, s, _] = x.dims();
         let (nh, nkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
         let heads = |t: Tensor<B, 3>, n: usize| t.reshape([b, s, n, hd]).swap_dims(1, 2);
-        let q = step.rope.apply(heads(self.q_proj.forward(x.clone()), nh));
-        let k = step.rope.apply(heads(self.k_proj.forward(x.clone()), nkv));
-        let v = heads(self.v_proj.forward(x), nkv);
+        let p = step.precision;
+        let q = step.rope.apply(heads(project(&self.q_proj, x.clone(), p), nh));
+        let k = step.rope.apply(heads(project(&self.k_proj, x.clone(), p), nkv));
+        let v = heads(project(&self.v_proj, x, p), nkv);
         // LogN multiplies the query only, after RoPE.
         let q = match &step.query_scale {
             Some(f) => q * f.clone(),
             None => q,
         };
-        let (k, v) = match cache {
-            Some(c) => {
-                let end = step.offset + s;
-                c.k = c.k.clone().slice_assign([0..b, 0..nkv, step.offset..end, 0..hd], k);
-                c.v = c.v.clone().slice_assign([0..b, 0..nkv, step.offset..end, 0..hd], v);
-                (c.k.clone().narrow(2, 0, end), c.v.clone().narrow(2, 0, end))
-            }
-            None => (k, v),
+        let (k, v, key_start) = match cache {
+            Some(c) => c.append(k, v, step.offset),
+            None => (k, v, 0),
         };
         let kv_len = k.dims()[2];
         let (k, v) = (repeat_kv(k, nh / nkv), repeat_kv(v, nh / nkv));
-        let mask =
-            window.filter(|&w| w < kv_len).map(|w| window_mask::<B>(b, nh, s, kv_len, step.offset, w, &q.device()));
+        // A mask only when the window hides a key from some query; otherwise burn's causal
+        // attention (bottom-right aligned) is the same thing. The last query has the most keys
+        // before it: all `kv_len`.
+        let mask = window.filter(|&w| kv_len > w).map(|w| {
+            window_mask::<B>(b, nh, s, kv_len, step.offset, key_start, w, &q.device())
+        });
         let options = AttentionModuleOptions {
             scale: Some(1.0 / (hd as f64).sqrt()),
             softcap: None,
@@ -211,7 +309,7 @@ impl<B: Backend> Attention<B> {
             is_causal: mask.is_none(),
         };
         let out = attention(q, k, v, mask, None, options);
-        self.o_proj.forward(out.swap_dims(1, 2).reshape([b, s, nh * hd]))
+        project(&self.o_proj, out.swap_dims(1, 2).reshape([b, s, nh * hd]), p)
     }
 }
 
@@ -225,19 +323,22 @@ fn repeat_kv<B: Backend>(x: Tensor<B, 4>, groups: usize) -> Tensor<B, 4> {
 }
 
 /// `true` where a query may NOT see a key: keys after it, or `window` or more positions before it.
+/// Queries are at `offset..offset + queries`, keys at `key_start..key_start + keys`.
+#[allow(clippy::too_many_arguments)]
 fn window_mask<B: Backend>(
     batch: usize,
     heads: usize,
     queries: usize,
     keys: usize,
     offset: usize,
+    key_start: usize,
     window: usize,
     device: &B::Device,
 ) -> Tensor<B, 4, Bool> {
     let mut m = Vec::with_capacity(queries * keys);
     for i in 0..queries {
         let q = offset + i;
-        m.extend((0..keys).map(|k| k > q || q - k >= window));
+        m.extend((key_start..key_start + keys).map(|k| k > q || q - k >= window));
     }
     Tensor::<B, 2, Bool>::from_data(TensorData::new(m, [queries, keys]), device)
         .unsqueeze::<4>()
@@ -256,8 +357,9 @@ pub struct Mlp<B: Backend> {
 }
 
 impl<B: Backend> Mlp<B> {
-    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        self.down_proj.forward(silu(self.gate_proj.forward(x.clone())) * self.up_proj.forward(x))
+    pub fn forward(&self, x: Tensor<B, 3>, precision: Precision) -> Tensor<B, 3> {
+        let (gate, up) = (project(&self.gate_proj, x.clone(), precision), project(&self.up_proj, x, precision));
+        project(&self.down_proj, silu(gate) * up, precision)
     }
 }
 
@@ -279,7 +381,7 @@ impl<B: Backend> DecoderLayer<B> {
         cache: Option<&mut LayerCache<B>>,
     ) -> Tensor<B, 3> {
         let h = h.clone() + self.self_attn.forward(self.input_layernorm.forward(h), step, window, cache);
-        h.clone() + self.mlp.forward(self.post_attention_layernorm.forward(h))
+        h.clone() + self.mlp.forward(self.post_attention_layernorm.forward(h), step.precision)
     }
 }
 
@@ -335,12 +437,14 @@ pub struct QwenModel<B: Backend> {
     pub config: QwenConfig,
     pub model: Qwen<B>,
     pub convention: RopeConvention,
+    /// The matmuls' float type ([`Precision::Full`] unless set).
+    pub precision: Precision,
 }
 
 impl<B: Backend> QwenModel<B> {
     /// Wraps loaded weights (rotate-half RoPE, as every Qwen checkpoint uses).
     pub fn new(config: QwenConfig, model: Qwen<B>) -> Self {
-        Self { config, model, convention: RopeConvention::RotateHalf }
+        Self { config, model, convention: RopeConvention::RotateHalf, precision: Precision::Full }
     }
 
     /// A model with random weights (normal, `std`; norms at 1), e.g. for tests and benchmarks.
@@ -458,7 +562,7 @@ impl<B: Backend> QwenModel<B> {
         if end > cache.capacity {
             return Err(ModelError::SequenceTooLong { len: end, limit: cache.capacity });
         }
-        if cache.layers.first().is_some_and(|l| l.k.dims()[0] != b) {
+        if cache.row != b * self.config.num_key_value_heads * self.config.head_dim {
             return Err(ModelError::Config(format!("batch of {b} does not match the cache")));
         }
         let schedule = &self.config.rope;
@@ -497,7 +601,7 @@ impl<B: Backend> QwenModel<B> {
     ) -> Tensor<B, 3> {
         let s = input.dims()[1];
         let rope = RopeTables::new(freqs, offset, s, self.convention, &self.device());
-        let step = Step { rope: &rope, query_scale, offset };
+        let step = Step { rope: &rope, query_scale, offset, precision: self.precision };
         let mut h = self.model.embed(input);
         for (i, layer) in self.model.layers.iter().enumerate() {
             let window = self.config.windows.window(i);
@@ -505,6 +609,6 @@ impl<B: Backend> QwenModel<B> {
             h = layer.forward(h, &step, window, layer_cache);
         }
         let h = if last_only { h.narrow(1, s - 1, 1) } else { h };
-        self.model.lm_head.forward(self.model.norm.forward(h))
+        project(&self.model.lm_head, self.model.norm.forward(h), self.precision)
     }
 }

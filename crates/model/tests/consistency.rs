@@ -141,6 +141,57 @@ fn cached_decode_equals_full_recompute() {
     }
 }
 
+/// The report's layer-wise windows (3, 6 and 9 keys in three layers): prefill + decode and
+/// chunked prefill through the cache — which drops the keys a layer can no longer see — equal
+/// one full forward with masks, and the cache holds at most `window - 1` positions per layer.
+#[test]
+fn windowed_cache_drops_old_keys_and_equals_full_recompute() {
+    let device = Default::default();
+    let mut config = qwen2_config(serde_json::json!({"num_hidden_layers": 3}));
+    config.windows = qwen_context::LayerWindows::layer_wise(3, 3, 9).unwrap();
+    let model = QwenModel::<B>::random(config, 0.2, &device);
+    let seq = ids(30, 6);
+    let full = values(model.forward(std::slice::from_ref(&seq)).unwrap());
+    let row = model.config.num_key_value_heads * model.config.head_dim * 4;
+    for chunk in [1, 4, 11] {
+        let mut cache = KvCache::new(&model.config, 1, 64, &device);
+        let mut got = Vec::new();
+        let mut peak = 0;
+        for part in seq.chunks(chunk) {
+            got.extend(values(model.forward_cached(&[part.to_vec()], &mut cache).unwrap()));
+            peak = peak.max(cache.bytes());
+        }
+        let d = max_diff(&full, &got);
+        assert!(d < 1e-4, "chunks of {chunk}: max diff {d}");
+        assert_eq!(cache.bytes(), 2 * (2 + 5 + 8) * row, "chunks of {chunk}");
+        assert!(peak <= 2 * (2 + 5 + 8) * row);
+    }
+    // Without windows every layer holds the whole capacity.
+    let plain = QwenModel::<B>::new(qwen2_config(serde_json::json!({"num_hidden_layers": 3})), model.model.clone());
+    assert_eq!(KvCache::<B>::new(&plain.config, 1, 64, &device).bytes(), 3 * 2 * 64 * row);
+}
+
+/// Dynamic NTK + LogN + layer-wise windows on one Qwen-1 model: cached decoding still equals the
+/// full forward within seq_length, and the windows change the logits.
+#[test]
+fn long_context_extensions_compose() {
+    let device = Default::default();
+    let mut config = qwen1_config();
+    config.windows = qwen_context::LayerWindows::layer_wise(2, 3, 5).unwrap();
+    let model = QwenModel::<B>::random(config, 0.2, &device);
+    let seq = ids(8, 7);
+    let full = values(model.forward(std::slice::from_ref(&seq)).unwrap());
+    let mut cache = KvCache::new(&model.config, 1, 32, &device);
+    let mut got = values(model.forward_cached(&[seq[..4].to_vec()], &mut cache).unwrap());
+    for &t in &seq[4..] {
+        got.extend(values(model.forward_cached(&[vec![t]], &mut cache).unwrap()));
+    }
+    assert!(max_diff(&full, &got) < 1e-4);
+    let mut no_window = model.clone();
+    no_window.config.windows = qwen_context::LayerWindows::full(2);
+    assert!(max_diff(&full, &values(no_window.forward(std::slice::from_ref(&seq)).unwrap())) > 1e-3);
+}
+
 /// Interleaved RoPE on weights whose q/k output features are permuted from half-split to
 /// interleaved order computes exactly what rotate-half computes on the original weights.
 #[test]

@@ -157,7 +157,12 @@ impl<B: AutodiffBackend> Trainer<B> {
                 assign.ids.len()
             )));
         }
-        let model = QwenModel { config: inner.config, model: module, convention: state.convention };
+        let model = QwenModel {
+            config: inner.config,
+            model: module,
+            convention: state.convention,
+            precision: state.config.precision,
+        };
 
         let opt_path = dir.join(OPTIMIZER_FILE);
         let record = BinFileRecorder::<FullPrecisionSettings>::new()

@@ -2,8 +2,9 @@
 //! cross-entropy, backward per micro-batch with gradients accumulated, global-norm clipping,
 //! decoupled weight decay on matrices, burn's AdamW update.
 //!
-//! Mixed precision: burn 0.21 has no autocast (docs/burn.md), so the trainer runs entirely in
-//! the backend's float type; pick `Autodiff<Cuda<bf16>>` for bf16 or keep f32.
+//! Mixed precision: with [`TrainConfig::precision`] = [`Precision::Bf16`] the model's matmuls
+//! run in bf16 while the parameters, and so the optimizer's updates, stay f32 master weights
+//! (burn 0.21 has no autocast; `qwen_model::Precision` casts around each matmul).
 //!
 //! Loss scaling for accumulation: each micro-batch's summed loss is divided by the number of
 //! non-ignored targets over *all* the micro-batches, so the accumulated gradient equals the
@@ -16,7 +17,7 @@ use burn::tensor::ElementConversion;
 use serde::{Deserialize, Serialize};
 
 use qwen_data::TokenBatch;
-use qwen_model::{Mode, Qwen, QwenModel};
+use qwen_model::{Mode, Precision, Qwen, QwenModel};
 
 use crate::error::{Result, TrainError};
 use crate::loss::{cross_entropy_sum, IGNORE_INDEX};
@@ -30,6 +31,16 @@ pub struct TrainConfig {
     pub optim: OptimConfig,
     /// The run's seed (saved with checkpoints; the data loader keeps its own).
     pub seed: u64,
+    /// Matmuls in bf16 with f32 master weights ([`Precision::Bf16`]), or all f32.
+    #[serde(default)]
+    pub precision: Precision,
+}
+
+impl TrainConfig {
+    /// `schedule` with the report's AdamW settings, full precision.
+    pub fn new(schedule: Schedule, seed: u64) -> Self {
+        Self { schedule, optim: OptimConfig::default(), seed, precision: Precision::Full }
+    }
 }
 
 impl TrainConfig {
@@ -64,8 +75,9 @@ pub struct Trainer<B: AutodiffBackend> {
 
 impl<B: AutodiffBackend> Trainer<B> {
     /// A trainer at step 0 with a fresh optimizer.
-    pub fn new(model: QwenModel<B>, config: TrainConfig) -> Result<Self> {
+    pub fn new(mut model: QwenModel<B>, config: TrainConfig) -> Result<Self> {
         config.validate()?;
+        model.precision = config.precision;
         Ok(Self { model, optim: config.optim.init::<B>(), config, step: 0 })
     }
 
@@ -167,6 +179,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             config: self.model.config.clone(),
             model: self.model.model.valid(),
             convention: self.model.convention,
+            precision: self.model.precision,
         }
     }
 }

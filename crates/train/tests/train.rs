@@ -6,7 +6,7 @@ use burn::backend::{Autodiff, Flex};
 use burn::module::{AutodiffModule, Param};
 use burn::tensor::{ElementConversion, Tensor};
 use qwen_data::{LoaderState, TokenBatch};
-use qwen_model::{Mode, QwenConfig, QwenModel};
+use qwen_model::{Mode, Precision, QwenConfig, QwenModel};
 use qwen_train::{
     clip_global_norm, cross_entropy, global_norm, OptimConfig, Schedule, TrainConfig, TrainError, Trainer, IGNORE_INDEX,
 };
@@ -36,7 +36,7 @@ fn batch(batch: usize, seq: usize, seed: u32) -> TokenBatch {
 }
 
 fn train_config(peak: f64, warmup: u64, total: u64) -> TrainConfig {
-    TrainConfig { schedule: Schedule::new(peak, warmup, total), optim: OptimConfig::default(), seed: 7 }
+    TrainConfig::new(Schedule::new(peak, warmup, total), 7)
 }
 
 fn tmp(name: &str) -> std::path::PathBuf {
@@ -251,4 +251,28 @@ fn weight_decay_skips_rank_one_parameters() {
     assert_eq!(v1(decayed.norm.gamma.val()), v1(before.model.norm.gamma.val()));
     let bias = |m: &qwen_model::Qwen<Inner>| v1(m.layers[0].self_attn.q_proj.bias.as_ref().unwrap().val());
     assert_eq!(bias(&decayed), bias(&before.model));
+}
+
+/// bf16 matmuls with f32 master weights: the loss is within bf16 rounding of the f32 loss (and not
+/// equal to it: the casts happen), the parameters stay f32 through the updates, and the model
+/// still overfits a batch.
+#[test]
+fn mixed_precision_keeps_f32_master_weights_and_trains() {
+    let model = QwenModel::<B>::random(config(), 0.02, &Default::default());
+    let b = batch(2, 16, 0);
+    let full = Trainer::new(model.clone(), train_config(1e-2, 3, 30)).unwrap();
+    let (loss_f32, _, _) = full.loss_and_grads(std::slice::from_ref(&b)).unwrap();
+    let mixed_config = TrainConfig { precision: Precision::Bf16, ..train_config(1e-2, 3, 30) };
+    let mut t = Trainer::new(model, mixed_config).unwrap();
+    let (loss_bf16, _, _) = t.loss_and_grads(std::slice::from_ref(&b)).unwrap();
+    assert!(loss_bf16 != loss_f32 && (loss_bf16 - loss_f32).abs() < 0.01 * loss_f32, "{loss_bf16} vs {loss_f32}");
+    let first = t.train_step(std::slice::from_ref(&b)).unwrap();
+    let mut last = first;
+    for _ in 1..30 {
+        last = t.train_step(std::slice::from_ref(&b)).unwrap();
+    }
+    assert!(last.loss < 0.5 * first.loss, "{} -> {}", first.loss, last.loss);
+    let dtype = t.model().model.layers[0].mlp.up_proj.weight.val().dtype();
+    assert_eq!(dtype, burn::tensor::DType::F32);
+    assert_eq!(t.valid_model().precision, Precision::Bf16);
 }
