@@ -8,8 +8,8 @@ use std::time::Instant;
 use clap::Parser;
 use qwen::backend::{device, TrainBackend};
 use qwen_data::batch::TokenBatch;
-use qwen_model::{Precision, QwenConfig, QwenModel};
-use qwen_train::{Schedule, TrainConfig, Trainer};
+use qwen_model::{Mode, Precision, QwenConfig, QwenModel};
+use qwen_train::{cross_entropy_fused, Schedule, TrainConfig, Trainer};
 
 /// Measures training tokens/s (forward, loss, backward, clip, AdamW step).
 #[derive(Parser)]
@@ -63,6 +63,24 @@ fn main() -> anyhow::Result<()> {
         loss = trainer.train_step(&[batch(s + 2)])?.loss;
     }
     let secs = start.elapsed().as_secs_f64();
+
+    // Where a step goes: forward (to logits), loss, backward, and the rest (clip + AdamW), best of 3.
+    let (mut fwd, mut loss_t, mut bwd) = (f64::INFINITY, f64::INFINITY, f64::INFINITY);
+    for s in 0..3 {
+        let b = batch(100 + s);
+        let rows: Vec<Vec<u32>> = (0..b.batch).map(|i| b.input_row(i).to_vec()).collect();
+        let t = Instant::now();
+        let logits = trainer.model().forward_mode(&rows, Mode::Training)?;
+        let _ = logits.clone().inner().narrow(2, 0, 1).into_data();
+        fwd = fwd.min(t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        let fused = cross_entropy_fused(logits, &b.targets, 1.0 / n as f64)?;
+        loss_t = loss_t.min(t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        let grads = fused.surrogate.backward();
+        drop(grads);
+        bwd = bwd.min(t.elapsed().as_secs_f64());
+    }
     println!(
         "{}",
         serde_json::json!({
@@ -70,6 +88,8 @@ fn main() -> anyhow::Result<()> {
             "train_tokens_per_s": (n * a.steps) as f64 / secs,
             "step_ms": 1e3 * secs / a.steps as f64,
             "last_loss": loss,
+            "phases_ms": {"forward": fwd * 1e3, "loss": loss_t * 1e3, "backward": bwd * 1e3,
+                          "clip_and_adamw": 1e3 * (secs / a.steps as f64 - fwd - loss_t - bwd)},
         })
     );
     Ok(())

@@ -7,6 +7,11 @@ pub use qwen_model as model;
 pub use qwen_tokenizer as tokenizer;
 pub use qwen_train as train;
 
+/// See the `mimalloc` feature in Cargo.toml: the allocator of the binaries built on this package.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The backend selected by cargo features: `cuda` > `wgpu` > `ndarray` > `flex`.
 pub mod backend {
     #[cfg(feature = "cuda")]

@@ -27,7 +27,7 @@ pub use checkpoint::TrainerState;
 pub use error::{Result, TrainError};
 pub use eval::{evaluate, EvalStats};
 pub use metrics::{read_metrics, MetricsLog};
-pub use loss::{cross_entropy, cross_entropy_sum, IGNORE_INDEX};
+pub use loss::{cross_entropy, cross_entropy_fused, cross_entropy_sum, FusedLoss, IGNORE_INDEX};
 pub use optim::{apply_weight_decay, clip_global_norm, global_norm, OptimConfig, QwenOptimizer};
 pub use schedule::Schedule;
 pub use trainer::{StepStats, TrainConfig, Trainer};

@@ -13,14 +13,13 @@
 use burn::module::AutodiffModule;
 use burn::optim::{GradientsAccumulator, GradientsParams, Optimizer};
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::ElementConversion;
 use serde::{Deserialize, Serialize};
 
 use qwen_data::TokenBatch;
 use qwen_model::{Mode, Precision, Qwen, QwenModel};
 
 use crate::error::{Result, TrainError};
-use crate::loss::{cross_entropy_sum, IGNORE_INDEX};
+use crate::loss::{cross_entropy_fused, IGNORE_INDEX};
 use crate::optim::{apply_weight_decay, clip_global_norm, global_norm, OptimConfig, QwenOptimizer};
 use crate::schedule::Schedule;
 
@@ -138,10 +137,9 @@ impl<B: AutodiffBackend> Trainer<B> {
         for b in batches {
             let rows: Vec<Vec<u32>> = (0..b.batch).map(|i| b.input_row(i).to_vec()).collect();
             let logits = self.model.forward_mode(&rows, Mode::Training)?;
-            let (sum, _) = cross_entropy_sum(logits, &b.targets)?;
-            let l = sum.div_scalar(tokens as f64);
-            loss += l.clone().into_scalar().elem::<f32>();
-            let grads = GradientsParams::from_grads(l.backward(), module);
+            let fused = cross_entropy_fused(logits, &b.targets, 1.0 / tokens as f64)?;
+            loss += (fused.nll_sum / tokens as f64) as f32;
+            let grads = GradientsParams::from_grads(fused.surrogate.backward(), module);
             acc.accumulate(module, grads);
         }
         Ok((loss, acc.grads(), tokens))

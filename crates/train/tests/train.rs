@@ -4,11 +4,11 @@
 
 use burn::backend::{Autodiff, Flex};
 use burn::module::{AutodiffModule, Param};
-use burn::tensor::{ElementConversion, Tensor};
+use burn::tensor::{ElementConversion, Tensor, TensorData};
 use qwen_data::{LoaderState, TokenBatch};
 use qwen_model::{Mode, Precision, QwenConfig, QwenModel};
 use qwen_train::{
-    clip_global_norm, cross_entropy, global_norm, OptimConfig, Schedule, TrainConfig, TrainError, Trainer, IGNORE_INDEX,
+    clip_global_norm, cross_entropy, global_norm, Schedule, TrainConfig, TrainError, Trainer, IGNORE_INDEX,
 };
 
 type B = Autodiff<Flex>;
@@ -275,4 +275,34 @@ fn mixed_precision_keeps_f32_master_weights_and_trains() {
     let dtype = t.model().model.layers[0].mlp.up_proj.weight.val().dtype();
     assert_eq!(dtype, burn::tensor::DType::F32);
     assert_eq!(t.valid_model().precision, Precision::Bf16);
+}
+
+/// The closed-form loss gives the log-softmax loss and, through autodiff, the same gradient with
+/// respect to the logits, ignored targets included; a NaN logit makes the loss NaN.
+#[test]
+fn fused_cross_entropy_equals_log_softmax_autodiff() {
+    let device = Default::default();
+    let (b, s, v) = (2, 5, 11);
+    let data: Vec<f32> = (0..b * s * v).map(|i| ((i * 37 % 23) as f32 - 11.0) * 0.7).collect();
+    let logits = || Tensor::<B, 3>::from_data(TensorData::new(data.clone(), [b, s, v]), &device).require_grad();
+    let targets: Vec<u32> = vec![1, 3, IGNORE_INDEX, 10, 0, 7, 7, IGNORE_INDEX, 2, 5];
+    let scale = 1.0 / 8.0;
+
+    let x = logits();
+    let (sum, count) = qwen_train::cross_entropy_sum(x.clone(), &targets).unwrap();
+    let reference = sum.clone().into_scalar().elem::<f64>();
+    let g_ref = x.grad(&sum.mul_scalar(scale).backward()).unwrap().into_data().to_vec::<f32>().unwrap();
+
+    let y = logits();
+    let fused = qwen_train::cross_entropy_fused(y.clone(), &targets, scale).unwrap();
+    assert_eq!(fused.count, count);
+    assert!((fused.nll_sum - reference).abs() < 1e-4 * reference.abs(), "{} vs {reference}", fused.nll_sum);
+    let g = y.grad(&fused.surrogate.backward()).unwrap().into_data().to_vec::<f32>().unwrap();
+    let max = g.iter().zip(&g_ref).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(max < 1e-6, "max gradient difference {max}");
+
+    let mut bad = data.clone();
+    bad[3] = f32::NAN;
+    let z = Tensor::<B, 3>::from_data(TensorData::new(bad, [b, s, v]), &device).require_grad();
+    assert!(qwen_train::cross_entropy_fused(z, &targets, scale).unwrap().nll_sum.is_nan());
 }
