@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use clap::{Parser, ValueEnum};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use qwen::backend::{device, TrainBackend};
+use qwen::backend::{device, optimizer_update, TrainBackend};
 use qwen_data::rng::hash_bytes;
 use qwen_data::{
     Batcher, Dedup, DedupConfig, DocStream, FilterConfig, FolderSource, JsonlSource, MixSource, Mixer, PackConfig,
@@ -36,7 +36,7 @@ use qwen_model::{GenerateConfig, Mode, Precision, QwenConfig, QwenModel, Samplin
 use qwen_tokenizer::train::{BpeTrainer, TrainerConfig};
 use qwen_tokenizer::Tokenizer;
 use qwen_train::plot::{save_png, Chart, Series, TextRendering};
-use qwen_train::{evaluate, MetricsLog, Schedule, TrainConfig, Trainer};
+use qwen_train::{evaluate, MetricsLog, OptimConfig, Schedule, TrainConfig, Trainer};
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Copy, Debug, ValueEnum, Serialize, Deserialize, PartialEq, Eq)]
@@ -245,6 +245,7 @@ fn heldout_batches(shard: &ShardReader, seq_len: usize, batch: usize, max: usize
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    qwen::keep_freed_memory();
     let size = args.config;
     let steps = args.steps.unwrap_or(match size {
         Size::Tiny => 600,
@@ -308,6 +309,7 @@ fn main() -> Result<()> {
         let warmup = (steps / 20).max(1);
         let precision = if args.bf16 { Precision::Bf16 } else { Precision::Full };
         let train = TrainConfig { precision, ..TrainConfig::new(Schedule::new(lr, warmup, steps), args.seed) };
+        let train = TrainConfig { optim: OptimConfig { update: optimizer_update(), ..train.optim }, ..train };
         let loader = ShardLoader::new(vec![train_reader], args.seq_len, args.seed)?;
         (Trainer::new(model, train)?, loader, MetricsLog::create(out.join("metrics.jsonl"))?)
     };

@@ -6,10 +6,10 @@
 use std::time::Instant;
 
 use clap::Parser;
-use qwen::backend::{device, TrainBackend};
+use qwen::backend::{device, optimizer_update, TrainBackend};
 use qwen_data::batch::TokenBatch;
 use qwen_model::{Mode, Precision, QwenConfig, QwenModel};
-use qwen_train::{cross_entropy_fused, Schedule, TrainConfig, Trainer};
+use qwen_train::{cross_entropy_fused, OptimConfig, Schedule, TrainConfig, Trainer};
 
 /// Measures training tokens/s (forward, loss, backward, clip, AdamW step).
 #[derive(Parser)]
@@ -39,6 +39,7 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let a = Args::parse();
+    qwen::keep_freed_memory();
     let config = QwenConfig::from_json(serde_json::json!({
         "model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"], "vocab_size": a.vocab, "hidden_size": a.hidden,
         "intermediate_size": a.intermediate, "num_hidden_layers": a.layers, "num_attention_heads": a.heads,
@@ -48,6 +49,7 @@ fn main() -> anyhow::Result<()> {
     let model = QwenModel::<TrainBackend>::random(config, 0.02, &device());
     let precision = if a.bf16 { Precision::Bf16 } else { Precision::Full };
     let train = TrainConfig { precision, ..TrainConfig::new(Schedule::new(3e-4, 2, 1000), 0) };
+    let train = TrainConfig { optim: OptimConfig { update: optimizer_update(), ..train.optim }, ..train };
     let mut trainer = Trainer::new(model, train)?;
     let n = a.batch * a.seq;
     let batch = |step: usize| {

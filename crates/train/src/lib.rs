@@ -28,6 +28,6 @@ pub use error::{Result, TrainError};
 pub use eval::{evaluate, EvalStats};
 pub use metrics::{read_metrics, MetricsLog};
 pub use loss::{cross_entropy, cross_entropy_fused, cross_entropy_sum, FusedLoss, IGNORE_INDEX};
-pub use optim::{apply_weight_decay, clip_global_norm, global_norm, OptimConfig, QwenOptimizer};
+pub use optim::{clip_global_norm, global_norm, OptimConfig, QwenAdamW, QwenOptimizer, Update};
 pub use schedule::Schedule;
 pub use trainer::{StepStats, TrainConfig, Trainer};

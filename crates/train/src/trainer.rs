@@ -1,6 +1,6 @@
 //! One optimizer step over several micro-batches: forward in training mode, token-weighted
 //! cross-entropy, backward per micro-batch with gradients accumulated, global-norm clipping,
-//! decoupled weight decay on matrices, burn's AdamW update.
+//! the AdamW update with decoupled weight decay on matrices ([`crate::optim::QwenAdamW`]).
 //!
 //! Mixed precision: with [`TrainConfig::precision`] = [`Precision::Bf16`] the model's matmuls
 //! run in bf16 while the parameters, and so the optimizer's updates, stay f32 master weights
@@ -20,7 +20,7 @@ use qwen_model::{Mode, Precision, Qwen, QwenModel};
 
 use crate::error::{Result, TrainError};
 use crate::loss::{cross_entropy_fused, IGNORE_INDEX};
-use crate::optim::{apply_weight_decay, clip_global_norm, global_norm, OptimConfig, QwenOptimizer};
+use crate::optim::{clip_global_norm, global_norm, OptimConfig, QwenOptimizer};
 use crate::schedule::Schedule;
 
 /// Everything that defines a run besides the model and the data.
@@ -165,7 +165,6 @@ impl<B: AutodiffBackend> Trainer<B> {
             return Err(TrainError::NonFinite { step: self.step, what: "gradient norm" });
         }
         let lr = self.config.schedule.lr(self.step);
-        let module = apply_weight_decay::<B, _>(module, &grads, lr, self.config.optim.weight_decay as f64);
         self.model.model = self.optim.step(lr, module, grads);
         self.step += 1;
         Ok(StepStats { step: self.step, loss, grad_norm: norm as f32, lr, tokens })

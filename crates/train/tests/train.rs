@@ -8,7 +8,7 @@ use burn::tensor::{ElementConversion, Tensor, TensorData};
 use qwen_data::{LoaderState, TokenBatch};
 use qwen_model::{Mode, Precision, QwenConfig, QwenModel};
 use qwen_train::{
-    clip_global_norm, cross_entropy, global_norm, Schedule, TrainConfig, TrainError, Trainer, IGNORE_INDEX,
+    clip_global_norm, cross_entropy, global_norm, OptimConfig, Schedule, TrainConfig, TrainError, Trainer, IGNORE_INDEX,
 };
 
 type B = Autodiff<Flex>;
@@ -237,20 +237,44 @@ fn accumulation_equals_one_big_batch() {
 }
 
 #[test]
-fn weight_decay_skips_rank_one_parameters() {
-    let model = QwenModel::<B>::random(config(), 0.1, &Default::default());
-    let t = Trainer::new(model, train_config(1e-3, 0, 10)).unwrap();
-    let (_, grads, _) = t.loss_and_grads(&[batch(1, 8, 0)]).unwrap();
-    let before = t.valid_model();
-    let decayed = qwen_train::apply_weight_decay::<B, _>(t.model().model.clone(), &grads, 1.0, 0.5).valid();
-    let v = |x: Tensor<Inner, 2>| x.into_data().to_vec::<f32>().unwrap();
-    let w = v(before.model.layers[0].mlp.up_proj.weight.val());
-    let half: Vec<f32> = w.iter().map(|x| x * 0.5).collect();
-    assert_eq!(v(decayed.layers[0].mlp.up_proj.weight.val()), half);
-    let v1 = |x: Tensor<Inner, 1>| x.into_data().to_vec::<f32>().unwrap();
-    assert_eq!(v1(decayed.norm.gamma.val()), v1(before.model.norm.gamma.val()));
-    let bias = |m: &qwen_model::Qwen<Inner>| v1(m.layers[0].self_attn.q_proj.bias.as_ref().unwrap().val());
-    assert_eq!(bias(&decayed), bias(&before.model));
+fn weight_decay_skips_rank_one_parameters_in_both_update_paths() {
+    use burn::optim::SimpleOptimizer;
+    use qwen_train::optim::{QwenAdamW, Update};
+    let device = Default::default();
+    for update in [Update::Tensor, Update::Host] {
+        let opt = QwenAdamW { config: OptimConfig { weight_decay: 0.5, update, ..OptimConfig::default() } };
+        // Zero gradients: the Adam part of the update is 0, only the decay remains.
+        let w = Tensor::<Inner, 2>::from_data([[1.0f32, -2.0], [3.0, 4.0]], &device);
+        let (w2, state) = opt.step(1.0, w.clone(), w.zeros_like(), None);
+        assert_eq!(w2.into_data().to_vec::<f32>().unwrap(), [0.5, -1.0, 1.5, 2.0], "{update:?}");
+        assert_eq!(state.unwrap().time, 1);
+        let g = Tensor::<Inner, 1>::from_data([1.0f32, 2.0], &device);
+        let (g2, _) = opt.step(1.0, g.clone(), g.zeros_like(), None);
+        assert_eq!(g2.into_data().to_vec::<f32>().unwrap(), [1.0, 2.0], "{update:?}");
+    }
+}
+
+/// The host update (one fused pass) and the tensor update give the same parameters and moments
+/// over several steps, up to float rounding order.
+#[test]
+fn host_and_tensor_updates_agree() {
+    use burn::optim::SimpleOptimizer;
+    use qwen_train::optim::{QwenAdamW, Update};
+    let device = Default::default();
+    let p0 = Tensor::<Inner, 2>::random([37, 29], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
+    let run = |update| {
+        let opt = QwenAdamW { config: OptimConfig { update, ..OptimConfig::default() } };
+        let (mut p, mut state) = (p0.clone(), None);
+        for step in 0..5 {
+            let g = p.clone().mul_scalar(0.3).add_scalar(step as f32 * 0.01);
+            (p, state) = opt.step(1e-2, p, g, state);
+        }
+        (p.into_data().to_vec::<f32>().unwrap(), state.unwrap().moment_2.into_data().to_vec::<f32>().unwrap())
+    };
+    let ((a, va), (b, vb)) = (run(Update::Tensor), run(Update::Host));
+    let diff = |x: &[f32], y: &[f32]| x.iter().zip(y).map(|(u, v)| (u - v).abs()).fold(0f32, f32::max);
+    assert!(diff(&a, &b) < 1e-6 && diff(&va, &vb) < 1e-6, "{} {}", diff(&a, &b), diff(&va, &vb));
+    assert!(diff(&a, &p0.into_data().to_vec::<f32>().unwrap()) > 1e-3, "the parameters moved");
 }
 
 /// bf16 matmuls with f32 master weights: the loss is within bf16 rounding of the f32 loss (and not
