@@ -179,7 +179,7 @@ fn main() -> Result<()> {
         x_label: "evaluation length (tokens)".into(),
         y_label: "perplexity".into(),
         log_x: true,
-        log_y: true,
+        log_y: false,
         series: table
             .iter()
             .map(|(n, r)| Series { name: n.clone(), points: lengths.iter().map(|&l| l as f64).zip(r.clone()).collect() })

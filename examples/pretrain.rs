@@ -97,6 +97,11 @@ struct Args {
     /// Fail unless held-out perplexity falls at least this many times.
     #[arg(long, default_value_t = 10.0)]
     min_ppl_drop: f64,
+    /// Data-parallel replicas, one per device, gradients all-reduced by burn-collective (build with
+    /// `--features collective`, and `cuda` or `wgpu`). Each step then covers `devices` times the
+    /// batch. On the CPU backend the replicas share the one device: that only exercises the path.
+    #[arg(long, default_value_t = 1)]
+    devices: usize,
     /// Mixed precision: bf16 matmuls with f32 master weights (for GPU backends; on the CPU the
     /// casts cost more than bf16 saves).
     #[arg(long)]
@@ -313,17 +318,19 @@ fn main() -> Result<()> {
         let loader = ShardLoader::new(vec![train_reader], args.seq_len, args.seed)?;
         (Trainer::new(model, train)?, loader, MetricsLog::create(out.join("metrics.jsonl"))?)
     };
+    let replicas = Replicas::start(&trainer, args.devices, args.resume.then_some(ckpt.as_path()))?;
     let steps = trainer.config().schedule.total_steps;
     let params = count_params(trainer.model());
     eprintln!(
-        "model: {:?}, {} parameters ({} in embeddings and head); S = {}, {} sequences x {} micro-batches per step, \
-         {steps} steps, peak lr {:.1e}",
+        "model: {:?}, {} parameters ({} in embeddings and head); S = {}, {} sequences x {} micro-batches x {} \
+         replicas per step, {steps} steps, peak lr {:.1e}",
         size,
         params,
         2 * vocab * trainer.model().config.hidden_size,
         args.seq_len,
         args.batch,
         args.accum,
+        args.devices,
         trainer.config().schedule.peak_lr
     );
 
@@ -345,10 +352,15 @@ fn main() -> Result<()> {
     let mut seen = 0usize;
     while trainer.step() < steps {
         let t = Instant::now();
-        let batches = (0..args.accum)
-            .map(|_| TokenBatcher.batch(loader.next_batch(args.batch)))
-            .collect::<qwen_data::Result<Vec<_>>>()?;
-        let stats = trainer.train_step(&batches).with_context(|| format!("step {}", trainer.step() + 1))?;
+        let mut batches = Vec::new();
+        for _ in 0..args.devices {
+            batches.push(
+                (0..args.accum)
+                    .map(|_| TokenBatcher.batch(loader.next_batch(args.batch)))
+                    .collect::<qwen_data::Result<Vec<_>>>()?,
+            );
+        }
+        let stats = replicas.step(&mut trainer, batches).with_context(|| format!("step {}", trainer.step() + 1))?;
         seen += stats.tokens;
         let tps = stats.tokens as f64 / t.elapsed().as_secs_f64();
         metrics.write(&serde_json::json!({
@@ -374,6 +386,7 @@ fn main() -> Result<()> {
         }
     }
     pb.finish_and_clear();
+    replicas.finish(&trainer)?;
     let train_seconds = start.elapsed().as_secs_f64();
 
     // 4. Measure, plot, check.
@@ -429,7 +442,7 @@ fn main() -> Result<()> {
     println!(
         "\n{seen} tokens trained this session in {train_seconds:.0}s ({:.0} tokens/s), {:.2} epochs of {train_tokens} tokens",
         seen as f64 / train_seconds,
-        (steps * (args.batch * args.accum * args.seq_len) as u64) as f64 / train_tokens as f64
+        (steps * (args.devices * args.batch * args.accum * args.seq_len) as u64) as f64 / train_tokens as f64
     );
     println!("held-out perplexity: {:.2} before, {:.2} after ({:.1}x lower)", before.perplexity, after.perplexity, before.perplexity / after.perplexity);
     println!("written: {}/{{checkpoint,tokenizer.json,metrics.jsonl,loss.png,run.json}}", out.display());
@@ -447,4 +460,95 @@ fn main() -> Result<()> {
 fn count_params<B: burn::tensor::backend::Backend>(model: &QwenModel<B>) -> usize {
     use burn::module::Module;
     model.model.num_params()
+}
+
+/// The other data-parallel replicas (devices 1..N), each a trainer on its own thread fed its
+/// micro-batches through a channel; this thread's trainer is replica 0. With one device, a plain
+/// `train_step`.
+struct Replicas {
+    #[cfg(feature = "collective")]
+    workers: Vec<(std::sync::mpsc::Sender<Vec<TokenBatch>>, std::thread::JoinHandle<Result<()>>)>,
+}
+
+impl Replicas {
+    #[cfg(not(feature = "collective"))]
+    fn start(_: &Trainer<TrainBackend>, devices: usize, _: Option<&Path>) -> Result<Self> {
+        ensure!(devices == 1, "--devices {devices} needs a build with --features collective");
+        Ok(Self {})
+    }
+
+    #[cfg(not(feature = "collective"))]
+    fn step(&self, trainer: &mut Trainer<TrainBackend>, mut batches: Vec<Vec<TokenBatch>>) -> Result<qwen_train::StepStats> {
+        Ok(trainer.train_step(&batches.remove(0))?)
+    }
+
+    #[cfg(not(feature = "collective"))]
+    fn finish(self, _: &Trainer<TrainBackend>) -> Result<()> {
+        Ok(())
+    }
+
+    #[cfg(feature = "collective")]
+    fn start(trainer: &Trainer<TrainBackend>, devices: usize, resume: Option<&Path>) -> Result<Self> {
+        use burn::collective::PeerId;
+        use burn::module::Module;
+        ensure!(devices >= 1, "--devices must be at least 1");
+        let mut workers = Vec::new();
+        for i in 1..devices {
+            let (tx, rx) = std::sync::mpsc::channel::<Vec<TokenBatch>>();
+            let device = qwen::backend::device_at(i);
+            // Same weights and parameter ids on every device: a fresh clone, or the checkpoint.
+            let model = trainer.model().clone();
+            let config = *trainer.config();
+            let resume = resume.map(Path::to_path_buf);
+            let handle = std::thread::spawn(move || -> Result<()> {
+                let mut t = match resume {
+                    Some(dir) => Trainer::<TrainBackend>::resume(&dir, &device)?.0,
+                    None => {
+                        let model = QwenModel { model: model.model.fork(&device), ..model };
+                        Trainer::new(model, config)?
+                    }
+                };
+                let id = PeerId::from(i as u32);
+                t.join_collective(id, devices)?;
+                while let Ok(batches) = rx.recv() {
+                    t.train_step_collective(&batches, id)?;
+                }
+                t.leave_collective(id)?;
+                Ok(())
+            });
+            workers.push((tx, handle));
+        }
+        if devices > 1 {
+            trainer.join_collective(PeerId::from(0), devices)?;
+        }
+        Ok(Self { workers })
+    }
+
+    #[cfg(feature = "collective")]
+    fn step(&self, trainer: &mut Trainer<TrainBackend>, mut batches: Vec<Vec<TokenBatch>>) -> Result<qwen_train::StepStats> {
+        if self.workers.is_empty() {
+            return Ok(trainer.train_step(&batches.remove(0))?);
+        }
+        let mine = batches.remove(0);
+        for ((tx, _), b) in self.workers.iter().zip(batches) {
+            tx.send(b).map_err(|_| anyhow::anyhow!("a replica stopped"))?;
+        }
+        Ok(trainer.train_step_collective(&mine, burn::collective::PeerId::from(0))?)
+    }
+
+    #[cfg(feature = "collective")]
+    fn finish(self, trainer: &Trainer<TrainBackend>) -> Result<()> {
+        if self.workers.is_empty() {
+            return Ok(());
+        }
+        // Close every channel first: the replicas then leave the collective with this one.
+        let (senders, handles): (Vec<_>, Vec<_>) = self.workers.into_iter().unzip();
+        drop(senders);
+        let mut result = trainer.leave_collective(burn::collective::PeerId::from(0)).map_err(anyhow::Error::from);
+        for handle in handles {
+            let r = handle.join().map_err(|_| anyhow::anyhow!("a replica panicked")).and_then(|r| r);
+            result = result.and(r);
+        }
+        result
+    }
 }

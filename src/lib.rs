@@ -48,6 +48,20 @@ pub mod backend {
         Default::default()
     }
 
+    /// Device number `index` of the selected backend (CUDA ordinal, wgpu discrete GPU); the CPU
+    /// backends have one device, which every index names.
+    pub fn device_at(index: usize) -> burn::tensor::Device<Backend> {
+        #[cfg(feature = "cuda")]
+        return burn::backend::cuda::CudaDevice { index };
+        #[cfg(all(feature = "wgpu", not(feature = "cuda")))]
+        return burn::backend::wgpu::WgpuDevice::DiscreteGpu(index);
+        #[cfg(not(any(feature = "wgpu", feature = "cuda")))]
+        {
+            let _ = index;
+            Default::default()
+        }
+    }
+
     /// Whether the backend computes on the CPU (tensor data is host memory): then the optimizer's
     /// fused host update ([`qwen_train::Update::Host`]) is the fast one.
     pub fn is_cpu() -> bool {

@@ -33,6 +33,9 @@ pub enum TrainError {
     /// burn's recorder failed to write or read the optimizer state.
     #[error("optimizer record {path}: {reason}")]
     Record { path: PathBuf, reason: String },
+    /// burn-collective refused or failed an operation (registration, all-reduce).
+    #[error("collective: {0}")]
+    Collective(String),
     /// A chart could not be drawn or written.
     #[error("plot: {0}")]
     Plot(String),

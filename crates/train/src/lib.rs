@@ -7,6 +7,7 @@
 //! - [`checkpoint`]: atomic checkpoints (HF weights + optimizer record + `trainer_state.json`)
 //!   and exact resume.
 //! - [`eval`]: held-out loss and perplexity.
+//! - `parallel` (feature `collective`): data parallelism over devices with burn's all-reduce.
 //! - [`metrics`]: the JSON Lines metrics log; [`plot`] (feature `plot`, on by default): PNG charts.
 //!
 //! Mixed precision ([`TrainConfig::precision`]): bf16 matmuls with f32 master weights, written out
@@ -18,6 +19,8 @@ pub mod eval;
 pub mod loss;
 pub mod metrics;
 pub mod optim;
+#[cfg(feature = "collective")]
+pub mod parallel;
 #[cfg(feature = "plot")]
 pub mod plot;
 pub mod schedule;

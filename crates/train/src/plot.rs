@@ -93,6 +93,18 @@ const COLORS: [RGBColor; 6] = [
     RGBColor(140, 86, 75),
 ];
 
+/// A tick label without spurious decimals.
+fn tick(v: f64) -> String {
+    let a = v.abs();
+    if a >= 100.0 || a == 0.0 {
+        format!("{v:.0}")
+    } else if a >= 1.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.3}")
+    }
+}
+
 fn plot_err(e: impl std::fmt::Display) -> TrainError {
     TrainError::Plot(e.to_string())
 }
@@ -119,7 +131,13 @@ pub fn save_png(chart: &Chart, path: impl AsRef<Path>, width: u32, height: u32) 
             let mut ctx = $ctx;
             let mut mesh = ctx.configure_mesh();
             if text {
-                mesh.x_desc(chart.x_label.as_str()).y_desc(chart.y_label.as_str()).label_style(("sans-serif", 14));
+                mesh.x_desc(chart.x_label.as_str())
+                    .y_desc(chart.y_label.as_str())
+                    .label_style(("sans-serif", 14))
+                    .x_labels(8)
+                    .y_labels(8)
+                    .x_label_formatter(&|v| tick(*v))
+                    .y_label_formatter(&|v| tick(*v));
             } else {
                 mesh.x_labels(0).y_labels(0);
             }
@@ -144,7 +162,7 @@ pub fn save_png(chart: &Chart, path: impl AsRef<Path>, width: u32, height: u32) 
                     .background_style(WHITE.mix(0.8))
                     .border_style(BLACK)
                     .label_font(("sans-serif", 14))
-                    .position(SeriesLabelPosition::UpperRight)
+                    .position(SeriesLabelPosition::UpperLeft)
                     .draw()
                     .map_err(plot_err)?;
             }

@@ -111,38 +111,28 @@ impl<B: AutodiffBackend> Trainer<B> {
     /// Loss and gradients of the micro-batches (accumulated, token-weighted), without updating.
     /// Returns `(loss, grads, tokens)`.
     pub fn loss_and_grads(&self, batches: &[TokenBatch]) -> Result<(f32, GradientsParams, usize)> {
-        if batches.is_empty() {
-            return Err(TrainError::Batch("no micro-batches".into()));
-        }
-        let mut tokens = 0usize;
-        for b in batches {
-            let n = b.batch * b.seq_len;
-            if n == 0 || b.inputs.len() != n || b.targets.len() != n {
-                return Err(TrainError::Batch(format!(
-                    "batch {}x{} with {} inputs and {} targets",
-                    b.batch,
-                    b.seq_len,
-                    b.inputs.len(),
-                    b.targets.len()
-                )));
-            }
-            tokens += b.targets.iter().filter(|&&t| t != IGNORE_INDEX).count();
-        }
+        let tokens = count_targets(batches)?;
         if tokens == 0 {
             return Err(TrainError::Batch("every target is ignored".into()));
         }
+        let (nll, grads) = self.nll_and_grads(batches, tokens)?;
+        Ok(((nll / tokens as f64) as f32, grads, tokens))
+    }
+
+    /// Summed NLL of `batches` and the gradients of `sum NLL / normalizer`, accumulated.
+    pub(crate) fn nll_and_grads(&self, batches: &[TokenBatch], normalizer: usize) -> Result<(f64, GradientsParams)> {
         let module = &self.model.model;
         let mut acc = GradientsAccumulator::<Qwen<B>>::new();
-        let mut loss = 0f32;
+        let mut nll = 0f64;
         for b in batches {
             let rows: Vec<Vec<u32>> = (0..b.batch).map(|i| b.input_row(i).to_vec()).collect();
             let logits = self.model.forward_mode(&rows, Mode::Training)?;
-            let fused = cross_entropy_fused(logits, &b.targets, 1.0 / tokens as f64)?;
-            loss += (fused.nll_sum / tokens as f64) as f32;
+            let fused = cross_entropy_fused(logits, &b.targets, 1.0 / normalizer as f64)?;
+            nll += fused.nll_sum;
             let grads = GradientsParams::from_grads(fused.surrogate.backward(), module);
             acc.accumulate(module, grads);
         }
-        Ok((loss, acc.grads(), tokens))
+        Ok((nll, acc.grads()))
     }
 
     /// One optimizer step over `batches` (gradient accumulation over all of them).
@@ -152,7 +142,12 @@ impl<B: AutodiffBackend> Trainer<B> {
     /// model, the optimizer state nor the step counter changes. [`TrainError::Batch`] and
     /// [`TrainError::Model`] for malformed input.
     pub fn train_step(&mut self, batches: &[TokenBatch]) -> Result<StepStats> {
-        let (loss, mut grads, tokens) = self.loss_and_grads(batches)?;
+        let (loss, grads, tokens) = self.loss_and_grads(batches)?;
+        self.apply(loss, grads, tokens)
+    }
+
+    /// Checks, clips and applies gradients whose loss was `loss` over `tokens` targets.
+    pub(crate) fn apply(&mut self, loss: f32, mut grads: GradientsParams, tokens: usize) -> Result<StepStats> {
         if !loss.is_finite() {
             return Err(TrainError::NonFinite { step: self.step, what: "loss" });
         }
@@ -179,4 +174,26 @@ impl<B: AutodiffBackend> Trainer<B> {
             precision: self.model.precision,
         }
     }
+}
+
+/// Counted (non-ignored) targets of well-formed micro-batches.
+pub(crate) fn count_targets(batches: &[TokenBatch]) -> Result<usize> {
+    if batches.is_empty() {
+        return Err(TrainError::Batch("no micro-batches".into()));
+    }
+    let mut tokens = 0usize;
+    for b in batches {
+        let n = b.batch * b.seq_len;
+        if n == 0 || b.inputs.len() != n || b.targets.len() != n {
+            return Err(TrainError::Batch(format!(
+                "batch {}x{} with {} inputs and {} targets",
+                b.batch,
+                b.seq_len,
+                b.inputs.len(),
+                b.targets.len()
+            )));
+        }
+        tokens += b.targets.iter().filter(|&&t| t != IGNORE_INDEX).count();
+    }
+    Ok(tokens)
 }

@@ -6,23 +6,17 @@ use burn::backend::{Autodiff, Flex};
 use burn::module::{AutodiffModule, Param};
 use burn::tensor::{ElementConversion, Tensor, TensorData};
 use qwen_data::{LoaderState, TokenBatch};
-use qwen_model::{Mode, Precision, QwenConfig, QwenModel};
+use qwen_model::{Mode, Precision, QwenModel};
 use qwen_train::{
     clip_global_norm, cross_entropy, global_norm, OptimConfig, Schedule, TrainConfig, TrainError, Trainer, IGNORE_INDEX,
 };
 
+mod common;
+use common::config;
+
 type B = Autodiff<Flex>;
 type Inner = Flex;
 
-fn config() -> QwenConfig {
-    QwenConfig::from_json(serde_json::json!({
-        "model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"], "vocab_size": 64, "hidden_size": 32,
-        "intermediate_size": 48, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-        "max_position_embeddings": 64, "rms_norm_eps": 1e-6, "rope_theta": 10000.0, "hidden_act": "silu",
-        "tie_word_embeddings": false, "torch_dtype": "float32"
-    }))
-    .unwrap()
-}
 
 /// `batch` rows of `seq` tokens, targets shifted by one; `seed` varies the content.
 fn batch(batch: usize, seq: usize, seed: u32) -> TokenBatch {
