@@ -467,8 +467,12 @@ fn count_params<B: burn::tensor::backend::Backend>(model: &QwenModel<B>) -> usiz
 /// `train_step`.
 struct Replicas {
     #[cfg(feature = "collective")]
-    workers: Vec<(std::sync::mpsc::Sender<Vec<TokenBatch>>, std::thread::JoinHandle<Result<()>>)>,
+    workers: Vec<Worker>,
 }
+
+/// A replica's input channel and thread.
+#[cfg(feature = "collective")]
+type Worker = (std::sync::mpsc::Sender<Vec<TokenBatch>>, std::thread::JoinHandle<Result<()>>);
 
 impl Replicas {
     #[cfg(not(feature = "collective"))]
