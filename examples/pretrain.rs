@@ -334,10 +334,27 @@ fn main() -> Result<()> {
         trainer.config().schedule.peak_lr
     );
 
-    let before = evaluate(&trainer.valid_model(), &heldout, Mode::Training)?;
-    eprintln!("held-out before: loss {:.4}, perplexity {:.2} ({} tokens)", before.loss, before.perplexity, heldout_tokens);
+    let now = evaluate(&trainer.valid_model(), &heldout, Mode::Training)?;
+    eprintln!(
+        "held-out at step {}: loss {:.4}, perplexity {:.2} ({} tokens)",
+        trainer.step(),
+        now.loss,
+        now.perplexity,
+        heldout_tokens
+    );
+    // "Before" is the untrained model's: measured now on a fresh run, read back from the step-0
+    // record of the metrics log when resuming.
+    let step0 = if args.resume {
+        qwen_train::read_metrics(out.join("metrics.jsonl"))?.into_iter().find(|r| r["step"] == 0)
+    } else {
+        None
+    };
+    let before = match step0.and_then(|r| Some((r.get("heldout_loss")?.as_f64()?, r.get("heldout_ppl")?.as_f64()?))) {
+        Some((loss, perplexity)) => qwen_train::EvalStats { loss, perplexity, tokens: heldout_tokens },
+        None => now,
+    };
     if trainer.step() == 0 {
-        metrics.write(&serde_json::json!({"step": 0, "heldout_loss": before.loss, "heldout_ppl": before.perplexity}))?;
+        metrics.write(&serde_json::json!({"step": 0, "heldout_loss": now.loss, "heldout_ppl": now.perplexity}))?;
     }
 
     // 3. Train.
