@@ -3,7 +3,7 @@
 //! - [`config`]: HF `config.json` of either family, validated, into one [`QwenConfig`].
 //! - [`qwen`]: the model, top to bottom, with its KV cache.
 //! - [`generate`]: KV-cache generation and sampling.
-//! - [`load`]: HF safetensors (single or sharded; f32/bf16/f16) in either naming scheme;
+//! - [`mod@load`]: HF safetensors (single or sharded; f32/bf16/f16) in either naming scheme;
 //!   [`save`] writes them back.
 //!
 //! Long-context behaviour that a checkpoint's config asks for (Qwen-1 dynamic NTK and LogN, HF
