@@ -144,7 +144,7 @@ fn model_config(size: Size, vocab: usize) -> Result<QwenConfig> {
     }))?)
 }
 
-fn open_source(path: &Path) -> Result<DocStream> {
+fn open_source(path: &Path) -> qwen_data::Result<DocStream> {
     let name = path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned());
     Ok(if path.is_dir() {
         Box::new(FolderSource::open(path, TextMode::WholeFile)?.named(name))
@@ -163,7 +163,7 @@ fn prepare_documents(args: &Args, data: &[PathBuf], dir: &Path) -> Result<Tokeni
         .map(|p| {
             let path = p.clone();
             ensure!(path.exists(), "{} does not exist (run `bash tools/setup.sh` for the default corpus)", p.display());
-            Ok(MixSource::new(p.display().to_string(), 1.0, move || open_source(&path).map_err(data_err)))
+            Ok(MixSource::new(p.display().to_string(), 1.0, move || open_source(&path)))
         })
         .collect::<Result<Vec<_>>>()?;
     let mut mixer = Mixer::new(sources, args.seed)?;
@@ -221,10 +221,6 @@ fn prepare_documents(args: &Args, data: &[PathBuf], dir: &Path) -> Result<Tokeni
     Ok(tok)
 }
 
-fn data_err(e: anyhow::Error) -> qwen_data::DataError {
-    qwen_data::DataError::Config(format!("{e:#}"))
-}
-
 /// Packs a JSONL file of documents into a shard; returns the token count.
 fn pack(tok: &Tokenizer, jsonl: &Path, shard: &Path, seq_len: usize, seed: Option<u64>) -> Result<u64> {
     let mut writer = ShardWriter::create(shard, tok.vocab_size())?;
@@ -234,16 +230,10 @@ fn pack(tok: &Tokenizer, jsonl: &Path, shard: &Path, seq_len: usize, seed: Optio
     Ok(stats.tokens)
 }
 
-/// Non-overlapping held-out windows of `seq_len` tokens (at most `max`), as batches of `batch`.
+/// Held-out windows of `seq_len` tokens (at most `max`), as batches of `batch`.
 fn heldout_batches(shard: &ShardReader, seq_len: usize, batch: usize, max: usize) -> Result<Vec<TokenBatch>> {
     let ids = shard.to_vec();
-    let windows: Vec<qwen_data::Sequence> = (0..(ids.len().saturating_sub(1)) / seq_len)
-        .take(max)
-        .map(|w| {
-            let s = w * seq_len;
-            qwen_data::Sequence { input: ids[s..s + seq_len].to_vec(), target: ids[s + 1..s + seq_len + 1].to_vec() }
-        })
-        .collect();
+    let windows: Vec<qwen_data::Sequence> = qwen_data::pack::windows(&ids, seq_len).take(max).collect();
     ensure!(!windows.is_empty(), "the held-out set is shorter than one window of {seq_len} tokens");
     Ok(windows.chunks(batch).map(|c| TokenBatcher.batch(c.to_vec())).collect::<qwen_data::Result<_>>()?)
 }
@@ -320,7 +310,7 @@ fn main() -> Result<()> {
     };
     let replicas = Replicas::start(&trainer, args.devices, args.resume.then_some(ckpt.as_path()))?;
     let steps = trainer.config().schedule.total_steps;
-    let params = count_params(trainer.model());
+    let params = burn::module::Module::num_params(&trainer.model().model);
     eprintln!(
         "model: {:?}, {} parameters ({} in embeddings and head); S = {}, {} sequences x {} micro-batches x {} \
          replicas per step, {steps} steps, peak lr {:.1e}",
@@ -472,11 +462,6 @@ fn main() -> Result<()> {
         bail!("held-out perplexity fell only {:.2}x (required: {}x)", before.perplexity / after.perplexity, args.min_ppl_drop);
     }
     Ok(())
-}
-
-fn count_params<B: burn::tensor::backend::Backend>(model: &QwenModel<B>) -> usize {
-    use burn::module::Module;
-    model.model.num_params()
 }
 
 /// The other data-parallel replicas (devices 1..N), each a trainer on its own thread fed its

@@ -34,6 +34,23 @@ pub struct Sequence {
     pub target: Vec<u32>,
 }
 
+impl Sequence {
+    /// The sequence of a window of `L + 1` consecutive tokens: its first `L` are the inputs, its
+    /// last `L` the targets.
+    pub fn from_window(window: &[u32]) -> Self {
+        let l = window.len().saturating_sub(1);
+        Self { input: window[..l].to_vec(), target: window[window.len() - l..].to_vec() }
+    }
+}
+
+/// The windows packing cuts from a token stream: `seq_len + 1` tokens starting every `seq_len`
+/// (consecutive windows share one token, so every token but the first is a target once); a tail
+/// shorter than a window is left out.
+pub fn windows(ids: &[u32], seq_len: usize) -> impl Iterator<Item = Sequence> + '_ {
+    let n = if seq_len == 0 { 0 } else { ids.len().saturating_sub(1) / seq_len };
+    (0..n).map(move |w| Sequence::from_window(&ids[w * seq_len..(w + 1) * seq_len + 1]))
+}
+
 /// Packing parameters.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PackConfig {
@@ -176,8 +193,7 @@ impl SequencePacker {
         if self.buf.len() - self.pos < l + 1 {
             return None;
         }
-        let w = &self.buf[self.pos..self.pos + l + 1];
-        let seq = Sequence { input: w[..l].to_vec(), target: w[1..].to_vec() };
+        let seq = Sequence::from_window(&self.buf[self.pos..self.pos + l + 1]);
         self.pos += l;
         self.emitted += 1;
         Some(seq)

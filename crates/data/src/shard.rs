@@ -315,7 +315,7 @@ impl ShardLoader {
         let start = (g - self.starts[s]) as usize * self.seq_len;
         let mut w = Vec::with_capacity(self.seq_len + 1);
         self.shards[s].read_into(start, start + self.seq_len + 1, &mut w);
-        Sequence { input: w[..self.seq_len].to_vec(), target: w[1..].to_vec() }
+        Sequence::from_window(&w)
     }
 
     /// The next `n` windows.

@@ -111,6 +111,25 @@ fn packer_pending_counts() {
     assert_eq!(p.pending(), 1); // 6; 5 was already a target
 }
 
+/// `pack::windows` over a whole stream cuts what the streaming packer emits, fed in pieces.
+#[test]
+fn windows_of_a_stream_equal_the_packer() {
+    let ids: Vec<u32> = (0..103).collect();
+    for l in [1, 4, 7, 102, 103] {
+        let mut p = SequencePacker::new(l);
+        let mut streamed = Vec::new();
+        for chunk in ids.chunks(10) {
+            p.push(chunk);
+            streamed.extend(std::iter::from_fn(|| p.pop()));
+        }
+        let cut: Vec<_> = qwen_data::pack::windows(&ids, l).collect();
+        assert_eq!(cut, streamed, "seq_len {l}");
+        assert_eq!(cut.len(), 102 / l);
+        assert!(cut.iter().all(|s| s.input.len() == l && s.input[1..] == s.target[..l - 1]));
+    }
+    assert_eq!(qwen_data::pack::windows(&ids, 0).count(), 0);
+}
+
 #[test]
 fn pack_to_shard_matches_in_memory_stream() {
     let tok = ByteTok;
