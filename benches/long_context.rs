@@ -63,8 +63,7 @@ fn table() {
                 bytes = run(m, len);
                 best = best.min(t.elapsed().as_secs_f64());
             }
-            let growth = prev.map_or("".into(), |(t, b)| format!("{:.2}x | {:.2}x", best / t, bytes as f64 / b as f64));
-            let growth = if growth.is_empty() { " | ".into() } else { growth };
+            let growth = prev.map_or(" | ".into(), |(t, b)| format!("{:.2}x | {:.2}x", best / t, bytes as f64 / b as f64));
             println!(
                 "| {name} | {len} | {:.1} | {:.1} | {} | {growth} |",
                 best * 1e3,

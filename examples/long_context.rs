@@ -59,21 +59,13 @@ struct RunSummary {
     seq_len: usize,
 }
 
-/// One row of the table: a name and how it changes the model's config.
-struct Variant {
-    name: &'static str,
-    apply: Box<dyn Fn(&mut QwenConfig)>,
-}
-
-fn windows(ids: &[u32], len: usize, max_tokens: usize) -> Vec<Sequence> {
-    let n = (ids.len().saturating_sub(1) / len).min((max_tokens / len).max(1));
-    (0..n)
-        .map(|w| {
-            let s = w * len;
-            Sequence { input: ids[s..s + len].to_vec(), target: ids[s + 1..s + len + 1].to_vec() }
-        })
-        .collect()
-}
+/// The table's rows, cumulative as in the report: name, dynamic NTK, LogN, layer-wise windows.
+const VARIANTS: [(&str, bool, bool, bool); 4] = [
+    ("none", false, false, false),
+    ("+ dynamic NTK", true, false, false),
+    ("+ LogN", true, true, false),
+    ("+ window", true, true, true),
+];
 
 fn main() -> Result<()> {
     let args = Args::parse();
@@ -91,41 +83,12 @@ fn main() -> Result<()> {
     let (lo, hi) = (args.window_low.unwrap_or(s / 2), args.window_high.unwrap_or(s));
     let layer_windows = LayerWindows::layer_wise(layers, lo, hi)?;
 
-    let plain_rope = Rope { scaling: RopeScaling::None, ..base.config.rope.clone() };
-    let ntk_rope = Rope { scaling: RopeScaling::QwenDynamicNtk { seq_length: s }, ..base.config.rope.clone() };
-    let variants: Vec<Variant> = vec![
-        Variant {
-            name: "none",
-            apply: Box::new({
-                let r = plain_rope.clone();
-                move |c| (c.rope, c.logn, c.windows) = (r.clone(), None, LayerWindows::full(c.num_hidden_layers))
-            }),
-        },
-        Variant {
-            name: "+ dynamic NTK",
-            apply: Box::new({
-                let r = ntk_rope.clone();
-                move |c| (c.rope, c.logn, c.windows) = (r.clone(), None, LayerWindows::full(c.num_hidden_layers))
-            }),
-        },
-        Variant {
-            name: "+ LogN",
-            apply: Box::new({
-                let r = ntk_rope.clone();
-                move |c| {
-                    (c.rope, c.logn, c.windows) =
-                        (r.clone(), Some(LogN { seq_length: s }), LayerWindows::full(c.num_hidden_layers))
-                }
-            }),
-        },
-        Variant {
-            name: "+ window",
-            apply: Box::new({
-                let (r, w) = (ntk_rope.clone(), layer_windows.clone());
-                move |c| (c.rope, c.logn, c.windows) = (r.clone(), Some(LogN { seq_length: s }), w.clone())
-            }),
-        },
-    ];
+    let configure = |c: &mut QwenConfig, ntk: bool, logn: bool, window: bool| {
+        let scaling = if ntk { RopeScaling::QwenDynamicNtk { seq_length: s } } else { RopeScaling::None };
+        c.rope = Rope { scaling, ..base.config.rope.clone() };
+        c.logn = logn.then_some(LogN { seq_length: s });
+        c.windows = if window { layer_windows.clone() } else { LayerWindows::full(layers) };
+    };
 
     eprintln!(
         "model trained at S = {s}; {} held-out tokens; layer-wise windows {:?}",
@@ -134,19 +97,19 @@ fn main() -> Result<()> {
     );
     let t = Instant::now();
     let mut table: Vec<(String, Vec<f64>)> = Vec::new();
-    for v in &variants {
+    for (name, ntk, logn, window) in VARIANTS {
         let mut model: QwenModel<Backend> = base.clone();
-        (v.apply)(&mut model.config);
+        configure(&mut model.config, ntk, logn, window);
         let mut row = Vec::new();
         for &len in &lengths {
-            let seqs = windows(&heldout, len, args.tokens);
+            let seqs: Vec<Sequence> = qwen_data::pack::windows(&heldout, len).take((args.tokens / len).max(1)).collect();
             let per_batch = (4096 / len).max(1);
             let batches: Vec<TokenBatch> =
                 seqs.chunks(per_batch).map(|c| TokenBatcher.batch(c.to_vec())).collect::<qwen_data::Result<_>>()?;
             row.push(evaluate(&model, &batches, Mode::Inference)?.perplexity);
         }
-        eprintln!("{:<14} done ({:.0}s)", v.name, t.elapsed().as_secs_f64());
-        table.push((v.name.to_string(), row));
+        eprintln!("{name:<14} done ({:.0}s)", t.elapsed().as_secs_f64());
+        table.push((name.to_string(), row));
     }
 
     // The table, as the report prints it.
