@@ -47,7 +47,7 @@ impl Sequence {
 /// (consecutive windows share one token, so every token but the first is a target once); a tail
 /// shorter than a window is left out.
 pub fn windows(ids: &[u32], seq_len: usize) -> impl Iterator<Item = Sequence> + '_ {
-    let n = if seq_len == 0 { 0 } else { ids.len().saturating_sub(1) / seq_len };
+    let n = ids.len().saturating_sub(1).checked_div(seq_len).unwrap_or(0);
     (0..n).map(move |w| Sequence::from_window(&ids[w * seq_len..(w + 1) * seq_len + 1]))
 }
 
