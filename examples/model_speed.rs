@@ -1,5 +1,5 @@
 //! Prefill and decode speed and peak memory of a random-weight model of a given shape, as one
-//! JSON line (used by `tools/reference/bench_model_vs_torch.sh` to compare with PyTorch on the
+//! JSON line (used by `tools/reference/bench_vs_torch.sh model` to compare with PyTorch on the
 //! same shape, threads and inputs). Default shape: Qwen2.5-0.5B (tied, f32).
 
 use std::time::Instant;

@@ -1,5 +1,5 @@
 //! Training throughput (tokens/s of full optimizer steps) of a small Qwen, as one JSON line, for
-//! `tools/reference/bench_train_vs_torch.sh` (PyTorch runs the same step in the same run).
+//! `tools/reference/bench_vs_torch.sh train` (PyTorch runs the same step in the same run).
 //! Default: the tiny config of the pretraining issue — hidden 256, 4 layers, 4 heads,
 //! intermediate 688, vocab 32000, seq 256, batch 4 — f32, AdamW, clipping at 1.0.
 

@@ -1,6 +1,6 @@
 """PyTorch peer for `examples/model_speed.rs`: the same Qwen2.5-0.5B shape (random weights, tied,
 float32, eager attention) in transformers, same thread count, same prompt and decode length.
-Prints one JSON line. Run through tools/reference/bench_model_vs_torch.sh."""
+Prints one JSON line. Run through tools/reference/bench_vs_torch.sh model."""
 import argparse, json, resource, time
 
 import torch

@@ -1,6 +1,6 @@
 """PyTorch peer for examples/train_speed.rs: the same model shape (transformers Qwen2ForCausalLM,
 eager, f32), batch, sequence, AdamW(0.9, 0.95, eps 1e-8, wd 0.1), global-norm clipping at 1.0; same
-thread count. Prints one JSON line. Run through tools/reference/bench_train_vs_torch.sh."""
+thread count. Prints one JSON line. Run through tools/reference/bench_vs_torch.sh train."""
 import argparse, json, time
 
 import torch
