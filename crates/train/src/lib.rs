@@ -29,8 +29,11 @@ pub mod trainer;
 pub use checkpoint::TrainerState;
 pub use error::{Result, TrainError};
 pub use eval::{evaluate, EvalStats};
+pub use loss::{
+    cross_entropy, cross_entropy_fused, cross_entropy_sum, head_cross_entropy_fused,
+    head_cross_entropy_fused_in_chunks, FusedLoss, HeadLoss, IGNORE_INDEX,
+};
 pub use metrics::{read_metrics, MetricsLog};
-pub use loss::{cross_entropy, cross_entropy_fused, cross_entropy_sum, FusedLoss, IGNORE_INDEX};
 pub use optim::{clip_global_norm, global_norm, OptimConfig, QwenAdamW, QwenOptimizer, Update};
 pub use schedule::Schedule;
 pub use trainer::{StepStats, TrainConfig, Trainer};

@@ -4,12 +4,19 @@
 //! the mean is over the other tokens. The log-probabilities come from burn's `log_softmax`
 //! (max-subtracted), so large logits do not overflow.
 //!
-//! Training uses [`cross_entropy_fused`]: the same loss and gradient with fewer passes over the
-//! `[tokens, vocab]` logits (see its docs).
+//! Training uses [`head_cross_entropy_fused`]: the LM head and the loss in one step outside the
+//! autodiff graph, a chunk of rows at a time, with the gradient in closed form. [`cross_entropy_fused`]
+//! is the same closed-form gradient for callers that already hold logits in the graph.
 
+use std::ops::Range;
+
+use burn::module::ParamId;
+use burn::nn::Linear;
+use burn::optim::GradientsParams;
 use burn::tensor::activation::{log_softmax, softmax};
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{ElementConversion, IndexingUpdateOp, Int, Tensor, TensorData};
+use burn::tensor::{ElementConversion, FloatDType, IndexingUpdateOp, Int, Tensor, TensorData};
+use qwen_model::Precision;
 
 use crate::error::{Result, TrainError};
 
@@ -84,25 +91,209 @@ pub fn cross_entropy_fused<B: AutodiffBackend>(
 ) -> Result<FusedLoss<B>> {
     let [b, s, v] = logits.dims();
     let n = b * s;
-    let (index, mask, count) = target_index(targets, n, v)?;
-    let device = logits.device();
+    let targets = Targets::new(targets, n, v, scale, &logits.device())?;
     let logits = logits.reshape([n, v]);
-    let index = Tensor::<B::InnerBackend, 2, Int>::from_data(TensorData::new(index, [n, 1]), &device);
-    let weight: Vec<f32> = mask.iter().map(|&m| m * scale as f32).collect();
-    let weight = Tensor::<B::InnerBackend, 2>::from_data(TensorData::new(weight, [n, 1]), &device);
-
-    let probs = softmax(logits.clone().inner(), 1);
-    let picked = probs.clone().gather(1, index.clone()).reshape([n]);
-    let mask_t = Tensor::<B::InnerBackend, 1>::from_data(TensorData::new(mask, [n]), &device);
-    // A NaN/Inf logit makes its row's softmax NaN: keep that visible (clamping would hide it).
-    let poisoned = picked.clone().is_nan().any().into_scalar().elem::<bool>();
-    let nll = picked.clamp_min(f32::MIN_POSITIVE).log().neg().mul(mask_t).sum();
-    let nll_sum = if poisoned { f64::NAN } else { nll.into_scalar().elem::<f64>() };
-
-    let minus_one = Tensor::<B::InnerBackend, 2>::full([n, 1], -1.0, &device);
-    let grad = probs.scatter(1, index, minus_one, IndexingUpdateOp::Add).mul(weight);
+    let (picked, grad) = targets.softmax_gradient(logits.clone().inner(), 0..n);
+    let nll_sum = targets.nll_sum(picked);
     let surrogate = logits.mul(Tensor::from_inner(grad)).sum();
-    Ok(FusedLoss { nll_sum, count, surrogate })
+    Ok(FusedLoss { nll_sum, count: targets.count, surrogate })
+}
+
+/// What [`head_cross_entropy_fused`] returns.
+pub struct HeadLoss<B: AutodiffBackend> {
+    /// Summed negative log-likelihood of the counted targets (f64, before `scale`).
+    pub nll_sum: f64,
+    /// Targets counted.
+    pub count: usize,
+    /// A scalar whose gradient with respect to the hidden states is that of `scale * nll_sum`;
+    /// call `.backward()` on it. Its value is not the loss.
+    pub surrogate: Tensor<B, 1>,
+    /// The gradient of `scale * nll_sum` with respect to the head's weight `[hidden, vocab]`
+    /// (burn's `Linear` layout), computed outside the graph: add it to the gradients of
+    /// `head.weight` (see [`HeadLoss::add_to`]).
+    pub weight_grad: Tensor<B::InnerBackend, 2>,
+    /// The same for the head's bias, when it has one (Qwen's does not).
+    pub bias_grad: Option<Tensor<B::InnerBackend, 1>>,
+}
+
+impl<B: AutodiffBackend> HeadLoss<B> {
+    /// Adds the head's gradients to `grads` (summing with what the graph gave the same
+    /// parameters, e.g. a tied embedding).
+    pub fn add_to(self, head: &Linear<B>, grads: &mut GradientsParams) {
+        fn add<B: Backend, const D: usize>(grads: &mut GradientsParams, id: ParamId, g: Tensor<B, D>) {
+            let g = match grads.remove::<B, D>(id) {
+                Some(prev) => prev + g,
+                None => g,
+            };
+            grads.register(id, g);
+        }
+        add(grads, head.weight.id, self.weight_grad);
+        if let (Some(bias), Some(g)) = (&head.bias, self.bias_grad) {
+            add(grads, bias.id, g);
+        }
+    }
+}
+
+/// Rows of logits per chunk of [`head_cross_entropy_fused`]: at most this many logits live at once
+/// (256 MiB in f32), whatever the batch and vocabulary. Smaller chunks cost more than they save
+/// on CPU (128-row chunks: head + loss 190 -> 290 ms at the tiny config), so this only splits
+/// batches whose logits would be large.
+const HEAD_CHUNK_LOGITS: usize = 64 << 20;
+
+/// The LM head and cross-entropy fused: logits are formed, used and dropped a chunk of rows at a
+/// time, outside the autodiff graph.
+///
+/// `hidden` is `[batch, seq, hidden]` (the final-norm states, [`qwen_model::QwenModel::hidden_mode`]),
+/// `head` the LM head. Per chunk of rows: `logits = h W` (+ bias), the closed-form gradient
+/// `G = scale * mask * (softmax - onehot)` as in [`cross_entropy_fused`], then `dh = G Wᵀ` and
+/// `dW += hᵀ G`. The graph only sees `sum(hidden * dh)`. Against running the head inside the graph
+/// this does the same three matmuls but never records, keeps or traverses a `[tokens, vocab]`
+/// tensor for autodiff (at Qwen's 151,936-wide vocabulary and 4,096 tokens that tensor alone is
+/// 2.5 GB in f32; here at most [`HEAD_CHUNK_LOGITS`] logits exist at once). With
+/// [`Precision::Bf16`] the three matmuls run in bf16 with f32 results, like the model's.
+///
+/// # Errors
+/// [`TrainError::Batch`] if the shapes disagree or a target is out of the vocabulary.
+pub fn head_cross_entropy_fused<B: AutodiffBackend>(
+    hidden: Tensor<B, 3>,
+    head: &Linear<B>,
+    targets: &[u32],
+    scale: f64,
+    precision: Precision,
+) -> Result<HeadLoss<B>> {
+    let [b, s, _] = hidden.dims();
+    let v = head.weight.dims()[1];
+    let n = b * s;
+    let rows = n.div_ceil(n.saturating_mul(v).div_ceil(HEAD_CHUNK_LOGITS).max(1));
+    head_cross_entropy_fused_in_chunks(hidden, head, targets, scale, precision, rows)
+}
+
+/// [`head_cross_entropy_fused`] with at most `rows_per_chunk` rows of logits at a time (at least
+/// one): for a large vocabulary on a device with little memory, `rows_per_chunk * vocab` floats
+/// is what the head needs beyond the model. Same result up to summation order.
+///
+/// # Errors
+/// As [`head_cross_entropy_fused`].
+pub fn head_cross_entropy_fused_in_chunks<B: AutodiffBackend>(
+    hidden: Tensor<B, 3>,
+    head: &Linear<B>,
+    targets: &[u32],
+    scale: f64,
+    precision: Precision,
+    rows_per_chunk: usize,
+) -> Result<HeadLoss<B>> {
+    let [b, s, d] = hidden.dims();
+    let n = b * s;
+    let w = head.weight.val().inner();
+    let [wd, v] = w.dims();
+    if wd != d {
+        return Err(TrainError::Batch(format!("hidden size {d} but the head reads {wd}")));
+    }
+    let device = hidden.device();
+    let targets = Targets::new(targets, n, v, scale, &device)?;
+    let bias = head.bias.as_ref().map(|b| b.val().inner().unsqueeze::<2>());
+    let hidden = hidden.reshape([n, d]);
+    let h = hidden.clone().inner();
+
+    let rows = rows_per_chunk.max(1);
+    let mut picked = Vec::new();
+    let mut dh = Vec::new();
+    let mut weight_grad: Option<Tensor<B::InnerBackend, 2>> = None;
+    let mut bias_grad: Option<Tensor<B::InnerBackend, 2>> = None;
+    for start in (0..n).step_by(rows) {
+        let end = (start + rows).min(n);
+        let h_c = h.clone().narrow(0, start, end - start);
+        let logits = matmul(h_c.clone(), w.clone(), precision);
+        let logits = match &bias {
+            Some(bias) => logits + bias.clone(),
+            None => logits,
+        };
+        let (p, g) = targets.softmax_gradient(logits, start..end);
+        picked.push(p);
+        dh.push(matmul(g.clone(), w.clone().transpose(), precision));
+        let dw = matmul(h_c.transpose(), g.clone(), precision);
+        weight_grad = Some(match weight_grad {
+            Some(acc) => acc + dw,
+            None => dw,
+        });
+        if bias.is_some() {
+            let db = g.sum_dim(0);
+            bias_grad = Some(match bias_grad {
+                Some(acc) => acc + db,
+                None => db,
+            });
+        }
+    }
+    let nll_sum = targets.nll_sum(Tensor::cat(picked, 0));
+    let dh = Tensor::<B, 2>::from_inner(Tensor::cat(dh, 0));
+    let weight_grad = weight_grad.unwrap_or_else(|| Tensor::zeros([d, v], &device));
+    Ok(HeadLoss {
+        nll_sum,
+        count: targets.count,
+        surrogate: hidden.mul(dh).sum(),
+        weight_grad,
+        bias_grad: bias_grad.map(|g| g.reshape([v])),
+    })
+}
+
+/// `a b` with the multiply in `precision` and the result in `a`'s float type.
+fn matmul<B: Backend>(a: Tensor<B, 2>, b: Tensor<B, 2>, precision: Precision) -> Tensor<B, 2> {
+    match precision {
+        Precision::Full => a.matmul(b),
+        Precision::Bf16 => {
+            let dtype = a.dtype();
+            a.cast(FloatDType::BF16).matmul(b.cast(FloatDType::BF16)).cast(dtype)
+        }
+    }
+}
+
+/// A micro-batch's targets on the device, for the closed-form gradient.
+struct Targets<B: Backend> {
+    /// `[n, 1]` gather/scatter indices (ignored targets point at 0).
+    index: Tensor<B, 2, Int>,
+    /// `[n, 1]`: `scale` for counted targets, 0 for ignored ones.
+    weight: Tensor<B, 2>,
+    /// `[n]`: 1 for counted targets, 0 for ignored ones.
+    mask: Tensor<B, 1>,
+    count: usize,
+}
+
+impl<B: Backend> Targets<B> {
+    fn new(targets: &[u32], n: usize, vocab: usize, scale: f64, device: &B::Device) -> Result<Self> {
+        let (index, mask, count) = target_index(targets, n, vocab)?;
+        let weight: Vec<f32> = mask.iter().map(|&m| m * scale as f32).collect();
+        Ok(Self {
+            index: Tensor::from_data(TensorData::new(index, [n, 1]), device),
+            weight: Tensor::from_data(TensorData::new(weight, [n, 1]), device),
+            mask: Tensor::from_data(TensorData::new(mask, [n]), device),
+            count,
+        })
+    }
+
+    /// For the logits of rows `rows`: the target probabilities `[rows]` and the gradient
+    /// `scale * mask * (softmax - onehot(target))`, formed in place from one softmax.
+    fn softmax_gradient(&self, logits: Tensor<B, 2>, rows: Range<usize>) -> (Tensor<B, 1>, Tensor<B, 2>) {
+        let len = rows.len();
+        let index = self.index.clone().narrow(0, rows.start, len);
+        let probs = softmax(logits, 1);
+        let picked = probs.clone().gather(1, index.clone()).reshape([len]);
+        let minus_one = Tensor::<B, 2>::full([len, 1], -1.0, &probs.device());
+        let weight = self.weight.clone().narrow(0, rows.start, len);
+        let grad = probs.scatter(1, index, minus_one, IndexingUpdateOp::Add).mul(weight);
+        (picked, grad)
+    }
+
+    /// `-sum mask * ln p` over all rows, in f64; NaN when any probability is NaN (a NaN/Inf logit
+    /// poisons its row's softmax: keep that visible, clamping would hide it).
+    fn nll_sum(&self, picked: Tensor<B, 1>) -> f64 {
+        let poisoned = picked.clone().is_nan().any().into_scalar().elem::<bool>();
+        let nll = picked.clamp_min(f32::MIN_POSITIVE).log().neg().mul(self.mask.clone()).sum();
+        if poisoned {
+            f64::NAN
+        } else {
+            nll.into_scalar().elem::<f64>()
+        }
+    }
 }
 
 /// Mean negative log-likelihood over the non-ignored targets, a `[1]` tensor.

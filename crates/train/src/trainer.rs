@@ -19,7 +19,7 @@ use qwen_data::TokenBatch;
 use qwen_model::{Mode, Precision, Qwen, QwenModel};
 
 use crate::error::{Result, TrainError};
-use crate::loss::{cross_entropy_fused, IGNORE_INDEX};
+use crate::loss::{head_cross_entropy_fused, IGNORE_INDEX};
 use crate::optim::{clip_global_norm, global_norm, OptimConfig, QwenOptimizer};
 use crate::schedule::Schedule;
 
@@ -126,10 +126,12 @@ impl<B: AutodiffBackend> Trainer<B> {
         let mut nll = 0f64;
         for b in batches {
             let rows: Vec<Vec<u32>> = (0..b.batch).map(|i| b.input_row(i).to_vec()).collect();
-            let logits = self.model.forward_mode(&rows, Mode::Training)?;
-            let fused = cross_entropy_fused(logits, &b.targets, 1.0 / normalizer as f64)?;
+            let hidden = self.model.hidden_mode(&rows, Mode::Training)?;
+            let scale = 1.0 / normalizer as f64;
+            let fused = head_cross_entropy_fused(hidden, &module.lm_head, &b.targets, scale, self.model.precision)?;
             nll += fused.nll_sum;
-            let grads = GradientsParams::from_grads(fused.surrogate.backward(), module);
+            let mut grads = GradientsParams::from_grads(fused.surrogate.backward(), module);
+            fused.add_to(&module.lm_head, &mut grads);
             acc.accumulate(module, grads);
         }
         Ok((nll, acc.grads()))

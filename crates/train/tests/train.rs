@@ -4,11 +4,13 @@
 
 use burn::backend::{Autodiff, Flex};
 use burn::module::{AutodiffModule, Param};
+use burn::nn::{Linear, LinearConfig};
+use burn::optim::GradientsParams;
 use burn::tensor::{ElementConversion, Tensor, TensorData};
 use qwen_data::{LoaderState, TokenBatch};
 use qwen_model::{Mode, Precision, QwenModel};
 use qwen_train::{
-    clip_global_norm, cross_entropy, global_norm, OptimConfig, Schedule, TrainConfig, TrainError, Trainer, IGNORE_INDEX,
+    clip_global_norm, cross_entropy, cross_entropy_sum, global_norm, head_cross_entropy_fused_in_chunks, OptimConfig, Schedule, TrainConfig, TrainError, Trainer, IGNORE_INDEX,
 };
 
 mod common;
@@ -323,4 +325,86 @@ fn fused_cross_entropy_equals_log_softmax_autodiff() {
     bad[3] = f32::NAN;
     let z = Tensor::<B, 3>::from_data(TensorData::new(bad, [b, s, v]), &device).require_grad();
     assert!(qwen_train::cross_entropy_fused(z, &targets, scale).unwrap().nll_sum.is_nan());
+}
+
+fn max_diff<const D: usize>(a: Tensor<Inner, D>, b: Tensor<Inner, D>) -> f32 {
+    let (a, b) = (a.into_data().to_vec::<f32>().unwrap(), b.into_data().to_vec::<f32>().unwrap());
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max)
+}
+
+/// The LM head fused with the loss outside the graph, whole and in chunks of rows, with a bias and
+/// ignored targets: the same loss and the same gradients (hidden states, weight, bias) as the head
+/// run inside the graph followed by log-softmax cross-entropy through autodiff.
+#[test]
+fn fused_head_equals_the_head_in_the_graph() {
+    let device = Default::default();
+    let (b, s, d, v) = (2, 5, 6, 11);
+    let data: Vec<f32> = (0..b * s * d).map(|i| ((i * 31 % 17) as f32 - 8.0) * 0.2).collect();
+    let hidden = || Tensor::<B, 3>::from_data(TensorData::new(data.clone(), [b, s, d]), &device).require_grad();
+    let head: Linear<B> = LinearConfig::new(d, v).with_bias(true).init(&device);
+    let targets: Vec<u32> = vec![1, 3, IGNORE_INDEX, 10, 0, 7, 7, IGNORE_INDEX, 2, 5];
+    let scale = 1.0 / 8.0;
+
+    let x = hidden();
+    let (sum, count) = cross_entropy_sum(head.forward(x.clone()), &targets).unwrap();
+    let reference = sum.clone().into_scalar().elem::<f64>();
+    let grads = sum.mul_scalar(scale).backward();
+    let gx = x.grad(&grads).unwrap();
+    let gw = head.weight.val().grad(&grads).unwrap();
+    let gb = head.bias.as_ref().unwrap().val().grad(&grads).unwrap();
+
+    for rows in [3, 4, 10, 64] {
+        let y = hidden();
+        let fused = head_cross_entropy_fused_in_chunks(y.clone(), &head, &targets, scale, Precision::Full, rows).unwrap();
+        assert_eq!(fused.count, count);
+        assert!((fused.nll_sum - reference).abs() < 1e-5 * reference.abs(), "{} vs {reference}", fused.nll_sum);
+        let g = fused.surrogate.backward();
+        assert!(max_diff(y.grad(&g).unwrap(), gx.clone()) < 1e-6, "hidden gradient, {rows} rows");
+        assert!(max_diff(fused.weight_grad, gw.clone()) < 1e-6, "weight gradient, {rows} rows");
+        assert!(max_diff(fused.bias_grad.unwrap(), gb.clone()) < 1e-6, "bias gradient, {rows} rows");
+    }
+}
+
+/// The trainer's gradients (head fused with the loss, its gradient added to what the graph gives)
+/// equal plain autodiff through logits and `cross_entropy`, untied and tied: with tied embeddings
+/// `lm_head.weight` gets both its head and its embedding contributions.
+#[test]
+fn trainer_gradients_equal_plain_autodiff_tied_and_untied() {
+    let device = Default::default();
+    for tied in [false, true] {
+        let config = qwen_model::QwenConfig::from_json(serde_json::json!({
+            "model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"], "vocab_size": 64, "hidden_size": 32,
+            "intermediate_size": 48, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+            "max_position_embeddings": 64, "rms_norm_eps": 1e-6, "rope_theta": 10000.0, "hidden_act": "silu",
+            "tie_word_embeddings": tied
+        }))
+        .unwrap();
+        let model = QwenModel::<B>::random(config, 0.02, &device);
+        let mut data = batch(2, 8, 3);
+        data.targets[5] = IGNORE_INDEX;
+        let trainer = Trainer::new(model.clone(), train_config(1e-3, 1, 10)).unwrap();
+        let (loss, grads, tokens) = trainer.loss_and_grads(std::slice::from_ref(&data)).unwrap();
+
+        let rows: Vec<Vec<u32>> = (0..data.batch).map(|i| data.input_row(i).to_vec()).collect();
+        let logits = model.forward_mode(&rows, Mode::Training).unwrap();
+        let (sum, count) = cross_entropy_sum(logits, &data.targets).unwrap();
+        assert_eq!(tokens, count);
+        let mean = sum.div_scalar(count as f64);
+        let reference_loss = mean.clone().into_scalar().elem::<f32>();
+        assert!((loss - reference_loss).abs() < 1e-5, "{loss} vs {reference_loss}");
+        let reference = GradientsParams::from_grads(mean.backward(), &model.model);
+
+        let m = &model.model;
+        let mut matrices = vec![m.lm_head.weight.id, m.layers[0].self_attn.q_proj.weight.id];
+        matrices.extend(m.embed_tokens.as_ref().map(|e| e.weight.id));
+        for id in matrices {
+            let (a, b) = (grads.get::<Inner, 2>(id).unwrap(), reference.get::<Inner, 2>(id).unwrap());
+            assert!(max_diff(a, b) < 1e-6, "tied {tied}: parameter {id}");
+        }
+        let id = m.norm.gamma.id;
+        let (a, b) = (grads.get::<Inner, 1>(id).unwrap(), reference.get::<Inner, 1>(id).unwrap());
+        assert!(max_diff(a, b) < 1e-6, "tied {tied}: final norm");
+        assert_eq!(grads.len(), reference.len());
+    }
 }
