@@ -100,7 +100,13 @@ impl<B: Backend> RopeTables<B> {
                 Tensor::cat(vec![odd.neg(), even], 4).reshape([b, s, h, r])
             }
         };
-        let out = rot * self.cos.clone() + rotated * self.sin.clone();
+        // The tables repeated over heads, `[1, s, h * r]` (small): against `[b, s, h * r]` that is a
+        // plain row broadcast, where `[1, s, 1, r]` against `[b, s, h, r]` sends CPU backends down a
+        // strided path (forward and backward).
+        let table = |t: &Tensor<B, 4>| t.clone().expand([1, s, h, r]).reshape([1, s, h * r]);
+        let flat = |t: Tensor<B, 4>| t.reshape([b, s, h * r]);
+        let out = flat(rot) * table(&self.cos) + flat(rotated) * table(&self.sin);
+        let out = out.reshape([b, s, h, r]);
         match pass {
             Some(p) => Tensor::cat(vec![out, p], 3),
             None => out,
@@ -638,5 +644,42 @@ impl<B: Backend> QwenModel<B> {
         }
         let h = if last_only { h.narrow(1, s - 1, 1) } else { h };
         self.model.norm.forward(h)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::Flex;
+
+    /// `apply` against the formula written per element, for both conventions, with a rotary
+    /// dimension smaller than the head (the rest passes through), several heads and a batch of 2.
+    #[test]
+    fn rope_tables_rotate_as_the_formula_says() {
+        let (b, s, h, d, r) = (2, 3, 2, 6, 4);
+        let freqs = RopeFrequencies { inv_freq: vec![1.0, 0.1], attention_factor: 1.0 };
+        let x: Vec<f32> = (0..b * s * h * d).map(|i| ((i * 13 % 7) as f32 - 3.0) * 0.5).collect();
+        let device = Default::default();
+        for convention in [RopeConvention::RotateHalf, RopeConvention::Interleaved] {
+            let tables = RopeTables::<Flex>::new(&freqs, 5, s, convention, &device);
+            let input = Tensor::<Flex, 4>::from_data(TensorData::new(x.clone(), [b, s, h, d]), &device);
+            let got = tables.apply(input).into_data().to_vec::<f32>().unwrap();
+            for (row, (x, got)) in x.chunks(d).zip(got.chunks(d)).enumerate() {
+                let pos = 5 + (row / h) % s;
+                let mut want = x.to_vec();
+                for i in 0..r / 2 {
+                    // The pair (a, b) rotated by the angle of frequency i.
+                    let (ia, ib) = match convention {
+                        RopeConvention::RotateHalf => (i, i + r / 2),
+                        RopeConvention::Interleaved => (2 * i, 2 * i + 1),
+                    };
+                    let (sin, cos) = (pos as f32 * freqs.inv_freq[i]).sin_cos();
+                    want[ia] = x[ia] * cos - x[ib] * sin;
+                    want[ib] = x[ib] * cos + x[ia] * sin;
+                }
+                let err = want.iter().zip(got).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+                assert!(err < 1e-5, "{convention:?}, row {row}: {got:?} vs {want:?}");
+            }
+        }
     }
 }
