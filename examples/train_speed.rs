@@ -5,6 +5,7 @@
 
 use std::time::Instant;
 
+use burn::module::Module;
 use clap::Parser;
 use qwen::backend::{device, optimizer_update, TrainBackend};
 use qwen_data::batch::TokenBatch;
@@ -21,6 +22,15 @@ struct Args {
     layers: usize,
     #[arg(long, default_value_t = 4)]
     heads: usize,
+    /// Key/value heads (GQA); default: as many as query heads.
+    #[arg(long)]
+    kv_heads: Option<usize>,
+    /// Tie the LM head to the embedding (as Qwen2.5-0.5B does).
+    #[arg(long)]
+    tied: bool,
+    /// The device's peak dense TFLOP/s at the training precision: then the JSON also has `mfu`.
+    #[arg(long)]
+    peak_tflops: Option<f64>,
     #[arg(long, default_value_t = 688)]
     intermediate: usize,
     #[arg(long, default_value_t = 32000)]
@@ -43,10 +53,14 @@ fn main() -> anyhow::Result<()> {
     let config = QwenConfig::from_json(serde_json::json!({
         "model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"], "vocab_size": a.vocab, "hidden_size": a.hidden,
         "intermediate_size": a.intermediate, "num_hidden_layers": a.layers, "num_attention_heads": a.heads,
-        "num_key_value_heads": a.heads, "max_position_embeddings": 4096, "rms_norm_eps": 1e-6, "rope_theta": 10000.0,
-        "hidden_act": "silu", "tie_word_embeddings": false
+        "num_key_value_heads": a.kv_heads.unwrap_or(a.heads), "max_position_embeddings": 4096, "rms_norm_eps": 1e-6,
+        "rope_theta": 10000.0, "hidden_act": "silu", "tie_word_embeddings": a.tied
     }))?;
     let model = QwenModel::<TrainBackend>::random(config, 0.02, &device());
+    // Model FLOPs per trained token, PaLM's accounting (appendix B): 6 N for the matmul weights (all
+    // parameters but an untied embedding table, which is a lookup) + 12 L d S for attention scores.
+    let lookup = if a.tied { 0 } else { a.vocab * a.hidden };
+    let flops_per_token = 6.0 * (model.model.num_params() - lookup) as f64 + 12.0 * (a.layers * a.hidden * a.seq) as f64;
     let precision = if a.bf16 { Precision::Bf16 } else { Precision::Full };
     let train = TrainConfig { precision, ..TrainConfig::new(Schedule::new(3e-4, 2, 1000), 0) };
     let train = TrainConfig { optim: OptimConfig { update: optimizer_update(), ..train.optim }, ..train };
@@ -88,11 +102,16 @@ fn main() -> anyhow::Result<()> {
         drop(grads);
         bwd = bwd.min(t.elapsed().as_secs_f64());
     }
+    let tokens_per_s = (n * a.steps) as f64 / secs;
+    let tflops = flops_per_token * tokens_per_s / 1e12;
     println!(
         "{}",
         serde_json::json!({
             "impl": format!("qwen-rs/{}{}", qwen::backend::name(), if a.bf16 { "/bf16" } else { "" }),
-            "train_tokens_per_s": (n * a.steps) as f64 / secs,
+            "train_tokens_per_s": tokens_per_s,
+            "parameters": trainer.model().model.num_params(),
+            "model_tflops_per_s": tflops,
+            "mfu": a.peak_tflops.map(|peak| tflops / peak),
             "step_ms": 1e3 * secs / a.steps as f64,
             "last_loss": loss,
             "phases_ms": {"forward": fwd * 1e3, "head_and_loss": loss_t * 1e3, "backward": bwd * 1e3,

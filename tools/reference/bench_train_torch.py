@@ -1,7 +1,8 @@
 """PyTorch peer for examples/train_speed.rs: the same model shape (transformers Qwen2ForCausalLM,
-eager, f32), batch, sequence, AdamW(0.9, 0.95, eps 1e-8, wd 0.1), global-norm clipping at 1.0; same
-thread count. Prints one JSON line. Run through tools/reference/bench_vs_torch.sh train."""
-import argparse, json, time
+f32, attention through SDPA as transformers defaults to; QWEN_TORCH_ATTN=eager for the plain one),
+batch, sequence, AdamW(0.9, 0.95, eps 1e-8, wd 0.1), global-norm clipping at 1.0; same thread
+count. Prints one JSON line. Run through tools/reference/bench_vs_torch.sh train."""
+import argparse, json, os, time
 
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
@@ -14,7 +15,7 @@ torch.set_num_threads(a.threads)
 torch.manual_seed(0)
 cfg = Qwen2Config(vocab_size=a.vocab, hidden_size=a.hidden, intermediate_size=a.intermediate, num_hidden_layers=a.layers,
                   num_attention_heads=a.heads, num_key_value_heads=a.heads, max_position_embeddings=4096,
-                  tie_word_embeddings=False, attn_implementation="eager")
+                  tie_word_embeddings=False, attn_implementation=os.environ.get("QWEN_TORCH_ATTN", "sdpa"))
 model = Qwen2ForCausalLM(cfg).float().train()
 opt = torch.optim.AdamW(model.parameters(), lr=3e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
 n = a.batch * a.seq
@@ -42,5 +43,5 @@ t = time.perf_counter()
 for s in range(a.steps):
     loss = step(s + 2)
 secs = time.perf_counter() - t
-print(json.dumps({"impl": f"pytorch {torch.__version__}", "train_tokens_per_s": n * a.steps / secs,
+print(json.dumps({"impl": f"pytorch {torch.__version__} ({cfg._attn_implementation})", "train_tokens_per_s": n * a.steps / secs,
                   "step_ms": 1e3 * secs / a.steps, "last_loss": loss}))
