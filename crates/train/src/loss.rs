@@ -153,7 +153,7 @@ const HEAD_CHUNK_LOGITS: usize = 64 << 20;
 /// [`Precision::Bf16`] the three matmuls run in bf16 with f32 results, like the model's.
 ///
 /// # Errors
-/// [`TrainError::Batch`] if the shapes disagree or a target is out of the vocabulary.
+/// [`TrainError::Batch`] if there are no rows, the shapes disagree or a target is out of the vocabulary.
 pub fn head_cross_entropy_fused<B: AutodiffBackend>(
     hidden: Tensor<B, 3>,
     head: &Linear<B>,
@@ -190,6 +190,9 @@ pub fn head_cross_entropy_fused_in_chunks<B: AutodiffBackend>(
         return Err(TrainError::Batch(format!("hidden size {d} but the head reads {wd}")));
     }
     let device = hidden.device();
+    if n == 0 {
+        return Err(TrainError::Batch("no hidden states".into()));
+    }
     let targets = Targets::new(targets, n, v, scale, &device)?;
     let bias = head.bias.as_ref().map(|b| b.val().inner().unsqueeze::<2>());
     let hidden = hidden.reshape([n, d]);
@@ -226,7 +229,7 @@ pub fn head_cross_entropy_fused_in_chunks<B: AutodiffBackend>(
     }
     let nll_sum = targets.nll_sum(Tensor::cat(picked, 0));
     let dh = Tensor::<B, 2>::from_inner(Tensor::cat(dh, 0));
-    let weight_grad = weight_grad.unwrap_or_else(|| Tensor::zeros([d, v], &device));
+    let weight_grad = weight_grad.ok_or_else(|| TrainError::Batch("no hidden states".into()))?;
     Ok(HeadLoss {
         nll_sum,
         count: targets.count,

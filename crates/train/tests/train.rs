@@ -354,6 +354,15 @@ fn fused_head_equals_the_head_in_the_graph() {
     let gw = head.weight.val().grad(&grads).unwrap();
     let gb = head.bias.as_ref().unwrap().val().grad(&grads).unwrap();
 
+    let empty = Tensor::<B, 3>::zeros([0, 5, d], &device);
+    assert!(matches!(
+        head_cross_entropy_fused_in_chunks(empty, &head, &[], scale, Precision::Full, 4),
+        Err(TrainError::Batch(_))
+    ));
+    assert!(matches!(
+        head_cross_entropy_fused_in_chunks(hidden(), &head, &targets[..9], scale, Precision::Full, 4),
+        Err(TrainError::Batch(_))
+    ));
     for rows in [3, 4, 10, 64] {
         let y = hidden();
         let fused = head_cross_entropy_fused_in_chunks(y.clone(), &head, &targets, scale, Precision::Full, rows).unwrap();
