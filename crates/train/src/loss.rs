@@ -121,11 +121,8 @@ impl<B: AutodiffBackend> HeadLoss<B> {
     /// parameters, e.g. a tied embedding).
     pub fn add_to(self, head: &Linear<B>, grads: &mut GradientsParams) {
         fn add<B: Backend, const D: usize>(grads: &mut GradientsParams, id: ParamId, g: Tensor<B, D>) {
-            let g = match grads.remove::<B, D>(id) {
-                Some(prev) => prev + g,
-                None => g,
-            };
-            grads.register(id, g);
+            let sum = plus(grads.remove::<B, D>(id), g);
+            grads.register(id, sum);
         }
         add(grads, head.weight.id, self.weight_grad);
         if let (Some(bias), Some(g)) = (&head.bias, self.bias_grad) {
@@ -134,7 +131,7 @@ impl<B: AutodiffBackend> HeadLoss<B> {
     }
 }
 
-/// Rows of logits per chunk of [`head_cross_entropy_fused`]: at most this many logits live at once
+/// Logits per chunk of [`head_cross_entropy_fused`]: at most this many live at once
 /// (256 MiB in f32), whatever the batch and vocabulary. Smaller chunks cost more than they save
 /// on CPU (128-row chunks: head + loss 190 -> 290 ms at the tiny config), so this only splits
 /// batches whose logits would be large.
@@ -201,8 +198,8 @@ pub fn head_cross_entropy_fused_in_chunks<B: AutodiffBackend>(
     let rows = rows_per_chunk.max(1);
     let mut picked = Vec::new();
     let mut dh = Vec::new();
-    let mut weight_grad: Option<Tensor<B::InnerBackend, 2>> = None;
-    let mut bias_grad: Option<Tensor<B::InnerBackend, 2>> = None;
+    let mut weight_grad = None;
+    let mut bias_grad = None;
     for start in (0..n).step_by(rows) {
         let end = (start + rows).min(n);
         let h_c = h.clone().narrow(0, start, end - start);
@@ -214,29 +211,29 @@ pub fn head_cross_entropy_fused_in_chunks<B: AutodiffBackend>(
         let (p, g) = targets.softmax_gradient(logits, start..end);
         picked.push(p);
         dh.push(matmul(g.clone(), w.clone().transpose(), precision));
-        let dw = matmul(h_c.transpose(), g.clone(), precision);
-        weight_grad = Some(match weight_grad {
-            Some(acc) => acc + dw,
-            None => dw,
-        });
         if bias.is_some() {
-            let db = g.sum_dim(0);
-            bias_grad = Some(match bias_grad {
-                Some(acc) => acc + db,
-                None => db,
-            });
+            bias_grad = Some(plus(bias_grad, g.clone().sum_dim(0)));
         }
+        weight_grad = Some(plus(weight_grad, matmul(h_c.transpose(), g, precision)));
     }
     let nll_sum = targets.nll_sum(Tensor::cat(picked, 0));
     let dh = Tensor::<B, 2>::from_inner(Tensor::cat(dh, 0));
-    let weight_grad = weight_grad.ok_or_else(|| TrainError::Batch("no hidden states".into()))?;
     Ok(HeadLoss {
         nll_sum,
         count: targets.count,
         surrogate: hidden.mul(dh).sum(),
-        weight_grad,
-        bias_grad: bias_grad.map(|g| g.reshape([v])),
+        // `n > 0` (checked above), so there was at least one chunk.
+        weight_grad: weight_grad.unwrap_or_else(|| Tensor::zeros([d, v], &device)),
+        bias_grad: bias_grad.map(|g: Tensor<B::InnerBackend, 2>| g.reshape([v])),
     })
+}
+
+/// `acc + x`, or `x` when there is nothing yet.
+fn plus<B: Backend, const D: usize>(acc: Option<Tensor<B, D>>, x: Tensor<B, D>) -> Tensor<B, D> {
+    match acc {
+        Some(acc) => acc + x,
+        None => x,
+    }
 }
 
 /// `a b` with the multiply in `precision` and the result in `a`'s float type.
