@@ -273,9 +273,12 @@ fn host_and_tensor_updates_agree() {
     assert!(diff(&a, &p0.into_data().to_vec::<f32>().unwrap()) > 1e-3, "the parameters moved");
 }
 
-/// bf16 matmuls with f32 master weights: the loss is within bf16 rounding of the f32 loss (and not
-/// equal to it: the casts happen), the parameters stay f32 through the updates, and the model
-/// still overfits a batch.
+/// bf16 matmuls with f32 master weights: the logits differ from the f32 ones (the casts happen)
+/// by no more than bf16 rounding, so does the loss, the parameters stay f32 through the updates,
+/// and the model still overfits a batch.
+///
+/// The "casts happen" check is on the logits, not the mean loss: with a 0.02 init the two losses
+/// differ by ~1e-5, and about one random model in 150 rounds them to the same f32.
 #[test]
 fn mixed_precision_keeps_f32_master_weights_and_trains() {
     let model = QwenModel::<B>::random(config(), 0.02, &Default::default());
@@ -285,7 +288,11 @@ fn mixed_precision_keeps_f32_master_weights_and_trains() {
     let mixed_config = TrainConfig { precision: Precision::Bf16, ..train_config(1e-2, 3, 30) };
     let mut t = Trainer::new(model, mixed_config).unwrap();
     let (loss_bf16, _, _) = t.loss_and_grads(std::slice::from_ref(&b)).unwrap();
-    assert!(loss_bf16 != loss_f32 && (loss_bf16 - loss_f32).abs() < 0.01 * loss_f32, "{loss_bf16} vs {loss_f32}");
+    assert!((loss_bf16 - loss_f32).abs() < 0.01 * loss_f32, "{loss_bf16} vs {loss_f32}");
+    let rows: Vec<Vec<u32>> = b.inputs.chunks(b.seq_len).map(<[u32]>::to_vec).collect();
+    let logits = |t: &Trainer<B>| t.valid_model().forward(&rows).unwrap();
+    let gap: f32 = (logits(&full) - logits(&t)).abs().max().into_scalar();
+    assert!(gap > 0.0 && gap < 0.05, "bf16 vs f32 logits differ by {gap}");
     let first = t.train_step(std::slice::from_ref(&b)).unwrap();
     let mut last = first;
     for _ in 1..30 {
