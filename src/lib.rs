@@ -1,6 +1,7 @@
 //! The qwen-rs stack in one place: re-exports of the library crates, and the backend the
 //! examples run on, chosen by cargo feature (`flex` by default; `ndarray`; `wgpu`; `cuda`).
 
+pub use qwen_align as align;
 pub use qwen_context as context;
 pub use qwen_data as data;
 pub use qwen_model as model;

@@ -15,11 +15,14 @@
 //! 7. [`batch`]: a framework-free [`Batcher`] trait and [`TokenBatch`]; the training crate maps
 //!    those to tensors.
 //!
+//! For alignment, [`chat`] reads conversations and preference pairs from JSON Lines.
+//!
 //! Every random choice goes through [`rng::SplitMix64`], seeded explicitly, so that a pipeline run
 //! twice with the same seeds gives the same bytes (and a resumed loader the same windows) whatever
 //! the version of `rand`.
 
 pub mod batch;
+pub mod chat;
 pub mod dedup;
 mod error;
 pub mod filter;
@@ -30,6 +33,7 @@ pub mod shard;
 pub mod source;
 
 pub use batch::{Batcher, TokenBatch, TokenBatcher};
+pub use chat::{ChatJsonl, ChatRecord, Jsonl, PreferenceJsonl, PreferenceRecord};
 pub use dedup::{Dedup, DedupConfig, DedupStats, ExactDedup, MinHasher, NearDedup};
 pub use error::{DataError, Result};
 pub use filter::{FilterConfig, FilterStats, QualityFilter};

@@ -1,0 +1,37 @@
+//! Alignment for the Qwen model on burn 0.21: what the Qwen report does after pretraining, and DPO.
+//!
+//! - [`sft`]: ChatML conversations → sequences with Qwen's `finetune.py` loss mask; training is the
+//!   pretraining [`Trainer`](qwen_train::Trainer) on them.
+//! - [`pairs`]: prompt + response rows with response-only targets and end positions; comparisons
+//!   ([`Pair`], [`PairBatch`]) rendered from preference records.
+//! - [`logprob`]: per-token and per-sequence log-probabilities of chosen tokens, in the graph.
+//! - [`reward`]: [`ScoreModel`] (trunk + scalar head), the pairwise loss, [`RewardTrainer`] for
+//!   preference-model pretraining and then fine-tuning on comparisons.
+//! - [`ppo`]: [`PpoTrainer`] with policy, value, reference and reward models, KL-penalized rewards,
+//!   GAE, clipped policy and value losses, value warm-up and an optional pretraining loss.
+//! - [`dpo`]: [`DpoTrainer`], the policy against a frozen reference on comparisons.
+//! - [`stepper`]: one checked, clipped AdamW update for any of these modules.
+//!
+//! Every trainer refuses a NaN/Inf loss or gradient norm with [`AlignError::NonFinite`] and leaves
+//! the model untouched.
+
+pub mod dpo;
+mod error;
+pub mod logprob;
+pub mod pairs;
+pub mod ppo;
+pub mod reward;
+pub mod sft;
+pub mod stepper;
+
+pub use dpo::{dpo_loss, frozen, DpoConfig, DpoStats, DpoStep, DpoTrainer};
+pub use error::{AlignError, Result};
+pub use logprob::{sequence_logprobs, token_logprobs};
+pub use pairs::{Pair, PairBatch, ResponseBatch};
+pub use ppo::{
+    clipped_policy_loss, clipped_value_loss, gae, kl_penalized_rewards, whiten, PpoConfig, PpoOptim, PpoStats,
+    PpoTrainer, RewardNorm, Rollout, RunningMoments,
+};
+pub use reward::{evaluate_pairs, pairwise_loss, PairStats, RewardStep, RewardTrainer, ScoreModel, ScoredQwen};
+pub use sft::{sft_labels, sft_sequence, Overflow, SftBatcher};
+pub use stepper::{constant, Applied, Stepper};

@@ -1,0 +1,424 @@
+//! PPO as the report runs it: four models — the policy and a value model (trained), a reference
+//! policy and a reward model (frozen).
+//!
+//! One [`PpoTrainer::step`]:
+//! 1. rollout: the policy samples `responses_per_query` responses per prompt (report: 2, top-p 0.9);
+//! 2. scoring: the reward model's score at each response's end token, normalized by a running
+//!    mean (report), the per-token log-probs of the policy and of the reference, and the value
+//!    model's values;
+//! 3. rewards per token `−kl_coef · (log π − log π_ref)` (report: 0.04), plus the score on the last
+//!    token; advantages by GAE (γ, λ), returns = advantages + values, advantages whitened;
+//! 4. updates: the value model on the clipped value loss (report: clip 0.15) every step; the policy
+//!    on the clipped surrogate (clip 0.2) only after `value_warmup_steps` (report: 50 value-only
+//!    steps), optionally plus `ptx_coef ×` the LM loss on a pretraining batch (the report mixes
+//!    pretraining gradients in to limit the alignment tax).
+//!
+//! The formulas follow TRL's `PPOTrainer` (`qwen-reference.md`): `pg = mean(max(−A·ρ, −A·clip(ρ,
+//! 1 ± ε)))`, `vf = ½ mean(max((V − R)², (clip(V, V_old ± ε_v) − R)²))`.
+
+use burn::optim::GradientsParams;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Int, Tensor, TensorData};
+use qwen_data::TokenBatch;
+use qwen_model::{GenerateConfig, Mode, Qwen, QwenModel, SamplingConfig};
+use qwen_train::{cross_entropy, OptimConfig, Schedule};
+
+use crate::dpo::frozen;
+use crate::error::{AlignError, Result};
+use crate::logprob::{host, token_logprobs, vector};
+use crate::pairs::ResponseBatch;
+use crate::reward::{ScoreModel, ScoredQwen};
+use crate::stepper::Stepper;
+
+/// How raw reward-model scores are normalized before they enter the rewards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RewardNorm {
+    /// Scores as they are.
+    None,
+    /// Minus the running mean of every score seen so far (the report).
+    #[default]
+    RunningMean,
+    /// Minus the running mean, divided by the running standard deviation.
+    RunningMeanStd,
+}
+
+/// PPO settings; [`Default`] is the report's where it gives a value, TRL's otherwise.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PpoConfig {
+    /// KL penalty coefficient (report 0.04).
+    pub kl_coef: f64,
+    /// Policy ratio clip ε (TRL 0.2; the report does not say).
+    pub clip: f64,
+    /// Value clip around the rollout's values (report 0.15).
+    pub value_clip: f64,
+    pub gamma: f32,
+    pub lambda: f32,
+    /// Passes over each rollout (TRL 4; the report does not say).
+    pub epochs: usize,
+    /// Steps that update only the value model (report 50).
+    pub value_warmup_steps: u64,
+    /// Responses sampled per prompt (report 2).
+    pub responses_per_query: usize,
+    pub max_new_tokens: usize,
+    /// Rollout sampling (report: top-p 0.9).
+    pub sampling: SamplingConfig,
+    pub reward_norm: RewardNorm,
+    pub whiten_advantages: bool,
+    /// Weight of the LM loss on a pretraining batch added to the policy loss (0 = off).
+    pub ptx_coef: f64,
+}
+
+impl Default for PpoConfig {
+    fn default() -> Self {
+        Self {
+            kl_coef: 0.04,
+            clip: 0.2,
+            value_clip: 0.15,
+            gamma: 1.0,
+            lambda: 0.95,
+            epochs: 4,
+            value_warmup_steps: 50,
+            responses_per_query: 2,
+            max_new_tokens: 64,
+            sampling: SamplingConfig { temperature: 1.0, top_p: 0.9, ..SamplingConfig::default() },
+            reward_norm: RewardNorm::RunningMean,
+            whiten_advantages: true,
+            ptx_coef: 0.0,
+        }
+    }
+}
+
+impl PpoConfig {
+    pub fn validate(&self) -> Result<()> {
+        let ok = self.kl_coef >= 0.0
+            && self.clip > 0.0
+            && self.value_clip > 0.0
+            && (0.0..=1.0).contains(&self.gamma)
+            && (0.0..=1.0).contains(&self.lambda)
+            && self.epochs > 0
+            && self.responses_per_query > 0
+            && self.max_new_tokens > 0
+            && self.ptx_coef >= 0.0;
+        if ok {
+            Ok(())
+        } else {
+            Err(AlignError::Config(format!("PPO settings out of range: {self:?}")))
+        }
+    }
+}
+
+/// Running mean and variance of a stream (Chan et al.'s parallel update).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct RunningMoments {
+    pub count: f64,
+    pub mean: f64,
+    /// Sum of squared deviations from the mean.
+    pub m2: f64,
+}
+
+impl RunningMoments {
+    pub fn update(&mut self, xs: &[f32]) {
+        if xs.is_empty() {
+            return;
+        }
+        let n = xs.len() as f64;
+        let mean = xs.iter().map(|&x| x as f64).sum::<f64>() / n;
+        let m2 = xs.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>();
+        let total = self.count + n;
+        let delta = mean - self.mean;
+        self.m2 += m2 + delta * delta * self.count * n / total;
+        self.mean += delta * n / total;
+        self.count = total;
+    }
+
+    /// Population standard deviation so far.
+    pub fn std(&self) -> f64 {
+        if self.count > 0.0 {
+            (self.m2 / self.count).sqrt()
+        } else {
+            0.0
+        }
+    }
+}
+
+/// Per-token rewards of one response: `−kl_coef · (logp − ref_logp)`, plus `score` on the last.
+pub fn kl_penalized_rewards(score: f32, logp: &[f32], ref_logp: &[f32], kl_coef: f32) -> Vec<f32> {
+    let mut r: Vec<f32> = logp.iter().zip(ref_logp).map(|(&p, &q)| -kl_coef * (p - q)).collect();
+    if let Some(last) = r.last_mut() {
+        *last += score;
+    }
+    r
+}
+
+/// Generalized advantage estimation over one response (the value after its end is 0):
+/// `δ_t = r_t + γ V_{t+1} − V_t`, `A_t = δ_t + γλ A_{t+1}`; returns `(advantages, A + V)`.
+pub fn gae(rewards: &[f32], values: &[f32], gamma: f32, lambda: f32) -> (Vec<f32>, Vec<f32>) {
+    let n = rewards.len();
+    let mut adv = vec![0f32; n];
+    let mut next_adv = 0f32;
+    for t in (0..n).rev() {
+        let next_value = if t + 1 < n { values[t + 1] } else { 0.0 };
+        let delta = rewards[t] + gamma * next_value - values[t];
+        next_adv = delta + gamma * lambda * next_adv;
+        adv[t] = next_adv;
+    }
+    let returns = adv.iter().zip(values).map(|(a, v)| a + v).collect();
+    (adv, returns)
+}
+
+/// Shifts and scales `x` to mean 0 and standard deviation 1 (left alone if constant).
+pub fn whiten(x: &mut [f32]) {
+    let n = x.len() as f64;
+    if n < 2.0 {
+        return;
+    }
+    let mean = x.iter().map(|&v| v as f64).sum::<f64>() / n;
+    let var = x.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / (n - 1.0);
+    let scale = 1.0 / (var.sqrt() + 1e-8);
+    x.iter_mut().for_each(|v| *v = ((*v as f64 - mean) * scale) as f32);
+}
+
+/// The clipped surrogate loss over response tokens, `[1]`: `mean(max(−A·ρ, −A·clip(ρ, 1−ε, 1+ε)))`
+/// with `ρ = exp(logp − old_logp)`.
+pub fn clipped_policy_loss<B: Backend>(
+    logp: Tensor<B, 1>,
+    old_logp: Tensor<B, 1>,
+    advantages: Tensor<B, 1>,
+    clip: f64,
+) -> Tensor<B, 1> {
+    let ratio = (logp - old_logp).exp();
+    let unclipped = advantages.clone().neg() * ratio.clone();
+    let clipped = advantages.neg() * ratio.clamp(1.0 - clip, 1.0 + clip);
+    unclipped.max_pair(clipped).mean()
+}
+
+/// The clipped value loss, `[1]`: `½ mean(max((V − R)², (V_old + clip(V − V_old, ±ε) − R)²))`.
+pub fn clipped_value_loss<B: Backend>(
+    values: Tensor<B, 1>,
+    old_values: Tensor<B, 1>,
+    returns: Tensor<B, 1>,
+    clip: f64,
+) -> Tensor<B, 1> {
+    let clipped = old_values.clone() + (values.clone() - old_values).clamp(-clip, clip);
+    let a = (values - returns.clone()).powi_scalar(2);
+    let b = (clipped - returns).powi_scalar(2);
+    a.max_pair(b).mean().mul_scalar(0.5)
+}
+
+/// One rollout, scored: everything the updates need, per response token in row-major order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rollout {
+    pub batch: ResponseBatch,
+    /// The generated responses (stop token included when one was produced).
+    pub responses: Vec<Vec<u32>>,
+    /// Raw reward-model scores, one per response.
+    pub scores: Vec<f32>,
+    /// Flat `[rows · seq_len]` positions of the response tokens' predictions.
+    pub positions: Vec<i64>,
+    pub old_logprobs: Vec<f32>,
+    pub ref_logprobs: Vec<f32>,
+    pub old_values: Vec<f32>,
+    pub advantages: Vec<f32>,
+    pub returns: Vec<f32>,
+}
+
+/// What one PPO step did.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct PpoStats {
+    pub step: u64,
+    /// Mean raw reward-model score of the rollout.
+    pub score: f32,
+    /// Mean summed `log π − log π_ref` per response.
+    pub kl: f32,
+    pub policy_loss: f32,
+    pub value_loss: f32,
+    /// Fraction of response tokens whose ratio was clipped (last epoch).
+    pub clip_fraction: f32,
+    pub response_len: f32,
+    /// Whether the policy was updated (false during the value warm-up).
+    pub policy_updated: bool,
+}
+
+/// The four models, two optimizers and the running reward statistics.
+pub struct PpoTrainer<B: AutodiffBackend> {
+    pub policy: QwenModel<B>,
+    pub value: ScoreModel<B>,
+    pub reference: QwenModel<B::InnerBackend>,
+    pub reward: ScoreModel<B::InnerBackend>,
+    pub config: PpoConfig,
+    /// Generation stops after one of these (e.g. `<|im_end|>`).
+    pub stop_ids: Vec<u32>,
+    pub pad_id: u32,
+    pub moments: RunningMoments,
+    policy_step: Stepper<B, Qwen<B>>,
+    value_step: Stepper<B, ScoredQwen<B>>,
+    step: u64,
+}
+
+/// The settings of the two optimizers.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PpoOptim {
+    pub optim: OptimConfig,
+    /// Report: constant 1e-6.
+    pub policy: Schedule,
+    /// Report: constant 5e-6.
+    pub value: Schedule,
+}
+
+/// Picks `positions` out of a flat `[rows · seq_len]` host vector.
+fn pick(flat: &[f32], positions: &[i64]) -> Vec<f32> {
+    positions.iter().map(|&p| flat[p as usize]).collect()
+}
+
+impl<B: AutodiffBackend> PpoTrainer<B> {
+    /// `policy` (usually the SFT model) is also frozen as the reference; `value` usually starts
+    /// from the reward model; `reward` is frozen.
+    pub fn new(
+        policy: QwenModel<B>,
+        value: ScoreModel<B>,
+        reward: ScoreModel<B::InnerBackend>,
+        config: PpoConfig,
+        optim: PpoOptim,
+        stop_ids: Vec<u32>,
+        pad_id: u32,
+    ) -> Result<Self> {
+        config.validate()?;
+        let reference = frozen(&policy);
+        Ok(Self {
+            policy,
+            value,
+            reference,
+            reward,
+            config,
+            stop_ids,
+            pad_id,
+            moments: RunningMoments::default(),
+            policy_step: Stepper::new(optim.optim, optim.policy)?,
+            value_step: Stepper::new(optim.optim, optim.value)?,
+            step: 0,
+        })
+    }
+
+    /// PPO steps taken.
+    pub fn step_count(&self) -> u64 {
+        self.step
+    }
+
+    /// Samples responses to `prompts` with the current policy and scores them (no update).
+    pub fn rollout(&mut self, prompts: &[Vec<u32>]) -> Result<Rollout> {
+        let c = &self.config;
+        let queries: Vec<Vec<u32>> =
+            prompts.iter().flat_map(|p| std::iter::repeat_n(p.clone(), c.responses_per_query)).collect();
+        let generate = GenerateConfig {
+            max_new_tokens: c.max_new_tokens,
+            stop_ids: self.stop_ids.clone(),
+            sampling: SamplingConfig {
+                seed: c.sampling.seed.wrapping_add(self.step.wrapping_mul(1_000_003)),
+                ..c.sampling.clone()
+            },
+        };
+        let policy = frozen(&self.policy);
+        let responses = policy.generate_batch(&queries, &generate, |_, _| true)?;
+        let items: Vec<(&[u32], &[u32])> =
+            queries.iter().zip(&responses).map(|(q, r)| (q.as_slice(), r.as_slice())).collect();
+        let limit = queries.iter().map(Vec::len).max().unwrap_or(0) + c.max_new_tokens;
+        let batch = ResponseBatch::new(&items, self.pad_id, limit)?;
+        let positions: Vec<i64> = batch
+            .targets
+            .iter()
+            .enumerate()
+            .filter(|(_, &t)| t != qwen_train::IGNORE_INDEX)
+            .map(|(i, _)| i as i64)
+            .collect();
+
+        let logp = |m: &QwenModel<B::InnerBackend>| -> Result<Vec<f32>> {
+            let logits = m.forward_mode(&batch.rows, Mode::Training)?;
+            Ok(pick(&host(token_logprobs(logits, &batch.targets)?), &positions))
+        };
+        let old_logprobs = logp(&policy)?;
+        let ref_logprobs = logp(&self.reference)?;
+        let old_values = pick(&host(self.value.valid().scores(&batch.rows)?), &positions);
+        let scores = host(self.reward.rewards(&batch.rows, &batch.ends)?);
+
+        self.moments.update(&scores);
+        let normalized: Vec<f32> = scores
+            .iter()
+            .map(|&s| match c.reward_norm {
+                RewardNorm::None => s,
+                RewardNorm::RunningMean => (s as f64 - self.moments.mean) as f32,
+                RewardNorm::RunningMeanStd => ((s as f64 - self.moments.mean) / (self.moments.std() + 1e-8)) as f32,
+            })
+            .collect();
+        let (mut advantages, mut returns) = (Vec::with_capacity(positions.len()), Vec::with_capacity(positions.len()));
+        let mut at = 0;
+        for (i, r) in responses.iter().enumerate() {
+            let span = at..at + r.len();
+            let rewards = kl_penalized_rewards(
+                normalized[i],
+                &old_logprobs[span.clone()],
+                &ref_logprobs[span.clone()],
+                c.kl_coef as f32,
+            );
+            let (a, ret) = gae(&rewards, &old_values[span], c.gamma, c.lambda);
+            advantages.extend(a);
+            returns.extend(ret);
+            at += r.len();
+        }
+        if c.whiten_advantages {
+            whiten(&mut advantages);
+        }
+        Ok(Rollout { batch, responses, scores, positions, old_logprobs, ref_logprobs, old_values, advantages, returns })
+    }
+
+    /// One PPO step on `prompts`: rollout, then `epochs` value (and, after the warm-up, policy)
+    /// updates. `ptx` is the pretraining batch whose LM loss is mixed in when `ptx_coef > 0`.
+    pub fn step(&mut self, prompts: &[Vec<u32>], ptx: Option<&TokenBatch>) -> Result<PpoStats> {
+        let rollout = self.rollout(prompts)?;
+        let update_policy = self.step >= self.config.value_warmup_steps;
+        let device = self.policy.device();
+        let t = |v: &[f32]| vector::<B>(v.to_vec(), &device);
+        let n = rollout.positions.len();
+        let positions = Tensor::<B, 1, Int>::from_data(TensorData::new(rollout.positions.clone(), [n]), &device);
+        let rows = &rollout.batch.rows;
+        let mut stats = PpoStats { policy_updated: update_policy, ..PpoStats::default() };
+        for _ in 0..self.config.epochs {
+            let values = self.value.scores(rows)?.reshape([-1]).select(0, positions.clone());
+            let vf = clipped_value_loss(values, t(&rollout.old_values), t(&rollout.returns), self.config.value_clip);
+            stats.value_loss = host(vf.clone())[0];
+            let grads = GradientsParams::from_grads(vf.backward(), &self.value.module);
+            self.value_step.apply(&mut self.value.module, stats.value_loss, grads)?;
+
+            if update_policy {
+                let logits = self.policy.forward_mode(rows, Mode::Training)?;
+                let logp = token_logprobs(logits, &rollout.batch.targets)?.reshape([-1]).select(0, positions.clone());
+                let ratio = host((logp.clone() - t(&rollout.old_logprobs)).exp());
+                let clipped = ratio.iter().filter(|r| (**r as f64 - 1.0).abs() > self.config.clip).count();
+                stats.clip_fraction = clipped as f32 / n.max(1) as f32;
+                let mut loss =
+                    clipped_policy_loss(logp, t(&rollout.old_logprobs), t(&rollout.advantages), self.config.clip);
+                stats.policy_loss = host(loss.clone())[0];
+                if let (Some(b), true) = (ptx, self.config.ptx_coef > 0.0) {
+                    let ptx_rows: Vec<Vec<u32>> = (0..b.batch).map(|i| b.input_row(i).to_vec()).collect();
+                    let lm = cross_entropy(self.policy.forward_mode(&ptx_rows, Mode::Training)?, &b.targets)?;
+                    loss = loss + lm.mul_scalar(self.config.ptx_coef);
+                }
+                let total = host(loss.clone())[0];
+                let grads = GradientsParams::from_grads(loss.backward(), &self.policy.model);
+                self.policy_step.apply(&mut self.policy.model, total, grads)?;
+            }
+        }
+        self.step += 1;
+        let rows_n = rollout.responses.len().max(1) as f32;
+        stats.step = self.step;
+        stats.score = rollout.scores.iter().sum::<f32>() / rows_n;
+        let kl: f32 = rollout.old_logprobs.iter().zip(&rollout.ref_logprobs).map(|(p, q)| p - q).sum();
+        stats.kl = kl / rows_n;
+        stats.response_len = rollout.responses.iter().map(Vec::len).sum::<usize>() as f32 / rows_n;
+        Ok(stats)
+    }
+
+    /// The policy on the inner backend, for evaluation or generation.
+    pub fn valid_policy(&self) -> QwenModel<B::InnerBackend> {
+        frozen(&self.policy)
+    }
+}

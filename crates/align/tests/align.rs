@@ -1,0 +1,340 @@
+//! Alignment on tiny models (`Autodiff<Flex>`, vocab 64): SFT masks against the rule of Qwen's
+//! `finetune.py`, log-probs against log-softmax, the loss formulas on numbers, GAE against its
+//! closed form, and each trainer moving its metric the right way on a fixed batch.
+
+use burn::backend::{Autodiff, Flex};
+use burn::tensor::{Tensor, TensorData};
+use qwen_align::*;
+use qwen_data::{Batcher, PreferenceRecord};
+use qwen_model::{QwenConfig, QwenModel};
+use qwen_tokenizer::train::{BpeTrainer, TrainerConfig};
+use qwen_tokenizer::{ChatMl, Message, Role, Tokenizer};
+use qwen_train::{OptimConfig, Schedule, IGNORE_INDEX};
+
+type B = Autodiff<Flex>;
+type Inner = Flex;
+
+fn config() -> QwenConfig {
+    QwenConfig::from_json(serde_json::json!({
+        "model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"], "vocab_size": 64, "hidden_size": 32,
+        "intermediate_size": 48, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+        "max_position_embeddings": 64, "rms_norm_eps": 1e-6, "rope_theta": 10000.0, "hidden_act": "silu",
+        "tie_word_embeddings": false, "torch_dtype": "float32"
+    }))
+    .unwrap()
+}
+
+/// A byte-level tokenizer (no merges) with Qwen's three ChatML/eod specials at 256, 257, 258.
+fn chat_tokenizer() -> Tokenizer {
+    let specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"].map(String::from).to_vec();
+    BpeTrainer::new(TrainerConfig { vocab_size: 256, specials, ..TrainerConfig::default() }).unwrap().train().unwrap()
+}
+
+/// Qwen's `finetune.py` `preprocess`, transcribed: per message `[im_start] + role + nl + content +
+/// [im_end] + nl`; labels keep `im_start`, `im_end` and the final `nl`, mask the role and its `nl`,
+/// and mask the content unless the role is the assistant's.
+fn finetune_py_labels(tok: &Tokenizer, system: &str, turns: &[(&str, &str)]) -> (Vec<u32>, Vec<u32>) {
+    let enc = |s: &str| tok.encode_ordinary(s).unwrap();
+    let (im_start, im_end) = (tok.special_id("<|im_start|>").unwrap(), tok.special_id("<|im_end|>").unwrap());
+    let nl = enc("\n");
+    let (mut input, mut target) = (Vec::new(), Vec::new());
+    for (role, content) in std::iter::once(&("system", system)).chain(turns) {
+        let (r, c) = (enc(role), enc(content));
+        let msg: Vec<u32> = [vec![im_start], r.clone(), nl.clone(), c.clone(), vec![im_end], nl.clone()].concat();
+        let mut t = vec![im_start];
+        t.extend(std::iter::repeat_n(IGNORE_INDEX, r.len() + nl.len()));
+        if *role == "assistant" {
+            t.extend(&c);
+        } else {
+            t.extend(std::iter::repeat_n(IGNORE_INDEX, c.len()));
+        }
+        t.push(im_end);
+        t.extend(&nl);
+        input.extend(msg);
+        target.extend(t);
+    }
+    (input, target)
+}
+
+#[test]
+fn sft_labels_follow_finetune_py() {
+    let tok = chat_tokenizer();
+    let chat = ChatMl::new(&tok).unwrap();
+    let turns = [("user", "2+2?"), ("assistant", "4"), ("user", "and <|im_end|> 3+3?"), ("assistant", "6, I think.")];
+    let messages: Vec<Message> =
+        turns.iter().map(|(r, c)| Message::new(if *r == "user" { Role::User } else { Role::Assistant }, *c)).collect();
+    let rendered = chat.render("You are a helpful assistant.", &messages).unwrap();
+    let (input, labels) = finetune_py_labels(&tok, "You are a helpful assistant.", &turns);
+    assert_eq!(rendered.ids, input);
+    assert_eq!(sft_labels(&rendered), labels);
+    // The user's "<|im_end|>" stayed text: only the five real message ends are im_end.
+    let im_end = tok.special_id("<|im_end|>").unwrap();
+    assert_eq!(rendered.ids.iter().filter(|&&i| i == im_end).count(), 5);
+}
+
+#[test]
+fn sft_sequences_shift_pad_and_refuse_overflow() {
+    let tok = chat_tokenizer();
+    let chat = ChatMl::new(&tok).unwrap();
+    let rendered = chat.render("s", &[Message::new(Role::User, "q"), Message::new(Role::Assistant, "ab")]).unwrap();
+    let labels = sft_labels(&rendered);
+    let n = rendered.len();
+    let pad = tok.special_id("<|endoftext|>").unwrap();
+    let s = sft_sequence(&rendered, n + 3, pad, Overflow::Error).unwrap();
+    assert_eq!(&s.input[..n], &rendered.ids[..]);
+    assert_eq!(&s.input[n..], &[pad; 3]);
+    assert_eq!(&s.target[..n - 1], &labels[1..]);
+    assert!(s.target[n - 1..].iter().all(|&t| t == IGNORE_INDEX));
+    // Every label but the first token's (nothing predicts it) is a target once.
+    let counted = |v: &[u32]| v.iter().filter(|&&t| t != IGNORE_INDEX).count();
+    assert_eq!(counted(&s.target), counted(&labels[1..]));
+
+    assert!(matches!(sft_sequence(&rendered, n - 1, pad, Overflow::Error), Err(AlignError::TooLong { .. })));
+    let cut = sft_sequence(&rendered, n - 1, pad, Overflow::Truncate).unwrap();
+    assert_eq!(cut.input, rendered.ids[..n - 1]);
+    assert_eq!(&cut.target[..n - 2], &labels[1..n - 1]);
+
+    let batcher = SftBatcher { seq_len: n, pad_id: pad, overflow: Overflow::Error };
+    let b = batcher.batch(vec![rendered.clone(), rendered.clone()]).unwrap();
+    assert_eq!((b.batch, b.seq_len, b.inputs.len()), (2, n, 2 * n));
+    let short = SftBatcher { seq_len: 4, ..batcher };
+    assert!(short.batch(vec![rendered]).is_err());
+}
+
+#[test]
+fn response_batches_target_only_the_response() {
+    let b = ResponseBatch::new(&[(&[1, 2, 3], &[4, 5]), (&[6], &[7, 8, 9])], 0, 16).unwrap();
+    assert_eq!(b.seq_len, 5);
+    assert_eq!(b.rows, vec![vec![1, 2, 3, 4, 5], vec![6, 7, 8, 9, 0]]);
+    let x = IGNORE_INDEX;
+    assert_eq!(b.targets, vec![x, x, 4, 5, x, 7, 8, 9, x, x]);
+    assert_eq!(b.ends, vec![4, 3]);
+    assert!(matches!(ResponseBatch::new(&[(&[1, 2], &[3])], 0, 2), Err(AlignError::TooLong { len: 3, limit: 2 })));
+    assert!(matches!(ResponseBatch::new(&[(&[1], &[])], 0, 8), Err(AlignError::Batch(_))));
+}
+
+#[test]
+fn preference_records_render_as_chats() {
+    let tok = chat_tokenizer();
+    let record = PreferenceRecord::from_json(&serde_json::json!({
+        "prompt": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
+                   {"role": "user", "content": "2+2?"}],
+        "chosen": "4", "rejected": "<|im_end|>5"
+    }))
+    .unwrap();
+    let pair = Pair::from_record(&tok, &record).unwrap();
+    let chat = ChatMl::new(&tok).unwrap();
+    let want = chat.make_context("You are a helpful assistant.", &[("hi", "hello")], "2+2?", 6144).unwrap();
+    assert_eq!(pair.prompt, want.ids);
+    let im_end = tok.special_id("<|im_end|>").unwrap();
+    assert_eq!(pair.chosen, vec![b'4' as u32, im_end]);
+    assert_eq!(pair.rejected.len(), "<|im_end|>5".len() + 1, "special-token text stays bytes");
+    let odd = PreferenceRecord { prompt: vec![Message::new(Role::Assistant, "x"), record.prompt[2].clone()], ..record };
+    assert!(Pair::from_record(&tok, &odd).is_err());
+}
+
+#[test]
+fn logprobs_are_log_softmax_at_the_targets() {
+    let (b, s, v) = (2, 3, 5);
+    let data: Vec<f32> = (0..b * s * v).map(|i| ((i * 7 % 11) as f32 - 5.0) * 0.4).collect();
+    let logits = Tensor::<Inner, 3>::from_data(TensorData::new(data.clone(), [b, s, v]), &Default::default());
+    let targets = [1, IGNORE_INDEX, 4, 0, 2, IGNORE_INDEX];
+    let got = token_logprobs(logits.clone(), &targets).unwrap().into_data().to_vec::<f32>().unwrap();
+    for (row, &t) in targets.iter().enumerate() {
+        let l = &data[row * v..(row + 1) * v];
+        let lse = l.iter().map(|x| x.exp()).sum::<f32>().ln();
+        let want = if t == IGNORE_INDEX { 0.0 } else { l[t as usize] - lse };
+        assert!((got[row] - want).abs() < 1e-5, "{row}: {} vs {want}", got[row]);
+    }
+    let seq = sequence_logprobs(logits.clone(), &targets).unwrap().into_data().to_vec::<f32>().unwrap();
+    assert!((seq[0] - (got[0] + got[2])).abs() < 1e-5 && (seq[1] - (got[3] + got[4])).abs() < 1e-5);
+    assert!(matches!(token_logprobs(logits.clone(), &[5, 0, 0, 0, 0, 0]), Err(AlignError::Batch(_))));
+    assert!(matches!(token_logprobs(logits, &[0; 4]), Err(AlignError::Batch(_))));
+}
+
+fn vec1(v: &[f32]) -> Tensor<Inner, 1> {
+    Tensor::from_data(TensorData::new(v.to_vec(), [v.len()]), &Default::default())
+}
+
+fn scalar(t: Tensor<Inner, 1>) -> f32 {
+    t.into_data().to_vec::<f32>().unwrap()[0]
+}
+
+#[test]
+fn losses_match_their_formulas() {
+    let softplus = |x: f32| (1.0 + x.exp()).ln();
+    // Pairwise reward loss: mean softplus(-(c - r)).
+    let got = scalar(pairwise_loss(vec1(&[1.0, -0.5]), vec1(&[0.0, 0.5])));
+    assert!((got - (softplus(-1.0) + softplus(1.0)) / 2.0).abs() < 1e-6);
+    // DPO: -log σ(β((pc - rc) - (pr - rr))).
+    let got = scalar(dpo_loss(vec1(&[-3.0]), vec1(&[-5.0]), vec1(&[-4.0]), vec1(&[-4.5]), 0.5));
+    assert!((got - softplus(-0.5 * ((-3.0 + 4.0) - (-5.0 + 4.5)))).abs() < 1e-6);
+    // Clipped surrogate: ratio 1.5 with A = 1 is clipped to 1.2; ratio 0.5 with A = -1 to 0.8.
+    let logp = vec1(&[1.5f32.ln(), 0.5f32.ln(), 1.1f32.ln()]);
+    let got = scalar(clipped_policy_loss(logp, vec1(&[0.0; 3]), vec1(&[1.0, -1.0, 2.0]), 0.2));
+    let want = (-1.2 + 0.8 - 2.0 * 1.1) / 3.0;
+    assert!((got - want).abs() < 1e-6, "{got} vs {want}");
+    // Clipped value loss: V = 2, V_old = 1, R = 0 → max(4, 1.15²) = 4; V = 0.5, V_old = 1, R = 2 →
+    // max(2.25, 1.15²... (0.85 - 2)² = 1.3225) = 2.25.
+    let got = scalar(clipped_value_loss(vec1(&[2.0, 0.5]), vec1(&[1.0, 1.0]), vec1(&[0.0, 2.0]), 0.15));
+    assert!((got - 0.5 * (4.0 + 2.25) / 2.0).abs() < 1e-6, "{got}");
+}
+
+#[test]
+fn gae_is_the_discounted_sum_of_td_errors() {
+    let rewards = [0.1, -0.2, 0.0, 1.0];
+    let values = [0.5, 0.3, -0.1, 0.2];
+    let (gamma, lambda) = (0.9, 0.95);
+    let (adv, ret) = gae(&rewards, &values, gamma, lambda);
+    let next = |t: usize| if t + 1 < 4 { values[t + 1] } else { 0.0 };
+    for t in 0..4 {
+        let want: f32 =
+            (t..4).map(|l| (gamma * lambda).powi((l - t) as i32) * (rewards[l] + gamma * next(l) - values[l])).sum();
+        assert!((adv[t] - want).abs() < 1e-6, "{t}: {} vs {want}", adv[t]);
+        assert!((ret[t] - (want + values[t])).abs() < 1e-6);
+    }
+    let r = kl_penalized_rewards(2.0, &[-1.0, -2.0], &[-1.5, -1.0], 0.1);
+    assert!((r[0] + 0.05).abs() < 1e-6 && (r[1] - (0.1 + 2.0)).abs() < 1e-6, "{r:?}");
+    let mut x = [1.0, 2.0, 3.0, 6.0];
+    whiten(&mut x);
+    let mean = x.iter().sum::<f32>() / 4.0;
+    let var = x.iter().map(|v| (v - mean).powi(2)).sum::<f32>() / 3.0;
+    assert!(mean.abs() < 1e-6 && (var - 1.0).abs() < 1e-5);
+}
+
+#[test]
+fn running_moments_equal_the_moments_of_everything_seen() {
+    let all = [0.5f32, 2.0, -1.0, 3.5, 0.0, 7.0, 1.25];
+    let mut m = RunningMoments::default();
+    m.update(&all[..3]);
+    m.update(&all[3..]);
+    let mean = all.iter().map(|&x| x as f64).sum::<f64>() / 7.0;
+    let var = all.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / 7.0;
+    assert!((m.mean - mean).abs() < 1e-12 && (m.std() - var.sqrt()).abs() < 1e-12);
+}
+
+/// Pairs over the tiny vocabulary: the chosen response ends in token 10, the rejected in 20.
+fn pairs(n: usize, offset: u32) -> Vec<Pair> {
+    (0..n as u32)
+        .map(|i| {
+            let prompt = vec![1 + (i + offset) % 7, 30 + (i * 3 + offset) % 11, 2];
+            let body = 40 + (i + offset) % 13;
+            Pair { prompt, chosen: vec![body, 10], rejected: vec![body, 20] }
+        })
+        .collect()
+}
+
+fn constant_optim(lr: f64) -> (OptimConfig, Schedule) {
+    (OptimConfig::default(), constant(lr, 0))
+}
+
+#[test]
+fn reward_model_learns_a_preference_and_generalizes() {
+    let lm = QwenModel::<B>::random(config(), 0.1, &Default::default());
+    let (optim, schedule) = constant_optim(3e-3);
+    let mut rm = RewardTrainer::new(ScoreModel::from_lm(lm), optim, schedule).unwrap();
+    let train = PairBatch::new(&pairs(8, 0), 0, 16).unwrap();
+    let held_out = [PairBatch::new(&pairs(8, 100), 0, 16).unwrap()];
+    let before = rm.evaluate(&held_out).unwrap();
+    let first = rm.train_step(&train).unwrap();
+    for _ in 0..30 {
+        rm.train_step(&train).unwrap();
+    }
+    let after = rm.evaluate(&held_out).unwrap();
+    assert!(first.pairs.loss.is_finite() && first.step == 1);
+    assert!(after.loss < 0.5 * before.loss && after.accuracy == 1.0, "{before:?} -> {after:?}");
+    assert!(after.margin > before.margin + 1.0, "{before:?} -> {after:?}");
+}
+
+#[test]
+fn dpo_starts_at_ln2_and_raises_the_chosen_margin() {
+    let lm = QwenModel::<B>::random(config(), 0.1, &Default::default());
+    let (optim, schedule) = constant_optim(3e-3);
+    let mut dpo = DpoTrainer::new(lm, DpoConfig { beta: 0.1 }, optim, schedule).unwrap();
+    let train = PairBatch::new(&pairs(8, 0), 0, 16).unwrap();
+    let first = dpo.train_step(&train).unwrap();
+    // The policy is the reference at step 0: every implicit reward is 0 (up to the rounding of
+    // burn's autodiff attention path against the inner backend's), the loss ln 2.
+    assert!((first.stats.loss - std::f32::consts::LN_2).abs() < 1e-5, "{:?}", first.stats);
+    assert!(first.stats.chosen_reward.abs() < 1e-5 && first.stats.rejected_reward.abs() < 1e-5, "{:?}", first.stats);
+    for _ in 0..20 {
+        dpo.train_step(&train).unwrap();
+    }
+    let held_out = dpo.evaluate(&[PairBatch::new(&pairs(8, 100), 0, 16).unwrap()]).unwrap();
+    assert!(held_out.accuracy == 1.0 && held_out.loss < 0.5, "{held_out:?}");
+    assert!(held_out.chosen_reward > held_out.rejected_reward + 0.5, "{held_out:?}");
+    assert!(DpoTrainer::new(dpo.policy.clone(), DpoConfig { beta: 0.0 }, optim, schedule).is_err());
+}
+
+#[test]
+fn trainers_refuse_non_finite_losses_and_keep_the_model() {
+    let lm = QwenModel::<B>::random(config(), 0.1, &Default::default());
+    let (optim, schedule) = constant_optim(1e-3);
+    let mut rm = RewardTrainer::new(ScoreModel::from_lm(lm), optim, schedule).unwrap();
+    let nan = rm.model.module.score.weight.val().mul_scalar(f32::NAN);
+    rm.model.module.score.weight = rm.model.module.score.weight.clone().map(|_| nan);
+    let gamma_before = rm.model.module.model.norm.gamma.val().into_data();
+    let err = rm.train_step(&PairBatch::new(&pairs(2, 0), 0, 16).unwrap()).unwrap_err();
+    assert!(matches!(err, AlignError::NonFinite { step: 0, what: "loss" }), "{err}");
+    assert_eq!(rm.model.module.model.norm.gamma.val().into_data(), gamma_before);
+}
+
+/// PPO on a learned reward: a reward model trained to prefer one-token responses 10 over 20
+/// (which scores every other token somehow too); the policy answers with one token. The policy
+/// stays put during the value warm-up, then PPO moves its expected score toward the best any token
+/// gets.
+#[test]
+fn ppo_warms_up_the_value_model_then_raises_the_reward() {
+    let device = Default::default();
+    let (optim, schedule) = constant_optim(3e-3);
+    let mut rm =
+        RewardTrainer::new(ScoreModel::from_lm(QwenModel::<B>::random(config(), 0.1, &device)), optim, schedule)
+            .unwrap();
+    let one_token = |n: usize, offset: u32| -> Vec<Pair> {
+        pairs(n, offset).into_iter().map(|p| Pair { chosen: vec![10], rejected: vec![20], ..p }).collect()
+    };
+    let train = PairBatch::new(&one_token(8, 0), 0, 16).unwrap();
+    for _ in 0..30 {
+        rm.train_step(&train).unwrap();
+    }
+    let policy = QwenModel::<B>::random(config(), 0.1, &device);
+    let value = ScoreModel::from_lm(QwenModel::<B>::random(config(), 0.1, &device));
+    let config = PpoConfig {
+        max_new_tokens: 1,
+        value_warmup_steps: 2,
+        responses_per_query: 4,
+        epochs: 2,
+        ..PpoConfig::default()
+    };
+    let ppo_optim = PpoOptim { optim: OptimConfig::default(), policy: constant(1e-2, 0), value: constant(1e-2, 0) };
+    let mut ppo = PpoTrainer::new(policy, value, rm.model.valid(), config, ppo_optim, vec![], 0).unwrap();
+    let prompts: Vec<Vec<u32>> = pairs(4, 0).into_iter().map(|p| p.prompt).collect();
+    let head_before = ppo.policy.model.lm_head.weight.val().into_data();
+    let warm = ppo.step(&prompts, None).unwrap();
+    assert!(!warm.policy_updated && warm.response_len == 1.0 && warm.kl.abs() < 1e-5, "{warm:?}");
+    assert_eq!(ppo.policy.model.lm_head.weight.val().into_data(), head_before, "policy frozen during warm-up");
+    ppo.step(&prompts, None).unwrap();
+    // The policy's expected score, exactly: Σ_token π(token | prompt) · reward(prompt + token),
+    // averaged over the prompts; and the best score any token gets.
+    let reward = rm.model.valid();
+    let expected = |policy: &QwenModel<Inner>| -> (f32, f32) {
+        let last = policy.forward(&prompts).unwrap().narrow(1, prompts[0].len() - 1, 1);
+        let probs = burn::tensor::activation::softmax(last, 2).into_data().to_vec::<f32>().unwrap();
+        let (mut mean, mut best) = (0.0, 0.0);
+        for (i, p) in prompts.iter().enumerate() {
+            let rows: Vec<Vec<u32>> = (0..64).map(|t| [p.clone(), vec![t]].concat()).collect();
+            let r = reward.rewards(&rows, &vec![p.len(); 64]).unwrap().into_data().to_vec::<f32>().unwrap();
+            mean += (0..64).map(|t| probs[i * 64 + t] * r[t]).sum::<f32>() / prompts.len() as f32;
+            best += r.iter().cloned().fold(f32::MIN, f32::max) / prompts.len() as f32;
+        }
+        (mean, best)
+    };
+    let (before, best) = expected(&ppo.valid_policy());
+    for _ in 0..12 {
+        let s = ppo.step(&prompts, None).unwrap();
+        assert!(s.policy_updated && s.value_loss.is_finite() && s.policy_loss.is_finite(), "{s:?}");
+    }
+    let (after, _) = expected(&ppo.valid_policy());
+    // Over 300 random runs the smallest gain was 11% of the way (the median ~60%).
+    assert!(after - before > 0.05 * (best - before), "expected score {before} -> {after}, best {best}");
+}
