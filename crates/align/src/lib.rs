@@ -14,6 +14,22 @@
 //!
 //! Every trainer refuses a NaN/Inf loss or gradient norm with [`AlignError::NonFinite`] and leaves
 //! the model untouched.
+//!
+//! The losses are plain functions of tensors, usable on their own:
+//!
+//! ```
+//! use burn::backend::Flex;
+//! use burn::tensor::Tensor;
+//!
+//! let device = Default::default();
+//! let t = |v: f32| Tensor::<Flex, 1>::from_floats([v], &device);
+//! // A policy equal to its reference: every implicit reward is 0 and the DPO loss is ln 2.
+//! let loss = qwen_align::dpo_loss(t(-3.0), t(-5.0), t(-3.0), t(-5.0), 0.1);
+//! assert!((loss.into_scalar() - std::f32::consts::LN_2).abs() < 1e-6);
+//! // GAE with γ = λ = 1 over a two-token response rewarded 1 at the end, values 0: advantages 1, 1.
+//! let (advantages, returns) = qwen_align::gae(&[0.0, 1.0], &[0.0, 0.0], 1.0, 1.0);
+//! assert_eq!((advantages, returns), (vec![1.0, 1.0], vec![1.0, 1.0]));
+//! ```
 
 pub mod dpo;
 mod error;
