@@ -20,8 +20,12 @@
 //! The words are random lowercase strings (train and held-out sets disjoint), so nothing here was
 //! written by hand; the tokenizer is byte-level (one token per letter) with Qwen's ChatML tokens.
 //! Every stage's result is checked: the run fails if a metric does not move the right way.
-//! `--ppo-steps 0` / `--dpo-steps 0` skip a stage. Writes `metrics.jsonl` (one record per logged
-//! step, tagged by stage) and `align.png` to `--out`.
+//! `--ppo-steps 0` / `--dpo-steps 0` skip a stage. Writes to `--out`: `metrics.jsonl` (one record
+//! per logged step, tagged by stage), `align.png`, `tokenizer.json`, the policies `sft/`, `ppo/`,
+//! `dpo/` (HF Qwen2 checkpoints: try `cargo run --release --example generate -- --model OUT/ppo
+//! --tokenizer OUT/tokenizer.json --chat --system "Write words in capitals." --prompt "upper: hello"`)
+//! and the reward model `reward/`
+//! (HF `Qwen2ForSequenceClassification` layout).
 
 use std::collections::HashSet;
 use std::io::IsTerminal;
@@ -38,7 +42,7 @@ use qwen_align::{
 };
 use qwen_data::rng::SplitMix64;
 use qwen_data::{Batcher, TokenBatch};
-use qwen_model::{GenerateConfig, Mode, QwenConfig, QwenModel, SamplingConfig};
+use qwen_model::{GenerateConfig, Mode, QwenConfig, QwenModel, SamplingConfig, SaveDtype};
 use qwen_tokenizer::train::{BpeTrainer, TrainerConfig};
 use qwen_tokenizer::{AllowedSpecial, ChatMl, ChatTokens, Message, Role, Tokenizer};
 use qwen_train::plot::{save_png, Chart, Series};
@@ -279,6 +283,8 @@ fn main() -> Result<()> {
     }
     pb.finish_and_clear();
     let sft_model = sft.valid_model();
+    tok.save_tokenizer_json(args.out.join("tokenizer.json"))?;
+    sft_model.save(args.out.join("sft"), SaveDtype::F32)?;
     let sft_after = evaluate(&sft_model, &held_sft, Mode::Training)?;
     let (em_sft, em_sft_sampled, sft_answers) = task.accuracy(&sft_model, &held_words)?;
     println!(
@@ -371,6 +377,7 @@ fn main() -> Result<()> {
     let rm_final = rm.evaluate(&held_fine)?;
     ensure!(rm_final.accuracy > rm_init.1.accuracy + 0.2, "the reward model did not learn the near misses");
     let reward = rm.model.valid();
+    reward.save(args.out.join("reward"), SaveDtype::F32)?;
 
     if args.ppo_steps > 0 {
         // 3. PPO from the SFT policy.
@@ -410,6 +417,7 @@ fn main() -> Result<()> {
         }
         pb.finish_and_clear();
         let (em_ppo, em_ppo_sampled, ppo_answers) = task.accuracy(&ppo.valid_policy(), &held_words)?;
+        ppo.valid_policy().save(args.out.join("ppo"), SaveDtype::F32)?;
         let reward_ppo = mean_reward(&task, &reward, &held_words, &ppo_answers)?;
         println!(
             "PPO   held-out greedy answers: mean reward {reward_sft:.3} -> {reward_ppo:.3}; exact match {:.1}% -> {:.1}% greedy, \
@@ -441,6 +449,7 @@ fn main() -> Result<()> {
         let dpo_after = dpo.evaluate(&held_fine)?;
         let dpo_mistakes = dpo.evaluate(&held_policy)?;
         let (em_dpo, em_dpo_sampled, _) = task.accuracy(&qwen_align::frozen(&dpo.policy), &held_words)?;
+        qwen_align::frozen(&dpo.policy).save(args.out.join("dpo"), SaveDtype::F32)?;
         println!(
             "DPO   held-out near-miss pairs: loss {:.3} -> {:.3}, preference accuracy {:.1}% -> {:.1}% (the SFT policy's \
              mistakes: {:.1}%); exact match {:.1}% -> {:.1}% greedy, {:.1}% -> {:.1}% sampled ({} steps)",

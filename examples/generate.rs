@@ -24,9 +24,12 @@ struct Args {
     /// `.tiktoken` (Qwen-1) or `tokenizer.json` (Qwen2) file.
     #[arg(long)]
     tokenizer: PathBuf,
-    /// Render the prompt as a ChatML conversation (default system prompt) and stop at <|im_end|>.
+    /// Render the prompt as a ChatML conversation (with `--system`) and stop at <|im_end|>.
     #[arg(long)]
     chat: bool,
+    /// The system prompt of `--chat`.
+    #[arg(long, default_value = DEFAULT_SYSTEM)]
+    system: String,
     #[arg(long, default_value = "Once upon a time")]
     prompt: String,
     #[arg(long, default_value_t = 64)]
@@ -54,7 +57,7 @@ fn main() -> anyhow::Result<()> {
         .with_context(|| format!("loading {}", args.model.display()))?;
     let (prompt, mut stop_ids) = if args.chat {
         let chat = ChatMl::new(&tok)?;
-        let ctx = chat.make_context(DEFAULT_SYSTEM, &[] as &[(String, String)], &args.prompt, 6144)?;
+        let ctx = chat.make_context(&args.system, &[] as &[(String, String)], &args.prompt, 6144)?;
         (ctx.ids, chat.stop_ids())
     } else {
         (tok.encode(&args.prompt, &AllowedSpecial::None)?, Vec::new())

@@ -8,7 +8,10 @@
 //! `-log σ(r(chosen) − r(rejected))`.
 //!
 //! A [`ScoreModel`] reads scores at every position ([`ScoreModel::scores`], what a value model
-//! needs) or at each row's end token ([`ScoreModel::rewards`]).
+//! needs) or at each row's end token ([`ScoreModel::rewards`]), and saves and loads in the layout
+//! of HF `Qwen2ForSequenceClassification` (what TRL's reward trainer produces).
+
+use std::path::Path;
 
 use burn::module::{AutodiffModule, Module, Param};
 use burn::nn::Linear;
@@ -17,7 +20,7 @@ use burn::tensor::activation::log_sigmoid;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Distribution, Int, Tensor, TensorData};
 use qwen_context::RopeConvention;
-use qwen_model::{Mode, Precision, Qwen, QwenConfig, QwenModel};
+use qwen_model::{Extra, Family, Mode, Precision, Qwen, QwenConfig, QwenModel, SaveDtype};
 use qwen_train::{OptimConfig, Schedule};
 
 use crate::error::{AlignError, Result};
@@ -45,16 +48,16 @@ pub struct ScoreModel<B: Backend> {
 }
 
 impl<B: Backend> ScoreModel<B> {
-    /// A score model on `lm`'s trunk with a fresh head (weights normal with std `1/sqrt(hidden+1)`,
-    /// as TRL's value head, bias 0). The report initialises its reward model from the pretrained
-    /// language model.
+    /// A score model on `lm`'s trunk with a fresh head: `score`, `[hidden, 1]` without a bias as in
+    /// HF `Qwen2ForSequenceClassification`, weights normal with std `1/sqrt(hidden+1)` (TRL's value
+    /// head). The report initialises its reward model from the pretrained language model.
     pub fn from_lm(lm: QwenModel<B>) -> Self {
         let h = lm.config.hidden_size;
         let device = lm.device();
         let std = 1.0 / ((h + 1) as f64).sqrt();
         let score = Linear {
             weight: Param::from_tensor(Tensor::random([h, 1], Distribution::Normal(0.0, std), &device)),
-            bias: Some(Param::from_tensor(Tensor::zeros([1], &device))),
+            bias: None,
         };
         Self {
             config: lm.config,
@@ -62,6 +65,37 @@ impl<B: Backend> ScoreModel<B> {
             convention: lm.convention,
             precision: lm.precision,
         }
+    }
+
+    /// Writes the model as HF `Qwen2ForSequenceClassification` does: `config.json` (with
+    /// `architectures` and `num_labels: 1`; Qwen-1 configs keep their `architectures`) and
+    /// `model.safetensors` holding the trunk without `lm_head` and `score.weight` `[1, hidden]`.
+    /// transformers also needs `pad_token_id` in the config to score padded batches.
+    pub fn save(&self, dir: impl AsRef<Path>, dtype: SaveDtype) -> Result<()> {
+        let mut config = serde_json::Map::new();
+        if self.config.family == Family::Qwen2 {
+            config.insert("architectures".into(), serde_json::json!(["Qwen2ForSequenceClassification"]));
+        }
+        config.insert("num_labels".into(), serde_json::json!(1));
+        let tensors = vec![("score.weight".to_string(), self.module.score.weight.val().transpose())];
+        Ok(self.trunk().save_with(dir, dtype, Extra { lm_head: false, tensors, config })?)
+    }
+
+    /// Loads what [`ScoreModel::save`] writes (or a transformers sequence-classification
+    /// checkpoint with one label); an untied `lm_head`, absent there, is zeros.
+    pub fn load(dir: impl AsRef<Path>, device: &B::Device) -> Result<Self> {
+        let dir = dir.as_ref();
+        let h = QwenConfig::from_file(dir.join("config.json"))?.hidden_size;
+        let (lm, w) = qwen_model::load_with::<B, _>(dir, device, false, |ckpt| ckpt.take("score.weight", &[1, h]))?;
+        // `[1, h]` row-major is the same sequence of values as the `[h, 1]` layout burn uses.
+        let score =
+            Linear { weight: Param::from_tensor(Tensor::from_data(TensorData::new(w, [h, 1]), device)), bias: None };
+        Ok(Self {
+            config: lm.config,
+            module: ScoredQwen { model: lm.model, score },
+            convention: lm.convention,
+            precision: lm.precision,
+        })
     }
 
     /// The trunk as a language model (shares the weights).

@@ -338,3 +338,32 @@ fn ppo_warms_up_the_value_model_then_raises_the_reward() {
     // Over 300 random runs the smallest gain was 11% of the way (the median ~60%).
     assert!(after - before > 0.05 * (best - before), "expected score {before} -> {after}, best {best}");
 }
+
+/// A reward model saved in HF `Qwen2ForSequenceClassification` layout loads back with the same
+/// rewards; a plain LM checkpoint is refused with a typed error naming the missing head.
+#[test]
+fn reward_models_save_as_sequence_classification_and_load_back() {
+    let device = Default::default();
+    let rm = ScoreModel::from_lm(QwenModel::<Inner>::random(config(), 0.1, &device));
+    let dir = std::env::temp_dir().join(format!("qwen-align-rm-{}", std::process::id()));
+    rm.save(&dir, qwen_model::SaveDtype::F32).unwrap();
+    let config_json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config_json["architectures"], serde_json::json!(["Qwen2ForSequenceClassification"]));
+    assert_eq!(config_json["num_labels"], 1);
+    let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    assert_eq!(st.tensor("score.weight").unwrap().shape(), &[1, 32]);
+    assert!(st.tensor("lm_head.weight").is_err(), "no LM head in a sequence-classification checkpoint");
+
+    let back = ScoreModel::<Inner>::load(&dir, &device).unwrap();
+    let batch = PairBatch::new(&pairs(4, 0), 0, 16).unwrap();
+    let r = |m: &ScoreModel<Inner>| m.rewards(&batch.rows.rows, &batch.rows.ends).unwrap().into_data();
+    r(&rm).assert_approx_eq::<f32>(&r(&back), burn::tensor::Tolerance::absolute(1e-6));
+
+    let lm_dir = dir.join("lm");
+    QwenModel::<Inner>::random(config(), 0.1, &device).save(&lm_dir, qwen_model::SaveDtype::F32).unwrap();
+    let err = ScoreModel::<Inner>::load(&lm_dir, &device).unwrap_err();
+    assert!(err.to_string().contains("score.weight") || err.to_string().contains("lm_head"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

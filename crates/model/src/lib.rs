@@ -19,6 +19,6 @@ pub mod save;
 pub use config::{Family, QwenConfig};
 pub use error::{ModelError, Result};
 pub use generate::{GenerateConfig, Sampler, SamplingConfig};
-pub use load::load;
+pub use load::{load, load_with, Checkpoint};
 pub use qwen::{KvCache, LayerCache, Mode, Precision, Qwen, QwenModel};
-pub use save::SaveDtype;
+pub use save::{Extra, SaveDtype};

@@ -161,17 +161,31 @@ fn linear_from<B: Backend>(w: &[f32], b: Option<Vec<f32>>, d_out: usize, d_in: u
 
 /// Loads `config.json` and the weights of `dir` onto `device`.
 pub fn load<B: Backend>(dir: impl AsRef<Path>, device: &B::Device) -> Result<QwenModel<B>> {
+    Ok(load_with(dir, device, true, |_| Ok(()))?.0)
+}
+
+/// Loads a model built on the Qwen trunk: the transformer as [`load`] does, then `rest` takes the
+/// checkpoint's other tensors (e.g. a reward model's `score.weight`). With `lm_head` false the
+/// checkpoint has no `lm_head.weight` (HF `Qwen2ForSequenceClassification`) and an untied head is
+/// filled with zeros. Any tensor left untaken is [`ModelError::UnexpectedTensor`].
+pub fn load_with<B: Backend, T>(
+    dir: impl AsRef<Path>,
+    device: &B::Device,
+    lm_head: bool,
+    rest: impl FnOnce(&mut Checkpoint) -> Result<T>,
+) -> Result<(QwenModel<B>, T)> {
     let dir = dir.as_ref();
     let config = QwenConfig::from_file(dir.join("config.json"))?;
     let mut ckpt = Checkpoint::open(dir)?;
-    let model = build(&config, &mut ckpt, device)?;
+    let model = build(&config, &mut ckpt, device, lm_head)?;
+    let taken = rest(&mut ckpt)?;
     if let Some(extra) = ckpt.unused().find(|n| !n.ends_with("rotary_emb.inv_freq")) {
         return Err(ModelError::UnexpectedTensor(extra.to_string()));
     }
-    Ok(QwenModel::new(config, model))
+    Ok((QwenModel::new(config, model), taken))
 }
 
-fn build<B: Backend>(c: &QwenConfig, ckpt: &mut Checkpoint, device: &B::Device) -> Result<Qwen<B>> {
+fn build<B: Backend>(c: &QwenConfig, ckpt: &mut Checkpoint, device: &B::Device, lm_head: bool) -> Result<Qwen<B>> {
     let mut b = Builder::<B> { ckpt, device };
     let (h, v, eps) = (c.hidden_size, c.vocab_size, c.rms_norm_eps);
     let (nh, nkv, hd, ff) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim, c.intermediate_size);
@@ -246,7 +260,12 @@ fn build<B: Backend>(c: &QwenConfig, ckpt: &mut Checkpoint, device: &B::Device) 
         (None, linear_from(&embed, None, v, h, device))
     } else {
         let embed = Tensor::from_data(TensorData::new(embed, [v, h]), device);
-        (Some(Embedding { weight: Param::from_tensor(embed) }), b.linear(head_name, h, v, false)?)
+        let head = if lm_head {
+            b.linear(head_name, h, v, false)?
+        } else {
+            Linear { weight: Param::from_tensor(Tensor::zeros([h, v], device)), bias: None }
+        };
+        (Some(Embedding { weight: Param::from_tensor(embed) }), head)
     };
     Ok(Qwen { embed_tokens, layers, norm, lm_head })
 }

@@ -60,9 +60,34 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     std::fs::rename(&tmp, path).map_err(err)
 }
 
+/// What a checkpoint holds besides the transformer, for models built on its trunk (e.g. a reward
+/// model saved as HF `Qwen2ForSequenceClassification`: no `lm_head`, a `score.weight`).
+#[derive(Debug, Clone)]
+pub struct Extra<B: Backend> {
+    /// Write `lm_head.weight` (untied models). Tied models always keep their embedding.
+    pub lm_head: bool,
+    /// More matrices in HF's `[out, in]` layout, by name.
+    pub tensors: Vec<(String, Tensor<B, 2>)>,
+    /// Entries set in `config.json` (e.g. `architectures`, `num_labels`).
+    pub config: serde_json::Map<String, serde_json::Value>,
+}
+
+impl<B: Backend> Default for Extra<B> {
+    /// A plain causal LM: the head, nothing else.
+    fn default() -> Self {
+        Self { lm_head: true, tensors: Vec::new(), config: serde_json::Map::new() }
+    }
+}
+
 impl<B: Backend> QwenModel<B> {
     /// Writes `config.json` and `model.safetensors` into `dir` (created if needed).
     pub fn save(&self, dir: impl AsRef<Path>, dtype: SaveDtype) -> Result<()> {
+        self.save_with(dir, dtype, Extra::default())
+    }
+
+    /// [`QwenModel::save`] with `extra` tensors and config entries, and without the LM head if
+    /// `extra.lm_head` is false.
+    pub fn save_with(&self, dir: impl AsRef<Path>, dtype: SaveDtype, extra: Extra<B>) -> Result<()> {
         let dir = dir.as_ref();
         std::fs::create_dir_all(dir).map_err(|source| ModelError::Write { path: dir.to_path_buf(), source })?;
         let c = &self.config;
@@ -121,8 +146,11 @@ impl<B: Backend> QwenModel<B> {
                 vectors.push(("transformer.ln_f.weight".into(), m.norm.gamma.val()));
             }
         }
-        if !c.tie_word_embeddings {
+        if !c.tie_word_embeddings && extra.lm_head {
             put2("lm_head.weight".into(), w(&m.lm_head));
+        }
+        for (name, t) in extra.tensors {
+            put2(name, t);
         }
         tensors.extend(vectors.into_iter().map(|(n, t)| (n, raw(t, dtype))));
         let views: Vec<(String, &Raw)> = tensors.iter().map(|(n, r)| (n.clone(), r)).collect();
@@ -148,6 +176,9 @@ impl<B: Backend> QwenModel<B> {
                     }
                 }
             }
+        }
+        if let Some(o) = config.as_object_mut() {
+            o.extend(extra.config);
         }
         let text = serde_json::to_string_pretty(&config).expect("JSON value serializes");
         write_atomic(&dir.join("config.json"), text.as_bytes())
