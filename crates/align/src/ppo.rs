@@ -8,7 +8,8 @@
 //!    model's values;
 //! 3. rewards per token `−kl_coef · (log π − log π_ref)` (report: 0.04), plus the score on the last
 //!    token; advantages by GAE (γ, λ), returns = advantages + values, advantages whitened;
-//! 4. updates: the value model on the clipped value loss (report: clip 0.15) every step; the policy
+//! 4. updates, `epochs` passes over the rollout in minibatches of `minibatch_rows` responses: the
+//!    value model on the clipped value loss (report: clip 0.15) every step; the policy
 //!    on the clipped surrogate (clip 0.2) only after `value_warmup_steps` (report: 50 value-only
 //!    steps), optionally plus `ptx_coef ×` the LM loss on a pretraining batch (the report mixes
 //!    pretraining gradients in to limit the alignment tax).
@@ -55,6 +56,9 @@ pub struct PpoConfig {
     pub lambda: f32,
     /// Passes over each rollout (TRL 4; the report does not say).
     pub epochs: usize,
+    /// Rows (responses) per update within a pass; 0 = the whole rollout in one update. Each
+    /// minibatch is one value and one policy update, so memory follows the minibatch.
+    pub minibatch_rows: usize,
     /// Steps that update only the value model (report 50).
     pub value_warmup_steps: u64,
     /// Responses sampled per prompt (report 2).
@@ -77,6 +81,7 @@ impl Default for PpoConfig {
             gamma: 1.0,
             lambda: 0.95,
             epochs: 4,
+            minibatch_rows: 0,
             value_warmup_steps: 50,
             responses_per_query: 2,
             max_new_tokens: 64,
@@ -220,6 +225,24 @@ pub struct Rollout {
     pub old_values: Vec<f32>,
     pub advantages: Vec<f32>,
     pub returns: Vec<f32>,
+}
+
+/// Rows of a rollout that one update sees, with their tokens' slices of the rollout's arrays.
+struct Minibatch<'a> {
+    rows: &'a [Vec<u32>],
+    targets: &'a [u32],
+    /// Positions in the flat `[rows · seq_len]` of these rows.
+    positions: Vec<i64>,
+    old_logprobs: &'a [f32],
+    old_values: &'a [f32],
+    advantages: &'a [f32],
+    returns: &'a [f32],
+}
+
+impl Minibatch<'_> {
+    fn position_tensor<B: Backend>(&self, device: &B::Device) -> Tensor<B, 1, Int> {
+        Tensor::from_data(TensorData::new(self.positions.clone(), [self.positions.len()]), device)
+    }
 }
 
 /// What one PPO step did.
@@ -375,37 +398,41 @@ impl<B: AutodiffBackend> PpoTrainer<B> {
     pub fn step(&mut self, prompts: &[Vec<u32>], ptx: Option<&TokenBatch>) -> Result<PpoStats> {
         let rollout = self.rollout(prompts)?;
         let update_policy = self.step >= self.config.value_warmup_steps;
-        let device = self.policy.device();
-        let t = |v: &[f32]| vector::<B>(v.to_vec(), &device);
-        let n = rollout.positions.len();
-        let positions = Tensor::<B, 1, Int>::from_data(TensorData::new(rollout.positions.clone(), [n]), &device);
-        let rows = &rollout.batch.rows;
         let mut stats = PpoStats { policy_updated: update_policy, ..PpoStats::default() };
+        // Minibatches of whole rows; each row's tokens are contiguous in the rollout's arrays.
+        let rows = rollout.batch.rows.len();
+        let size = if self.config.minibatch_rows == 0 { rows } else { self.config.minibatch_rows };
+        let seq_len = rollout.batch.seq_len as i64;
+        let mut token_start = Vec::with_capacity(rows + 1);
+        token_start.push(0);
+        for r in &rollout.responses {
+            token_start.push(token_start.last().copied().unwrap_or(0) + r.len());
+        }
         for _ in 0..self.config.epochs {
-            let values = self.value.scores(rows)?.reshape([-1]).select(0, positions.clone());
-            let vf = clipped_value_loss(values, t(&rollout.old_values), t(&rollout.returns), self.config.value_clip);
-            stats.value_loss = host(vf.clone())[0];
-            let grads = GradientsParams::from_grads(vf.backward(), &self.value.module);
-            self.value_step.apply(&mut self.value.module, stats.value_loss, grads)?;
-
-            if update_policy {
-                let logits = self.policy.forward_mode(rows, Mode::Training)?;
-                let logp = token_logprobs(logits, &rollout.batch.targets)?.reshape([-1]).select(0, positions.clone());
-                let ratio = host((logp.clone() - t(&rollout.old_logprobs)).exp());
-                let clipped = ratio.iter().filter(|r| (**r as f64 - 1.0).abs() > self.config.clip).count();
-                stats.clip_fraction = clipped as f32 / n.max(1) as f32;
-                let mut loss =
-                    clipped_policy_loss(logp, t(&rollout.old_logprobs), t(&rollout.advantages), self.config.clip);
-                stats.policy_loss = host(loss.clone())[0];
-                if let (Some(b), true) = (ptx, self.config.ptx_coef > 0.0) {
-                    let ptx_rows: Vec<Vec<u32>> = (0..b.batch).map(|i| b.input_row(i).to_vec()).collect();
-                    let lm = cross_entropy(self.policy.forward_mode(&ptx_rows, Mode::Training)?, &b.targets)?;
-                    loss = loss + lm.mul_scalar(self.config.ptx_coef);
+            let (mut clipped, mut counted) = (0usize, 0usize);
+            for first in (0..rows).step_by(size.max(1)) {
+                let last = (first + size).min(rows);
+                let tokens = token_start[first]..token_start[last];
+                let positions: Vec<i64> =
+                    rollout.positions[tokens.clone()].iter().map(|&p| p - first as i64 * seq_len).collect();
+                let part = Minibatch {
+                    rows: &rollout.batch.rows[first..last],
+                    targets: &rollout.batch.targets[first * rollout.batch.seq_len..last * rollout.batch.seq_len],
+                    positions,
+                    old_logprobs: &rollout.old_logprobs[tokens.clone()],
+                    old_values: &rollout.old_values[tokens.clone()],
+                    advantages: &rollout.advantages[tokens.clone()],
+                    returns: &rollout.returns[tokens],
+                };
+                stats.value_loss = self.update_value(&part)?;
+                if update_policy {
+                    let (loss, c) = self.update_policy(&part, ptx)?;
+                    stats.policy_loss = loss;
+                    clipped += c;
+                    counted += part.positions.len();
                 }
-                let total = host(loss.clone())[0];
-                let grads = GradientsParams::from_grads(loss.backward(), &self.policy.model);
-                self.policy_step.apply(&mut self.policy.model, total, grads)?;
             }
+            stats.clip_fraction = clipped as f32 / counted.max(1) as f32;
         }
         self.step += 1;
         let rows_n = rollout.responses.len().max(1) as f32;
@@ -415,6 +442,42 @@ impl<B: AutodiffBackend> PpoTrainer<B> {
         stats.kl = kl / rows_n;
         stats.response_len = rollout.responses.iter().map(Vec::len).sum::<usize>() as f32 / rows_n;
         Ok(stats)
+    }
+
+    /// One value-model update on a minibatch; returns its clipped value loss.
+    fn update_value(&mut self, part: &Minibatch<'_>) -> Result<f32> {
+        let device = self.policy.device();
+        let t = |v: &[f32]| vector::<B>(v.to_vec(), &device);
+        let positions = part.position_tensor::<B>(&device);
+        let values = self.value.scores(part.rows)?.reshape([-1]).select(0, positions);
+        let vf = clipped_value_loss(values, t(part.old_values), t(part.returns), self.config.value_clip);
+        let loss = host(vf.clone())[0];
+        let grads = GradientsParams::from_grads(vf.backward(), &self.value.module);
+        self.value_step.apply(&mut self.value.module, loss, grads)?;
+        Ok(loss)
+    }
+
+    /// One policy update on a minibatch (plus the ptx loss when on); returns the clipped
+    /// surrogate loss and how many tokens' ratios were outside the clip range.
+    fn update_policy(&mut self, part: &Minibatch<'_>, ptx: Option<&TokenBatch>) -> Result<(f32, usize)> {
+        let device = self.policy.device();
+        let t = |v: &[f32]| vector::<B>(v.to_vec(), &device);
+        let positions = part.position_tensor::<B>(&device);
+        let logits = self.policy.forward_mode(part.rows, Mode::Training)?;
+        let logp = token_logprobs(logits, part.targets)?.reshape([-1]).select(0, positions);
+        let ratio = host((logp.clone() - t(part.old_logprobs)).exp());
+        let clipped = ratio.iter().filter(|r| (**r as f64 - 1.0).abs() > self.config.clip).count();
+        let mut loss = clipped_policy_loss(logp, t(part.old_logprobs), t(part.advantages), self.config.clip);
+        let policy_loss = host(loss.clone())[0];
+        if let (Some(b), true) = (ptx, self.config.ptx_coef > 0.0) {
+            let ptx_rows: Vec<Vec<u32>> = (0..b.batch).map(|i| b.input_row(i).to_vec()).collect();
+            let lm = cross_entropy(self.policy.forward_mode(&ptx_rows, Mode::Training)?, &b.targets)?;
+            loss = loss + lm.mul_scalar(self.config.ptx_coef);
+        }
+        let total = host(loss.clone())[0];
+        let grads = GradientsParams::from_grads(loss.backward(), &self.policy.model);
+        self.policy_step.apply(&mut self.policy.model, total, grads)?;
+        Ok((policy_loss, clipped))
     }
 
     /// The policy on the inner backend, for evaluation or generation.

@@ -285,6 +285,17 @@ fn trainers_refuse_non_finite_losses_and_keep_the_model() {
 /// gets.
 #[test]
 fn ppo_warms_up_the_value_model_then_raises_the_reward() {
+    ppo_run(0);
+}
+
+/// The same with minibatches of 3 responses (16 per rollout: the last minibatch is ragged), so
+/// each pass makes 6 value and 6 policy updates from the right slices of the rollout.
+#[test]
+fn ppo_in_minibatches_raises_the_reward_too() {
+    ppo_run(3);
+}
+
+fn ppo_run(minibatch_rows: usize) {
     let device = Default::default();
     let (optim, schedule) = constant_optim(3e-3);
     let mut rm =
@@ -304,6 +315,7 @@ fn ppo_warms_up_the_value_model_then_raises_the_reward() {
         value_warmup_steps: 2,
         responses_per_query: 4,
         epochs: 2,
+        minibatch_rows,
         ..PpoConfig::default()
     };
     let ppo_optim = PpoOptim { optim: OptimConfig::default(), policy: constant(1e-2, 0), value: constant(1e-2, 0) };
