@@ -416,8 +416,9 @@ fn main() -> Result<()> {
             )?;
         }
         pb.finish_and_clear();
-        let (em_ppo, em_ppo_sampled, ppo_answers) = task.accuracy(&ppo.valid_policy(), &held_words)?;
-        ppo.valid_policy().save(args.out.join("ppo"), SaveDtype::F32)?;
+        let ppo_policy = ppo.valid_policy();
+        let (em_ppo, em_ppo_sampled, ppo_answers) = task.accuracy(&ppo_policy, &held_words)?;
+        ppo_policy.save(args.out.join("ppo"), SaveDtype::F32)?;
         let reward_ppo = mean_reward(&task, &reward, &held_words, &ppo_answers)?;
         println!(
             "PPO   held-out greedy answers: mean reward {reward_sft:.3} -> {reward_ppo:.3}; exact match {:.1}% -> {:.1}% greedy, \
@@ -448,8 +449,9 @@ fn main() -> Result<()> {
         pb.finish_and_clear();
         let dpo_after = dpo.evaluate(&held_fine)?;
         let dpo_mistakes = dpo.evaluate(&held_policy)?;
-        let (em_dpo, em_dpo_sampled, _) = task.accuracy(&qwen_align::frozen(&dpo.policy), &held_words)?;
-        qwen_align::frozen(&dpo.policy).save(args.out.join("dpo"), SaveDtype::F32)?;
+        let dpo_policy = dpo.policy.valid();
+        let (em_dpo, em_dpo_sampled, _) = task.accuracy(&dpo_policy, &held_words)?;
+        dpo_policy.save(args.out.join("dpo"), SaveDtype::F32)?;
         println!(
             "DPO   held-out near-miss pairs: loss {:.3} -> {:.3}, preference accuracy {:.1}% -> {:.1}% (the SFT policy's \
              mistakes: {:.1}%); exact match {:.1}% -> {:.1}% greedy, {:.1}% -> {:.1}% sampled ({} steps)",

@@ -6,7 +6,6 @@
 //! The implicit rewards `β · (log π − log π_ref)` are reported, with the fraction of pairs where
 //! the chosen one is higher.
 
-use burn::module::AutodiffModule;
 use burn::optim::GradientsParams;
 use burn::tensor::activation::log_sigmoid;
 use burn::tensor::backend::{AutodiffBackend, Backend};
@@ -17,6 +16,7 @@ use qwen_train::{OptimConfig, Schedule};
 use crate::error::{AlignError, Result};
 use crate::logprob::{host, sequence_logprobs, vector};
 use crate::pairs::PairBatch;
+use crate::reward::neg_log_sigmoid;
 use crate::stepper::Stepper;
 
 /// DPO settings.
@@ -66,7 +66,7 @@ impl DpoStats {
             let c = beta * (policy[i] - reference[i]);
             let r = beta * (policy[pairs + i] - reference[pairs + i]);
             let d = c - r;
-            s.loss += (-d).max(0.0) + (-d.abs()).exp().ln_1p();
+            s.loss += neg_log_sigmoid(d);
             s.chosen_reward += c;
             s.rejected_reward += r;
             s.accuracy += (d > 0.0) as u8 as f32;
@@ -117,23 +117,13 @@ pub struct DpoTrainer<B: AutodiffBackend> {
     stepper: Stepper<B, Qwen<B>>,
 }
 
-/// `model` on the inner backend (no graph).
-pub fn frozen<B: AutodiffBackend>(model: &QwenModel<B>) -> QwenModel<B::InnerBackend> {
-    QwenModel {
-        config: model.config.clone(),
-        model: model.model.valid(),
-        convention: model.convention,
-        precision: model.precision,
-    }
-}
-
 impl<B: AutodiffBackend> DpoTrainer<B> {
     /// The reference is a frozen copy of `policy` as it is now (usually the SFT model).
     pub fn new(policy: QwenModel<B>, config: DpoConfig, optim: OptimConfig, schedule: Schedule) -> Result<Self> {
         if !(config.beta.is_finite() && config.beta > 0.0) {
             return Err(AlignError::Config(format!("beta {} must be finite and > 0", config.beta)));
         }
-        let reference = frozen(&policy);
+        let reference = policy.valid();
         Ok(Self { policy, reference, config, stepper: Stepper::new(optim, schedule)? })
     }
 
@@ -159,7 +149,7 @@ impl<B: AutodiffBackend> DpoTrainer<B> {
 
     /// Loss and implicit rewards on held-out batches, without gradients.
     pub fn evaluate(&self, batches: &[PairBatch]) -> Result<DpoStats> {
-        let policy = frozen(&self.policy);
+        let policy = self.policy.valid();
         let parts = batches
             .iter()
             .map(|b| {

@@ -40,7 +40,7 @@ pub mod reward;
 pub mod sft;
 pub mod stepper;
 
-pub use dpo::{dpo_loss, frozen, DpoConfig, DpoStats, DpoStep, DpoTrainer};
+pub use dpo::{dpo_loss, DpoConfig, DpoStats, DpoStep, DpoTrainer};
 pub use error::{AlignError, Result};
 pub use logprob::{sequence_logprobs, token_logprobs};
 pub use pairs::{Pair, PairBatch, ResponseBatch};

@@ -2,33 +2,15 @@
 //! reference, and what PPO's ratios and KL penalty are made of.
 //!
 //! Both functions take logits `[batch, seq, vocab]` and flat `[batch * seq]` targets where
-//! [`IGNORE_INDEX`] marks positions that do not count (prompt, padding). They stay in the graph,
-//! so on an autodiff backend their gradients flow back into the model.
+//! [`qwen_train::IGNORE_INDEX`] marks positions that do not count (prompt, padding). They stay in
+//! the graph, so on an autodiff backend their gradients flow back into the model. The per-token
+//! one is the training crate's (its cross-entropy is built on it).
 
-use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::Backend;
-use burn::tensor::{Int, Tensor, TensorData};
-use qwen_train::IGNORE_INDEX;
+use burn::tensor::{Tensor, TensorData};
+pub use qwen_train::token_logprobs;
 
-use crate::error::{AlignError, Result};
-
-/// `log p(target)` at every position, `[batch, seq]`, 0 where the target is ignored.
-pub fn token_logprobs<B: Backend>(logits: Tensor<B, 3>, targets: &[u32]) -> Result<Tensor<B, 2>> {
-    let [b, s, v] = logits.dims();
-    if targets.len() != b * s {
-        return Err(AlignError::Batch(format!("{} targets for {b}x{s} logits", targets.len())));
-    }
-    if let Some(&t) = targets.iter().find(|&&t| t != IGNORE_INDEX && t as usize >= v) {
-        return Err(AlignError::Batch(format!("target {t} outside the vocabulary of {v}")));
-    }
-    let index: Vec<i64> = targets.iter().map(|&t| if t == IGNORE_INDEX { 0 } else { t as i64 }).collect();
-    let mask: Vec<f32> = targets.iter().map(|&t| (t != IGNORE_INDEX) as u8 as f32).collect();
-    let device = logits.device();
-    let index = Tensor::<B, 2, Int>::from_data(TensorData::new(index, [b * s, 1]), &device);
-    let mask = Tensor::<B, 2>::from_data(TensorData::new(mask, [b, s]), &device);
-    let logp = log_softmax(logits.reshape([b * s, v]), 1).gather(1, index).reshape([b, s]);
-    Ok(logp.mul(mask))
-}
+use crate::error::Result;
 
 /// The sum of [`token_logprobs`] over each row: `log p(response | prompt)`, `[batch]`.
 pub fn sequence_logprobs<B: Backend>(logits: Tensor<B, 3>, targets: &[u32]) -> Result<Tensor<B, 1>> {

@@ -24,7 +24,6 @@ use qwen_data::TokenBatch;
 use qwen_model::{GenerateConfig, Mode, Qwen, QwenModel, SamplingConfig};
 use qwen_train::{cross_entropy, OptimConfig, Schedule};
 
-use crate::dpo::frozen;
 use crate::error::{AlignError, Result};
 use crate::logprob::{host, token_logprobs, vector};
 use crate::pairs::ResponseBatch;
@@ -306,7 +305,7 @@ impl<B: AutodiffBackend> PpoTrainer<B> {
         pad_id: u32,
     ) -> Result<Self> {
         config.validate()?;
-        let reference = frozen(&policy);
+        let reference = policy.valid();
         Ok(Self {
             policy,
             value,
@@ -340,7 +339,7 @@ impl<B: AutodiffBackend> PpoTrainer<B> {
                 ..c.sampling.clone()
             },
         };
-        let policy = frozen(&self.policy);
+        let policy = self.policy.valid();
         let responses = policy.generate_batch(&queries, &generate, |_, _| true)?;
         let items: Vec<(&[u32], &[u32])> =
             queries.iter().zip(&responses).map(|(q, r)| (q.as_slice(), r.as_slice())).collect();
@@ -482,6 +481,6 @@ impl<B: AutodiffBackend> PpoTrainer<B> {
 
     /// The policy on the inner backend, for evaluation or generation.
     pub fn valid_policy(&self) -> QwenModel<B::InnerBackend> {
-        frozen(&self.policy)
+        self.policy.valid()
     }
 }

@@ -145,6 +145,12 @@ pub fn pairwise_loss<B: Backend>(chosen: Tensor<B, 1>, rejected: Tensor<B, 1>) -
     log_sigmoid(chosen - rejected).mean().neg()
 }
 
+/// `−log σ(d)` on the host (= softplus(−d)), written to stay finite for large `|d|`: the per-pair
+/// loss of the reward model and of DPO, for the stats they report.
+pub(crate) fn neg_log_sigmoid(d: f32) -> f32 {
+    (-d).max(0.0) + (-d.abs()).exp().ln_1p()
+}
+
 /// Loss, accuracy and margin of a set of comparisons.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct PairStats {
@@ -164,8 +170,7 @@ impl PairStats {
         let mut s = Self { pairs: chosen.len(), ..Self::default() };
         for (&c, &r) in chosen.iter().zip(rejected) {
             let d = c - r;
-            // -log σ(d) = softplus(-d), written to stay finite for large |d|.
-            s.loss += (-d).max(0.0) + (-d.abs()).exp().ln_1p();
+            s.loss += neg_log_sigmoid(d);
             s.accuracy += (d > 0.0) as u8 as f32;
             s.margin += d;
         }

@@ -148,8 +148,8 @@ fn logprobs_are_log_softmax_at_the_targets() {
     }
     let seq = sequence_logprobs(logits.clone(), &targets).unwrap().into_data().to_vec::<f32>().unwrap();
     assert!((seq[0] - (got[0] + got[2])).abs() < 1e-5 && (seq[1] - (got[3] + got[4])).abs() < 1e-5);
-    assert!(matches!(token_logprobs(logits.clone(), &[5, 0, 0, 0, 0, 0]), Err(AlignError::Batch(_))));
-    assert!(matches!(token_logprobs(logits, &[0; 4]), Err(AlignError::Batch(_))));
+    assert!(matches!(token_logprobs(logits.clone(), &[5, 0, 0, 0, 0, 0]), Err(qwen_train::TrainError::Batch(_))));
+    assert!(matches!(sequence_logprobs(logits, &[0; 4]), Err(AlignError::Train(qwen_train::TrainError::Batch(_)))));
 }
 
 fn vec1(v: &[f32]) -> Tensor<Inner, 1> {
@@ -174,8 +174,8 @@ fn losses_match_their_formulas() {
     let got = scalar(clipped_policy_loss(logp, vec1(&[0.0; 3]), vec1(&[1.0, -1.0, 2.0]), 0.2));
     let want = (-1.2 + 0.8 - 2.0 * 1.1) / 3.0;
     assert!((got - want).abs() < 1e-6, "{got} vs {want}");
-    // Clipped value loss: V = 2, V_old = 1, R = 0 → max(4, 1.15²) = 4; V = 0.5, V_old = 1, R = 2 →
-    // max(2.25, 1.15²... (0.85 - 2)² = 1.3225) = 2.25.
+    // Clipped value loss: V = 2, V_old = 1, R = 0 → max((2 − 0)², (1.15 − 0)²) = 4; V = 0.5,
+    // V_old = 1, R = 2 → max((0.5 − 2)², (0.85 − 2)²) = max(2.25, 1.3225) = 2.25.
     let got = scalar(clipped_value_loss(vec1(&[2.0, 0.5]), vec1(&[1.0, 1.0]), vec1(&[0.0, 2.0]), 0.15));
     assert!((got - 0.5 * (4.0 + 2.25) / 2.0).abs() < 1e-6, "{got}");
 }

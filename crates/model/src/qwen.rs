@@ -647,6 +647,20 @@ impl<B: Backend> QwenModel<B> {
     }
 }
 
+impl<B: burn::tensor::backend::AutodiffBackend> QwenModel<B> {
+    /// The same model on the inner backend, without the autodiff graph (for evaluation, saving,
+    /// generation, or as a frozen reference). Shares the weights as they are now.
+    pub fn valid(&self) -> QwenModel<B::InnerBackend> {
+        use burn::module::AutodiffModule;
+        QwenModel {
+            config: self.config.clone(),
+            model: self.model.valid(),
+            convention: self.convention,
+            precision: self.precision,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

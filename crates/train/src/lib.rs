@@ -31,7 +31,7 @@ pub use error::{Result, TrainError};
 pub use eval::{evaluate, EvalStats};
 pub use loss::{
     cross_entropy, cross_entropy_fused, cross_entropy_sum, head_cross_entropy_fused,
-    head_cross_entropy_fused_in_chunks, FusedLoss, HeadLoss, IGNORE_INDEX,
+    head_cross_entropy_fused_in_chunks, token_logprobs, FusedLoss, HeadLoss, IGNORE_INDEX,
 };
 pub use metrics::{read_metrics, MetricsLog};
 pub use optim::{clip_global_norm, global_norm, OptimConfig, QwenAdamW, QwenOptimizer, Update};

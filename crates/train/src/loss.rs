@@ -23,19 +23,28 @@ use crate::error::{Result, TrainError};
 /// A target that is not learned from (padding, or a masked prompt).
 pub const IGNORE_INDEX: u32 = u32::MAX;
 
+/// `log p(target)` at every position, `[batch, seq]`, 0 where the target is [`IGNORE_INDEX`]; in
+/// the graph, so its gradient reaches the model (alignment's sequence log-probs are row sums of it).
+///
+/// # Errors
+/// [`TrainError::Batch`] if there is not one target per position or a target is outside the vocabulary.
+pub fn token_logprobs<B: Backend>(logits: Tensor<B, 3>, targets: &[u32]) -> Result<Tensor<B, 2>> {
+    let [b, s, v] = logits.dims();
+    let (index, mask, _) = target_index(targets, b * s, v)?;
+    let device = logits.device();
+    let index = Tensor::<B, 2, Int>::from_data(TensorData::new(index, [b * s, 1]), &device);
+    let mask = Tensor::<B, 2>::from_data(TensorData::new(mask, [b, s]), &device);
+    let logp = log_softmax(logits.reshape([b * s, v]), 1);
+    Ok(logp.gather(1, index).reshape([b, s]).mul(mask))
+}
+
 /// Summed negative log-likelihood over the non-ignored targets, and their number.
 ///
 /// The sum is a `[1]` tensor; dividing it by a token count of several micro-batches gives the
 /// token-weighted mean that gradient accumulation needs.
 pub fn cross_entropy_sum<B: Backend>(logits: Tensor<B, 3>, targets: &[u32]) -> Result<(Tensor<B, 1>, usize)> {
-    let [b, s, v] = logits.dims();
-    let (index, mask, count) = target_index(targets, b * s, v)?;
-    let device = logits.device();
-    let index = Tensor::<B, 2, Int>::from_data(TensorData::new(index, [b * s, 1]), &device);
-    let mask = Tensor::<B, 1>::from_data(TensorData::new(mask, [b * s]), &device);
-    let logp = log_softmax(logits.reshape([b * s, v]), 1);
-    let picked = logp.gather(1, index).reshape([b * s]);
-    Ok((picked.mul(mask).sum().neg(), count))
+    let count = targets.iter().filter(|&&t| t != IGNORE_INDEX).count();
+    Ok((token_logprobs(logits, targets)?.sum().neg(), count))
 }
 
 /// Gather indices (ignored targets point at 0), a 0/1 mask and the number of counted targets.

@@ -10,7 +10,6 @@
 //! non-ignored targets over *all* the micro-batches, so the accumulated gradient equals the
 //! gradient of one big batch (micro-batches with more real tokens weigh more).
 
-use burn::module::AutodiffModule;
 use burn::optim::{GradientsAccumulator, GradientsParams, Optimizer};
 use burn::tensor::backend::AutodiffBackend;
 use serde::{Deserialize, Serialize};
@@ -169,12 +168,7 @@ impl<B: AutodiffBackend> Trainer<B> {
 
     /// The model on the inner (non-autodiff) backend, e.g. for evaluation or saving.
     pub fn valid_model(&self) -> QwenModel<B::InnerBackend> {
-        QwenModel {
-            config: self.model.config.clone(),
-            model: self.model.model.valid(),
-            convention: self.model.convention,
-            precision: self.model.precision,
-        }
+        self.model.valid()
     }
 }
 
