@@ -12,19 +12,13 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
 use qwen::backend::{device, Backend};
 use qwen_context::LayerWindows;
-use qwen_model::{KvCache, QwenConfig, QwenModel};
+use qwen_model::{KvCache, QwenConfigBuilder, QwenModel};
 
 const CHUNK: usize = 128;
 const WINDOW: usize = 256;
 
 fn model(window: Option<usize>) -> QwenModel<Backend> {
-    let mut config = QwenConfig::from_json(serde_json::json!({
-        "model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"], "vocab_size": 4096, "hidden_size": 256,
-        "intermediate_size": 688, "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 4,
-        "max_position_embeddings": 65536, "rms_norm_eps": 1e-6, "rope_theta": 10000.0, "hidden_act": "silu",
-        "tie_word_embeddings": false
-    }))
-    .unwrap();
+    let mut config = QwenConfigBuilder::tiny(4096).max_positions(65536).build().unwrap();
     if let Some(w) = window {
         config.windows = LayerWindows::uniform(config.num_hidden_layers, w).unwrap();
     }
@@ -63,13 +57,9 @@ fn table() {
                 bytes = run(m, len);
                 best = best.min(t.elapsed().as_secs_f64());
             }
-            let growth = prev.map_or(" | ".into(), |(t, b)| format!("{:.2}x | {:.2}x", best / t, bytes as f64 / b as f64));
-            println!(
-                "| {name} | {len} | {:.1} | {:.1} | {} | {growth} |",
-                best * 1e3,
-                best * 1e6 / len as f64,
-                bytes
-            );
+            let growth =
+                prev.map_or(" | ".into(), |(t, b)| format!("{:.2}x | {:.2}x", best / t, bytes as f64 / b as f64));
+            println!("| {name} | {len} | {:.1} | {:.1} | {} | {growth} |", best * 1e3, best * 1e6 / len as f64, bytes);
             prev = Some((best, bytes));
         }
     }

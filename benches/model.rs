@@ -13,20 +13,14 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, Criterion, Throughput};
 use qwen::backend::{device, Backend};
-use qwen_model::{KvCache, QwenConfig, QwenModel};
+use qwen_model::{KvCache, QwenConfig, QwenConfigBuilder, QwenModel};
 
 const PREFILL: usize = 128;
 const DECODE: usize = 16;
 
 fn config() -> QwenConfig {
     let layers: usize = std::env::var("QWEN_BENCH_LAYERS").ok().and_then(|v| v.parse().ok()).unwrap_or(24);
-    QwenConfig::from_json(serde_json::json!({
-        "model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"], "vocab_size": 151936, "hidden_size": 896,
-        "intermediate_size": 4864, "num_hidden_layers": layers, "num_attention_heads": 14, "num_key_value_heads": 2,
-        "max_position_embeddings": 32768, "rms_norm_eps": 1e-6, "rope_theta": 1000000.0, "hidden_act": "silu",
-        "tie_word_embeddings": true, "torch_dtype": "float32"
-    }))
-    .unwrap()
+    QwenConfigBuilder::qwen2_5_0_5b().layers(layers).build().unwrap()
 }
 
 fn params(c: &QwenConfig) -> usize {

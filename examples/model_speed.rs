@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use clap::Parser;
 use qwen::backend::{device, Backend};
-use qwen_model::{KvCache, QwenConfig, QwenModel};
+use qwen_model::{KvCache, QwenConfigBuilder, QwenModel};
 
 /// Measures prefill tokens/s, decode tokens/s and peak resident memory.
 #[derive(Parser)]
@@ -39,13 +39,7 @@ fn last_value(t: burn::tensor::Tensor<Backend, 3>) -> f32 {
 
 fn main() {
     let args = Args::parse();
-    let config = QwenConfig::from_json(serde_json::json!({
-        "model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"], "vocab_size": 151936, "hidden_size": 896,
-        "intermediate_size": 4864, "num_hidden_layers": args.layers, "num_attention_heads": 14,
-        "num_key_value_heads": 2, "max_position_embeddings": 32768, "rms_norm_eps": 1e-6, "rope_theta": 1000000.0,
-        "hidden_act": "silu", "tie_word_embeddings": true, "torch_dtype": "float32"
-    }))
-    .unwrap();
+    let config = QwenConfigBuilder::qwen2_5_0_5b().layers(args.layers).build().unwrap();
     let model = QwenModel::<Backend>::random(config, 0.02, &device());
     let prompt: Vec<u32> = (0..args.prefill as u32).map(|i| (i * 7919 + 13) % 151_000).collect();
     let (mut prefill, mut decode) = (f64::INFINITY, f64::INFINITY);

@@ -9,7 +9,7 @@ use burn::module::Module;
 use clap::Parser;
 use qwen::backend::{device, optimizer_update, TrainBackend};
 use qwen_data::batch::TokenBatch;
-use qwen_model::{Mode, Precision, QwenConfig, QwenModel};
+use qwen_model::{Mode, Precision, QwenConfigBuilder, QwenModel};
 use qwen_train::{head_cross_entropy_fused, OptimConfig, Schedule, TrainConfig, Trainer};
 
 /// Measures training tokens/s (forward, loss, backward, clip, AdamW step).
@@ -50,17 +50,17 @@ struct Args {
 fn main() -> anyhow::Result<()> {
     let a = Args::parse();
     qwen::keep_freed_memory();
-    let config = QwenConfig::from_json(serde_json::json!({
-        "model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"], "vocab_size": a.vocab, "hidden_size": a.hidden,
-        "intermediate_size": a.intermediate, "num_hidden_layers": a.layers, "num_attention_heads": a.heads,
-        "num_key_value_heads": a.kv_heads.unwrap_or(a.heads), "max_position_embeddings": 4096, "rms_norm_eps": 1e-6,
-        "rope_theta": 10000.0, "hidden_act": "silu", "tie_word_embeddings": a.tied
-    }))?;
+    let config = QwenConfigBuilder::new(a.vocab, a.hidden, a.intermediate, a.layers, a.heads)
+        .kv_heads(a.kv_heads.unwrap_or(a.heads))
+        .max_positions(4096)
+        .tied(a.tied)
+        .build()?;
     let model = QwenModel::<TrainBackend>::random(config, 0.02, &device());
     // Model FLOPs per trained token, PaLM's accounting (appendix B): 6 N for the matmul weights (all
     // parameters but an untied embedding table, which is a lookup) + 12 L d S for attention scores.
     let lookup = if a.tied { 0 } else { a.vocab * a.hidden };
-    let flops_per_token = 6.0 * (model.model.num_params() - lookup) as f64 + 12.0 * (a.layers * a.hidden * a.seq) as f64;
+    let flops_per_token =
+        6.0 * (model.model.num_params() - lookup) as f64 + 12.0 * (a.layers * a.hidden * a.seq) as f64;
     let precision = if a.bf16 { Precision::Bf16 } else { Precision::Full };
     let train = TrainConfig { precision, ..TrainConfig::new(Schedule::new(3e-4, 2, 1000), 0) };
     let train = TrainConfig { optim: OptimConfig { update: optimizer_update(), ..train.optim }, ..train };

@@ -1,6 +1,8 @@
 //! The qwen-rs stack in one place: re-exports of the library crates, and the backend the
 //! examples run on, chosen by cargo feature (`flex` by default; `ndarray`; `wgpu`; `cuda`).
 
+pub mod chat;
+
 pub use qwen_align as align;
 pub use qwen_context as context;
 pub use qwen_data as data;

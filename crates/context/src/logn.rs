@@ -7,20 +7,15 @@
 
 use serde::{Deserialize, Serialize};
 
-/// What the model asks about query scaling.
-pub trait QueryScale: Send + Sync + std::fmt::Debug {
-    /// Factor on the query at absolute position `position` when the keys span `key_len` positions.
-    fn scale(&self, position: usize, key_len: usize) -> f32;
-}
-
 /// Qwen-1's LogN scaling against the training length `seq_length`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogN {
     pub seq_length: usize,
 }
 
-impl QueryScale for LogN {
-    fn scale(&self, position: usize, key_len: usize) -> f32 {
+impl LogN {
+    /// Factor on the query at absolute position `position` when the keys span `key_len` positions.
+    pub fn scale(&self, position: usize, key_len: usize) -> f32 {
         let i = position + 1;
         if key_len > self.seq_length && i > self.seq_length {
             // Python's math.log(i, S) in f64, then cast to the query's f32 like the reference's tensor.

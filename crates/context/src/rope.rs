@@ -33,15 +33,6 @@ pub struct RopeFrequencies {
     pub attention_factor: f32,
 }
 
-/// What the model asks about RoPE.
-pub trait RopeSchedule: Send + Sync + std::fmt::Debug {
-    /// Frequencies for a forward pass whose keys span `seq_len` positions in total.
-    fn frequencies(&self, seq_len: usize) -> RopeFrequencies;
-    /// Whether a decode step past the prefill may use frequencies other than the prefill's
-    /// (HF dynamic: yes; Qwen-1 dynamic NTK: no, alpha is fixed at prefill).
-    fn changes_during_decode(&self) -> bool;
-}
-
 /// The RoPE variants found in Qwen configs, with their parameters.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum RopeScaling {
@@ -120,8 +111,9 @@ pub fn qwen_ntk_alpha(seq_len: usize, seq_length: usize) -> f64 {
     (2f64.powf(context_value.ceil()) - 1.0).max(1.0)
 }
 
-impl RopeSchedule for Rope {
-    fn frequencies(&self, seq_len: usize) -> RopeFrequencies {
+impl Rope {
+    /// Frequencies for a forward pass whose keys span `seq_len` positions in total.
+    pub fn frequencies(&self, seq_len: usize) -> RopeFrequencies {
         let plain = |inv_freq| RopeFrequencies { inv_freq, attention_factor: 1.0 };
         match &self.scaling {
             RopeScaling::None => plain(self.plain(self.base)),
@@ -159,7 +151,9 @@ impl RopeSchedule for Rope {
         }
     }
 
-    fn changes_during_decode(&self) -> bool {
+    /// Whether a decode step past the prefill may use frequencies other than the prefill's
+    /// (HF dynamic: yes; Qwen-1 dynamic NTK: no, alpha is fixed at prefill).
+    pub fn changes_during_decode(&self) -> bool {
         matches!(self.scaling, RopeScaling::HfDynamic { .. })
     }
 }

@@ -13,12 +13,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::{ContextError, Result};
 
-/// What the model asks about attention windows.
-pub trait AttentionWindow: Send + Sync + std::fmt::Debug {
-    /// Keys layer `layer` may see, counting the query itself; `None` = all earlier keys.
-    fn window(&self, layer: usize) -> Option<usize>;
-}
-
 /// A window per layer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct LayerWindows {
@@ -73,8 +67,9 @@ impl LayerWindows {
     }
 }
 
-impl AttentionWindow for LayerWindows {
-    fn window(&self, layer: usize) -> Option<usize> {
+impl LayerWindows {
+    /// Keys layer `layer` may see, counting the query itself; `None` = all earlier keys.
+    pub fn window(&self, layer: usize) -> Option<usize> {
         self.windows.get(layer).copied().flatten()
     }
 }

@@ -330,6 +330,116 @@ impl QwenConfig {
     }
 }
 
+/// A Qwen2 config built in code (burn's config idiom): presets for the shapes this project
+/// trains and benchmarks, setters for the rest, and [`QwenConfigBuilder::build`], which writes the
+/// `config.json` transformers would and reads it back through the validating parser, so a built
+/// config saves and loads like a downloaded one.
+///
+/// ```
+/// use qwen_model::QwenConfigBuilder;
+/// let config = QwenConfigBuilder::tiny(4099).layers(2).build().unwrap();
+/// assert_eq!((config.hidden_size, config.num_hidden_layers, config.head_dim), (256, 2, 64));
+/// ```
+#[derive(Debug, Clone, PartialEq, serde::Serialize, Deserialize)]
+pub struct QwenConfigBuilder {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub num_key_value_heads: usize,
+    pub max_position_embeddings: usize,
+    pub rope_theta: f64,
+    pub rms_norm_eps: f64,
+    pub tie_word_embeddings: bool,
+}
+
+impl QwenConfigBuilder {
+    /// A shape with multi-head attention, RoPE base 10,000, ε 1e-6, 32k positions, untied head.
+    pub fn new(vocab_size: usize, hidden_size: usize, intermediate_size: usize, layers: usize, heads: usize) -> Self {
+        Self {
+            vocab_size,
+            hidden_size,
+            intermediate_size,
+            num_hidden_layers: layers,
+            num_attention_heads: heads,
+            num_key_value_heads: heads,
+            max_position_embeddings: 32768,
+            rope_theta: 10000.0,
+            rms_norm_eps: 1e-6,
+            tie_word_embeddings: false,
+        }
+    }
+
+    /// Hidden 256, 4 layers, 4 heads, intermediate 688 (~2.3M parameters past the embeddings):
+    /// the CPU pretraining default.
+    pub fn tiny(vocab_size: usize) -> Self {
+        Self::new(vocab_size, 256, 688, 4, 4)
+    }
+
+    /// Hidden 512, 8 layers, 8 heads with 4 key/value heads, intermediate 1376 (~21M past the
+    /// embeddings): pretraining on a GPU backend.
+    pub fn small(vocab_size: usize) -> Self {
+        Self::new(vocab_size, 512, 1376, 8, 8).kv_heads(4)
+    }
+
+    /// Qwen2.5-0.5B's shape: vocab 151,936, hidden 896, 24 layers, 14 heads with 2 key/value
+    /// heads, intermediate 4864, RoPE base 1e6, tied embeddings (the benchmarks' model).
+    pub fn qwen2_5_0_5b() -> Self {
+        Self::new(151_936, 896, 4864, 24, 14).kv_heads(2).rope_theta(1e6).tied(true)
+    }
+
+    pub fn layers(mut self, n: usize) -> Self {
+        self.num_hidden_layers = n;
+        self
+    }
+    pub fn kv_heads(mut self, n: usize) -> Self {
+        self.num_key_value_heads = n;
+        self
+    }
+    pub fn max_positions(mut self, n: usize) -> Self {
+        self.max_position_embeddings = n;
+        self
+    }
+    pub fn rope_theta(mut self, theta: f64) -> Self {
+        self.rope_theta = theta;
+        self
+    }
+    pub fn tied(mut self, tied: bool) -> Self {
+        self.tie_word_embeddings = tied;
+        self
+    }
+
+    /// The HF `config.json` of this shape (`Qwen2ForCausalLM`, float32).
+    pub fn to_json(&self) -> Value {
+        let mut v = serde_json::to_value(self).expect("plain fields serialize");
+        let o = v.as_object_mut().expect("a struct serializes to an object");
+        o.insert("model_type".into(), "qwen2".into());
+        o.insert("architectures".into(), serde_json::json!(["Qwen2ForCausalLM"]));
+        o.insert("hidden_act".into(), "silu".into());
+        o.insert("torch_dtype".into(), "float32".into());
+        v
+    }
+
+    /// Validates the shape into a [`QwenConfig`].
+    ///
+    /// # Errors
+    /// [`ModelError::Config`] as [`QwenConfig::from_json`] reports it (zero sizes, heads that do
+    /// not divide, ...).
+    pub fn build(&self) -> Result<QwenConfig> {
+        QwenConfig::from_json(self.to_json())
+    }
+}
+
+impl QwenConfig {
+    /// A model of this config with random weights (normal, std 0.02 as Qwen2's
+    /// `initializer_range`; norms at 1). Loading (`crate::load`) builds the same layout from a
+    /// checkpoint.
+    pub fn init<B: burn::tensor::backend::Backend>(&self, device: &B::Device) -> crate::QwenModel<B> {
+        crate::QwenModel::random(self.clone(), 0.02, device)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

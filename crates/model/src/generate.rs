@@ -8,8 +8,11 @@ use burn::tensor::backend::Backend;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use burn::tensor::{Tensor, TensorData};
+
+use crate::batch::Batch;
 use crate::error::{ModelError, Result};
-use crate::qwen::{KvCache, QwenModel};
+use crate::qwen::{KvCache, Logits, QwenModel};
 
 /// How the next token is chosen.
 #[derive(Debug, Clone, PartialEq)]
@@ -143,8 +146,14 @@ impl<B: Backend> QwenModel<B> {
         Ok(out.remove(0))
     }
 
-    /// Generates for several prompts at once (one batch, one cache). Prompts of different lengths
-    /// are run as separate batches of equal length; `on_token(prompt index, token)`.
+    /// Generates for several prompts at once: one left-padded batch, one cache, one prefill.
+    /// Each row has its own positions, RoPE frequencies, sampler (seeded `seed + index`) and stop
+    /// condition; a row that stops leaves the batch ([`KvCache::retain`]) and costs nothing more.
+    /// `on_token(prompt index, token)` (return `false` to stop that prompt).
+    ///
+    /// # Errors
+    /// [`ModelError::EmptyInput`] for no prompt or an empty one; [`ModelError::TokenOutOfRange`];
+    /// [`ModelError::Sampling`] for bad settings.
     pub fn generate_batch(
         &self,
         prompts: &[Vec<u32>],
@@ -152,53 +161,52 @@ impl<B: Backend> QwenModel<B> {
         mut on_token: impl FnMut(usize, u32) -> bool,
     ) -> Result<Vec<Vec<u32>>> {
         let mut results = vec![Vec::new(); prompts.len()];
-        // Group prompts by length: each group is one batched prefill + decode.
-        let mut by_len: std::collections::BTreeMap<usize, Vec<usize>> = Default::default();
-        for (i, p) in prompts.iter().enumerate() {
-            if p.is_empty() {
-                return Err(ModelError::EmptyInput);
-            }
-            by_len.entry(p.len()).or_default().push(i);
+        let batch = self.batch(prompts)?;
+        if config.max_new_tokens == 0 {
+            return Ok(results);
         }
-        for (len, group) in by_len {
-            let mut cache = KvCache::new(&self.config, group.len(), len + config.max_new_tokens, &self.device());
-            let mut samplers: Vec<Sampler> = group
-                .iter()
-                .map(|&i| {
-                    Sampler::new(SamplingConfig {
-                        seed: config.sampling.seed.wrapping_add(i as u64),
-                        ..config.sampling.clone()
-                    })
+        let longest = batch.dims()[1];
+        let mut samplers: Vec<Sampler> = (0..prompts.len())
+            .map(|i| {
+                Sampler::new(SamplingConfig {
+                    seed: config.sampling.seed.wrapping_add(i as u64),
+                    ..config.sampling.clone()
                 })
-                .collect::<Result<_>>()?;
-            let mut seqs: Vec<Vec<u32>> = group.iter().map(|&i| prompts[i].clone()).collect();
-            let mut done = vec![false; group.len()];
-            let mut input: Vec<Vec<u32>> = seqs.clone();
-            for _ in 0..config.max_new_tokens {
-                let logits = self.forward_cached_last(&input, &mut cache)?;
-                let [b, s, v] = logits.dims();
-                let last: Vec<f32> = logits
-                    .narrow(1, s - 1, 1)
-                    .into_data()
-                    .to_vec()
-                    .map_err(|e| ModelError::Config(format!("{e:?}")))?;
-                input.clear();
-                for j in 0..b {
-                    let mut row = last[j * v..(j + 1) * v].to_vec();
-                    let t = if done[j] { 0 } else { samplers[j].sample(&mut row, &seqs[j]) };
-                    input.push(vec![t]);
-                    if !done[j] {
-                        seqs[j].push(t);
-                        results[group[j]].push(t);
-                        if config.stop_ids.contains(&t) || !on_token(group[j], t) {
-                            done[j] = true;
-                        }
-                    }
-                }
-                if done.iter().all(|&d| d) {
-                    break;
+            })
+            .collect::<Result<_>>()?;
+        let mut cache = KvCache::new(&self.config, prompts.len(), longest + config.max_new_tokens, &self.device());
+        let mut seqs: Vec<Vec<u32>> = prompts.to_vec();
+        // `active[j]`: the prompt in row j of the batch.
+        let mut active: Vec<usize> = (0..prompts.len()).collect();
+        let mut input = batch;
+        for _ in 0..config.max_new_tokens {
+            let logits = self.decode(&input, &mut cache, Logits::Last)?;
+            let v = logits.dims()[2];
+            let last: Vec<f32> = logits.into_data().to_vec().map_err(|e| ModelError::Config(format!("{e:?}")))?;
+            let mut keep = Vec::with_capacity(active.len());
+            let mut next = Vec::with_capacity(active.len());
+            for (j, &i) in active.iter().enumerate() {
+                let mut row = last[j * v..(j + 1) * v].to_vec();
+                let t = samplers[i].sample(&mut row, &seqs[i]);
+                seqs[i].push(t);
+                results[i].push(t);
+                if !config.stop_ids.contains(&t) && on_token(i, t) {
+                    keep.push(j);
+                    next.push(t);
                 }
             }
+            if keep.is_empty() {
+                break;
+            }
+            if keep.len() < active.len() {
+                cache.retain(&keep)?;
+                active = keep.iter().map(|&j| active[j]).collect();
+            }
+            let ids = Tensor::from_data(
+                TensorData::new(next.iter().map(|&t| t as i64).collect(), [next.len(), 1]),
+                &self.device(),
+            );
+            input = Batch::unpadded(ids);
         }
         Ok(results)
     }

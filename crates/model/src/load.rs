@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use burn::module::Param;
-use burn::nn::{Embedding, Linear, RmsNorm};
+use burn::nn::{Embedding, Linear};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use memmap2::Mmap;
@@ -24,7 +24,8 @@ use safetensors::{Dtype, SafeTensors};
 
 use crate::config::{Family, QwenConfig};
 use crate::error::{ModelError, Result};
-use crate::qwen::{Attention, DecoderLayer, Mlp, Qwen, QwenModel};
+use crate::init::{build, Weights};
+use crate::qwen::QwenModel;
 
 /// The memory-mapped tensors of a checkpoint, by name.
 pub struct Checkpoint {
@@ -121,26 +122,101 @@ impl Checkpoint {
     }
 }
 
-struct Builder<'a, B: Backend> {
+/// The checkpoint as a [`Weights`] source for [`crate::init::build`]: HF Qwen2 names are read as
+/// they are, or mapped onto Qwen-1's (whose fused `c_attn` rows q | k | v are split on first use).
+struct CheckpointWeights<'a, B: Backend> {
     ckpt: &'a mut Checkpoint,
     device: &'a B::Device,
+    family: Family,
+    /// Whether an untied checkpoint has `lm_head.weight` (not a sequence-classification trunk).
+    lm_head: bool,
+    /// Qwen-1: the k and v parts of the last split `c_attn`, by their Qwen2 names.
+    split: std::collections::HashMap<String, Linear<B>>,
 }
 
-impl<B: Backend> Builder<'_, B> {
-    fn tensor<const D: usize>(&mut self, name: &str, shape: [usize; D]) -> Result<Tensor<B, D>> {
-        let values = self.ckpt.take(name, &shape)?;
-        Ok(Tensor::from_data(TensorData::new(values, shape), self.device))
-    }
+/// Qwen-1's name for a Qwen2 name (not for the q/k/v projections, which are one fused tensor).
+fn qwen1_name(name: &str) -> String {
+    let name = name.replace("model.layers.", "transformer.h.");
+    [
+        ("input_layernorm", "ln_1"),
+        ("post_attention_layernorm", "ln_2"),
+        ("self_attn.o_proj", "attn.c_proj"),
+        // w2 is the gate: `c_proj(w1(x) * silu(w2(x)))`.
+        ("mlp.gate_proj", "mlp.w2"),
+        ("mlp.up_proj", "mlp.w1"),
+        ("mlp.down_proj", "mlp.c_proj"),
+        ("model.norm", "transformer.ln_f"),
+        ("model.embed_tokens", "transformer.wte"),
+    ]
+    .iter()
+    .fold(name, |n, (from, to)| n.replace(from, to))
+}
 
-    /// A linear layer from an HF `[out, in]` weight (burn stores `[in, out]`).
-    fn linear(&mut self, prefix: &str, d_in: usize, d_out: usize, bias: bool) -> Result<Linear<B>> {
-        let w = self.ckpt.take(&format!("{prefix}.weight"), &[d_out, d_in])?;
-        let b = if bias { Some(self.ckpt.take(&format!("{prefix}.bias"), &[d_out])?) } else { None };
+impl<B: Backend> Weights<B> for CheckpointWeights<'_, B> {
+    fn linear(&mut self, name: &str, d_in: usize, d_out: usize, bias: bool) -> Result<Linear<B>> {
+        if let Some(l) = self.split.remove(name) {
+            return Ok(l);
+        }
+        let layer = name.strip_prefix("model.layers.").and_then(|rest| rest.strip_suffix(".self_attn.q_proj"));
+        if let (Family::Qwen1, Some(layer)) = (self.family, layer) {
+            // c_attn: rows q | k | v, each `d_out` wide (Qwen-1 has no grouped heads), with biases.
+            let fused = format!("transformer.h.{layer}.attn.c_attn");
+            let w = self.ckpt.take(&format!("{fused}.weight"), &[3 * d_out, d_in])?;
+            let b = self.ckpt.take(&format!("{fused}.bias"), &[3 * d_out])?;
+            let part = |k: usize| {
+                let rows = k * d_out..(k + 1) * d_out;
+                let w = &w[rows.start * d_in..rows.end * d_in];
+                linear_from::<B>(w, Some(b[rows].to_vec()), d_out, d_in, self.device)
+            };
+            self.split.insert(format!("model.layers.{layer}.self_attn.k_proj"), part(1));
+            self.split.insert(format!("model.layers.{layer}.self_attn.v_proj"), part(2));
+            return Ok(part(0));
+        }
+        let name = match self.family {
+            Family::Qwen1 => qwen1_name(name),
+            Family::Qwen2 => name.to_string(),
+        };
+        let w = self.ckpt.take(&format!("{name}.weight"), &[d_out, d_in])?;
+        let b = if bias { Some(self.ckpt.take(&format!("{name}.bias"), &[d_out])?) } else { None };
         Ok(linear_from(&w, b, d_out, d_in, self.device))
     }
 
-    fn norm(&mut self, name: &str, d: usize, eps: f64) -> Result<RmsNorm<B>> {
-        Ok(RmsNorm { gamma: Param::from_tensor(self.tensor(name, [d])?), epsilon: eps })
+    fn vector(&mut self, name: &str, d: usize) -> Result<Tensor<B, 1>> {
+        let name = match self.family {
+            Family::Qwen1 => qwen1_name(name),
+            Family::Qwen2 => name.to_string(),
+        };
+        let values = self.ckpt.take(&name, &[d])?;
+        Ok(Tensor::from_data(TensorData::new(values, [d]), self.device))
+    }
+
+    fn embedding_and_head(
+        &mut self,
+        vocab: usize,
+        hidden: usize,
+        tied: bool,
+    ) -> Result<(Option<Embedding<B>>, Linear<B>)> {
+        let (v, h) = (vocab, hidden);
+        let embed_name = match self.family {
+            Family::Qwen1 => "transformer.wte.weight",
+            Family::Qwen2 => "model.embed_tokens.weight",
+        };
+        let embed = self.ckpt.take(embed_name, &[v, h])?;
+        if tied {
+            // Some tied checkpoints still carry a copy of the head; the embedding is the one used.
+            if self.ckpt.contains("lm_head.weight") {
+                self.ckpt.take("lm_head.weight", &[v, h])?;
+            }
+            return Ok((None, linear_from(&embed, None, v, h, self.device)));
+        }
+        let embed = Tensor::from_data(TensorData::new(embed, [v, h]), self.device);
+        let head = if self.lm_head {
+            let w = self.ckpt.take("lm_head.weight", &[v, h])?;
+            linear_from(&w, None, v, h, self.device)
+        } else {
+            Linear { weight: Param::from_tensor(Tensor::zeros([h, v], self.device)), bias: None }
+        };
+        Ok((Some(Embedding { weight: Param::from_tensor(embed) }), head))
     }
 }
 
@@ -177,95 +253,12 @@ pub fn load_with<B: Backend, T>(
     let dir = dir.as_ref();
     let config = QwenConfig::from_file(dir.join("config.json"))?;
     let mut ckpt = Checkpoint::open(dir)?;
-    let model = build(&config, &mut ckpt, device, lm_head)?;
+    let mut weights =
+        CheckpointWeights { ckpt: &mut ckpt, device, family: config.family, lm_head, split: Default::default() };
+    let model = build(&config, &mut weights)?;
     let taken = rest(&mut ckpt)?;
     if let Some(extra) = ckpt.unused().find(|n| !n.ends_with("rotary_emb.inv_freq")) {
         return Err(ModelError::UnexpectedTensor(extra.to_string()));
     }
     Ok((QwenModel::new(config, model), taken))
-}
-
-fn build<B: Backend>(c: &QwenConfig, ckpt: &mut Checkpoint, device: &B::Device, lm_head: bool) -> Result<Qwen<B>> {
-    let mut b = Builder::<B> { ckpt, device };
-    let (h, v, eps) = (c.hidden_size, c.vocab_size, c.rms_norm_eps);
-    let (nh, nkv, hd, ff) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim, c.intermediate_size);
-    let attention = |q_proj, k_proj, v_proj, o_proj| Attention {
-        q_proj,
-        k_proj,
-        v_proj,
-        o_proj,
-        num_heads: nh,
-        num_kv_heads: nkv,
-        head_dim: hd,
-    };
-    let mut layers = Vec::with_capacity(c.num_hidden_layers);
-    let (embed, norm, head_name) = match c.family {
-        Family::Qwen2 => {
-            for i in 0..c.num_hidden_layers {
-                let p = format!("model.layers.{i}");
-                layers.push(DecoderLayer {
-                    input_layernorm: b.norm(&format!("{p}.input_layernorm.weight"), h, eps)?,
-                    self_attn: attention(
-                        b.linear(&format!("{p}.self_attn.q_proj"), h, nh * hd, true)?,
-                        b.linear(&format!("{p}.self_attn.k_proj"), h, nkv * hd, true)?,
-                        b.linear(&format!("{p}.self_attn.v_proj"), h, nkv * hd, true)?,
-                        b.linear(&format!("{p}.self_attn.o_proj"), nh * hd, h, false)?,
-                    ),
-                    post_attention_layernorm: b.norm(&format!("{p}.post_attention_layernorm.weight"), h, eps)?,
-                    mlp: Mlp {
-                        gate_proj: b.linear(&format!("{p}.mlp.gate_proj"), h, ff, false)?,
-                        up_proj: b.linear(&format!("{p}.mlp.up_proj"), h, ff, false)?,
-                        down_proj: b.linear(&format!("{p}.mlp.down_proj"), ff, h, false)?,
-                    },
-                });
-            }
-            (b.ckpt.take("model.embed_tokens.weight", &[v, h])?, b.norm("model.norm.weight", h, eps)?, "lm_head")
-        }
-        Family::Qwen1 => {
-            let proj = nh * hd;
-            for i in 0..c.num_hidden_layers {
-                let p = format!("transformer.h.{i}");
-                // c_attn: rows q | k | v
-                let w = b.ckpt.take(&format!("{p}.attn.c_attn.weight"), &[3 * proj, h])?;
-                let bias = b.ckpt.take(&format!("{p}.attn.c_attn.bias"), &[3 * proj])?;
-                let part = |k: usize| {
-                    let rows = k * proj..(k + 1) * proj;
-                    let w = &w[rows.start * h..rows.end * h];
-                    linear_from::<B>(w, Some(bias[rows].to_vec()), proj, h, device)
-                };
-                layers.push(DecoderLayer {
-                    input_layernorm: b.norm(&format!("{p}.ln_1.weight"), h, eps)?,
-                    self_attn: attention(
-                        part(0),
-                        part(1),
-                        part(2),
-                        b.linear(&format!("{p}.attn.c_proj"), proj, h, false)?,
-                    ),
-                    post_attention_layernorm: b.norm(&format!("{p}.ln_2.weight"), h, eps)?,
-                    mlp: Mlp {
-                        gate_proj: b.linear(&format!("{p}.mlp.w2"), h, ff, false)?,
-                        up_proj: b.linear(&format!("{p}.mlp.w1"), h, ff, false)?,
-                        down_proj: b.linear(&format!("{p}.mlp.c_proj"), ff, h, false)?,
-                    },
-                });
-            }
-            (b.ckpt.take("transformer.wte.weight", &[v, h])?, b.norm("transformer.ln_f.weight", h, eps)?, "lm_head")
-        }
-    };
-    let (embed_tokens, lm_head) = if c.tie_word_embeddings {
-        // Some tied checkpoints still carry a copy of the head; the embedding is the one used.
-        if b.ckpt.contains("lm_head.weight") {
-            b.ckpt.take("lm_head.weight", &[v, h])?;
-        }
-        (None, linear_from(&embed, None, v, h, device))
-    } else {
-        let embed = Tensor::from_data(TensorData::new(embed, [v, h]), device);
-        let head = if lm_head {
-            b.linear(head_name, h, v, false)?
-        } else {
-            Linear { weight: Param::from_tensor(Tensor::zeros([h, v], device)), bias: None }
-        };
-        (Some(Embedding { weight: Param::from_tensor(embed) }), head)
-    };
-    Ok(Qwen { embed_tokens, layers, norm, lm_head })
 }

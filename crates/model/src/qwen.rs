@@ -15,15 +15,17 @@ use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, FloatDType, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
-use qwen_context::{AttentionWindow, QueryScale, RopeConvention, RopeFrequencies, RopeSchedule};
+use qwen_context::{RopeConvention, RopeFrequencies};
 
+use crate::batch::Batch;
 use crate::config::QwenConfig;
 use crate::error::{ModelError, Result};
 
 // ---------------------------------------------------------------------------------------------
 // Rotary embedding
 
-/// cos/sin tables for a run of positions, `[1, 1, seq, rotary_dim]`, and the convention.
+/// cos/sin tables for a run of positions, `[rows, seq, 1, rotary_dim]` (one row shared by the
+/// batch, or one per row), and the convention.
 #[derive(Debug, Clone)]
 pub struct RopeTables<B: Backend> {
     cos: Tensor<B, 4>,
@@ -32,8 +34,7 @@ pub struct RopeTables<B: Backend> {
 }
 
 impl<B: Backend> RopeTables<B> {
-    /// Tables for positions `start..start + len` under `freqs`. Angles are computed in f32 as the
-    /// references do (`outer(positions, inv_freq)`), then cos/sin scaled by the attention factor.
+    /// Tables for positions `start..start + len` under `freqs`, shared by every row of a batch.
     pub fn new(
         freqs: &RopeFrequencies,
         start: usize,
@@ -41,35 +42,49 @@ impl<B: Backend> RopeTables<B> {
         convention: RopeConvention,
         device: &B::Device,
     ) -> Self {
-        let half = freqs.inv_freq.len();
-        let dim = 2 * half;
-        let (mut cos, mut sin) = (Vec::with_capacity(len * dim), Vec::with_capacity(len * dim));
-        for p in start..start + len {
-            let angle = |i: usize| p as f32 * freqs.inv_freq[i];
+        Self::rows(&[(freqs, start as i64)], len, convention, device)
+    }
+
+    /// Tables for a batch whose rows have their own frequencies and positions: row `r` covers
+    /// positions `first_r..first_r + len` (a left-padded row starts below 0; its padding columns get
+    /// position 0, which no real token attends to). `[rows, len, 1, rotary_dim]`.
+    ///
+    /// Angles are computed in f32 as the references do (`outer(positions, inv_freq)`), then cos/sin
+    /// scaled by the attention factor.
+    pub fn rows(rows: &[(&RopeFrequencies, i64)], len: usize, convention: RopeConvention, device: &B::Device) -> Self {
+        let dim = rows.first().map_or(0, |(f, _)| 2 * f.inv_freq.len());
+        let n = rows.len() * len * dim;
+        let (mut cos, mut sin) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        for &(freqs, first) in rows {
+            let half = freqs.inv_freq.len();
             let f = freqs.attention_factor;
-            match convention {
-                // emb = cat(freqs, freqs)
-                RopeConvention::RotateHalf => {
-                    for _ in 0..2 {
-                        for i in 0..half {
-                            cos.push(angle(i).cos() * f);
-                            sin.push(angle(i).sin() * f);
+            for j in 0..len as i64 {
+                let p = (first + j).max(0) as f32;
+                let angle = |i: usize| p * freqs.inv_freq[i];
+                match convention {
+                    // emb = cat(freqs, freqs)
+                    RopeConvention::RotateHalf => {
+                        for _ in 0..2 {
+                            for i in 0..half {
+                                cos.push(angle(i).cos() * f);
+                                sin.push(angle(i).sin() * f);
+                            }
                         }
                     }
-                }
-                // each frequency twice in a row
-                RopeConvention::Interleaved => {
-                    for i in 0..half {
-                        for _ in 0..2 {
-                            cos.push(angle(i).cos() * f);
-                            sin.push(angle(i).sin() * f);
+                    // each frequency twice in a row
+                    RopeConvention::Interleaved => {
+                        for i in 0..half {
+                            for _ in 0..2 {
+                                cos.push(angle(i).cos() * f);
+                                sin.push(angle(i).sin() * f);
+                            }
                         }
                     }
                 }
             }
         }
-        // Sequence-major, broadcast over batch and heads: see `apply`.
-        let shape = [1, len, 1, dim];
+        // Sequence-major, broadcast over heads (and over the batch when there is one row): see `apply`.
+        let shape = [rows.len(), len, 1, dim];
         Self {
             cos: Tensor::from_data(TensorData::new(cos, shape), device),
             sin: Tensor::from_data(TensorData::new(sin, shape), device),
@@ -103,7 +118,8 @@ impl<B: Backend> RopeTables<B> {
         // The tables repeated over heads, `[1, s, h * r]` (small): against `[b, s, h * r]` that is a
         // plain row broadcast, where `[1, s, 1, r]` against `[b, s, h, r]` sends CPU backends down a
         // strided path (forward and backward).
-        let table = |t: &Tensor<B, 4>| t.clone().expand([1, s, h, r]).reshape([1, s, h * r]);
+        let rows = self.cos.dims()[0];
+        let table = |t: &Tensor<B, 4>| t.clone().expand([rows, s, h, r]).reshape([rows, s, h * r]);
         let flat = |t: Tensor<B, 4>| t.reshape([b, s, h * r]);
         let out = flat(rot) * table(&self.cos) + flat(rotated) * table(&self.sin);
         let out = out.reshape([b, s, h, r]);
@@ -172,15 +188,23 @@ impl<B: Backend> LayerCache<B> {
     }
 }
 
-/// The KV cache of a whole model for one batch of sequences, plus the RoPE frequencies fixed at
-/// prefill (Qwen-1 dynamic NTK keeps its alpha for the whole generation).
+/// The KV cache of a whole model for one batch of rows.
+///
+/// Rows share one column space: column `c` of row `r` holds position `c - left_pad[r]`, the left
+/// padding being fixed at prefill. Each row keeps the RoPE frequencies chosen at its prefill
+/// (Qwen-1 dynamic NTK picks its alpha per row, from the row's own length). Finished rows leave
+/// with [`KvCache::retain`], so they stop costing work.
 #[derive(Debug, Clone)]
 pub struct KvCache<B: Backend> {
     layers: Vec<LayerCache<B>>,
     len: usize,
     capacity: usize,
-    prefill_freqs: Option<RopeFrequencies>,
-    /// Elements per cached position and layer: `batch * kv_heads * head_dim`, for K and V each.
+    batch: usize,
+    /// Padding columns at the start of each row (all 0 before prefill).
+    left_pad: Vec<usize>,
+    /// Each row's frequencies from prefill (empty before it).
+    prefill_freqs: Vec<RopeFrequencies>,
+    /// Elements per cached position, layer and row: `kv_heads * head_dim`, for K and V each.
     row: usize,
 }
 
@@ -195,16 +219,16 @@ impl<B: Backend> KvCache<B> {
                 None => LayerCache::Full { k: Tensor::zeros(shape, device), v: Tensor::zeros(shape, device) },
             })
             .collect();
-        let row = batch * config.num_key_value_heads * config.head_dim;
-        Self { layers, len: 0, capacity, prefill_freqs: None, row }
+        let row = config.num_key_value_heads * config.head_dim;
+        Self { layers, len: 0, capacity, batch, left_pad: vec![0; batch], prefill_freqs: Vec::new(), row }
     }
 
     /// Bytes held for keys and values now (f32): what the windows save shows here.
     pub fn bytes(&self) -> usize {
-        self.layers.iter().map(|l| 2 * l.len() * self.row * std::mem::size_of::<f32>()).sum()
+        self.layers.iter().map(|l| 2 * l.len() * self.batch * self.row * std::mem::size_of::<f32>()).sum()
     }
 
-    /// Tokens cached so far.
+    /// Columns cached so far (the longest row's length; shorter rows are left-padded).
     pub fn len(&self) -> usize {
         self.len
     }
@@ -214,9 +238,63 @@ impl<B: Backend> KvCache<B> {
         self.len == 0
     }
 
-    /// Maximum number of tokens.
+    /// Maximum number of columns.
     pub fn capacity(&self) -> usize {
         self.capacity
+    }
+
+    /// Rows in the cache.
+    pub fn batch(&self) -> usize {
+        self.batch
+    }
+
+    /// Tokens row `r` holds (its columns less its padding).
+    pub fn row_len(&self, r: usize) -> usize {
+        self.len - self.left_pad[r]
+    }
+
+    /// Keeps only `rows` (indices into the current batch, in the order given): a finished row
+    /// leaves the batch and costs nothing from the next step on.
+    ///
+    /// # Errors
+    /// [`ModelError::Config`] for an index past the batch or a repeated one.
+    pub fn retain(&mut self, rows: &[usize]) -> Result<()> {
+        let mut seen = vec![false; self.batch];
+        for &r in rows {
+            if r >= self.batch || std::mem::replace(&mut seen[r], true) {
+                return Err(ModelError::Config(format!(
+                    "row {r} is not in a cache of {} rows (or repeated)",
+                    self.batch
+                )));
+            }
+        }
+        if rows.len() == self.batch && rows.iter().enumerate().all(|(i, &r)| i == r) {
+            return Ok(());
+        }
+        let pick = |t: Tensor<B, 4>| {
+            let device = t.device();
+            let index: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
+            t.select(0, Tensor::<B, 1, Int>::from_data(TensorData::new(index, [rows.len()]), &device))
+        };
+        for layer in &mut self.layers {
+            match layer {
+                LayerCache::Full { k, v } => {
+                    *k = pick(k.clone());
+                    *v = pick(v.clone());
+                }
+                LayerCache::Window { kv, .. } => {
+                    if let Some((k, v)) = kv.take() {
+                        *kv = Some((pick(k), pick(v)));
+                    }
+                }
+            }
+        }
+        self.left_pad = rows.iter().map(|&r| self.left_pad[r]).collect();
+        if !self.prefill_freqs.is_empty() {
+            self.prefill_freqs = rows.iter().map(|&r| self.prefill_freqs[r].clone()).collect();
+        }
+        self.batch = rows.len();
+        Ok(())
     }
 }
 
@@ -241,7 +319,11 @@ pub enum Precision {
 }
 
 /// `linear(x)` with the matmul in `precision`.
-fn project<B: Backend, const D: usize>(linear: &Linear<B>, x: Tensor<B, D>, precision: Precision) -> Tensor<B, D> {
+pub(crate) fn project<B: Backend, const D: usize>(
+    linear: &Linear<B>,
+    x: Tensor<B, D>,
+    precision: Precision,
+) -> Tensor<B, D> {
     match precision {
         Precision::Full => linear.forward(x),
         Precision::Bf16 => {
@@ -274,10 +356,12 @@ pub struct Attention<B: Backend> {
 /// Per-forward inputs shared by every layer.
 pub struct Step<'a, B: Backend> {
     pub rope: &'a RopeTables<B>,
-    /// `[1, 1, seq, 1]` query factors (LogN), if any differ from 1.
+    /// `[1 or batch, 1, seq, 1]` query factors (LogN), if any differ from 1.
     pub query_scale: Option<Tensor<B, 4>>,
-    /// Absolute position of the first query.
+    /// Column of the first query (the cache's length before this step).
     pub offset: usize,
+    /// Padding columns at the start of each row, when any row has some.
+    pub left_pad: Option<&'a [usize]>,
     pub precision: Precision,
 }
 
@@ -309,12 +393,9 @@ impl<B: Backend> Attention<B> {
         };
         let kv_len = k.dims()[2];
         let (k, v) = (repeat_kv(k, nh / nkv), repeat_kv(v, nh / nkv));
-        // A mask only when the window hides a key from some query; otherwise burn's causal
-        // attention (bottom-right aligned) is the same thing. The last query has the most keys
-        // before it: all `kv_len`.
-        let mask = window
-            .filter(|&w| kv_len > w)
-            .map(|w| window_mask::<B>(b, nh, s, kv_len, step.offset, key_start, w, &q.device()));
+        // A mask only when padding or the window hides a key from some query; otherwise burn's
+        // causal attention (bottom-right aligned) is the same thing.
+        let mask = attention_mask::<B>(b, nh, s, kv_len, step.offset, key_start, window, step.left_pad, &q.device());
         let options = AttentionModuleOptions {
             scale: Some(1.0 / (hd as f64).sqrt()),
             softcap: None,
@@ -335,27 +416,45 @@ fn repeat_kv<B: Backend>(x: Tensor<B, 4>, groups: usize) -> Tensor<B, 4> {
     x.unsqueeze_dim::<5>(2).expand([b, n, groups, l, d]).reshape([b, n * groups, l, d])
 }
 
-/// `true` where a query may NOT see a key: keys after it, or `window` or more positions before it.
-/// Queries are at `offset..offset + queries`, keys at `key_start..key_start + keys`.
+/// `true` where a query may NOT see a key: keys after it, `window` or more columns before it, or
+/// padding. Queries are at columns `offset..offset + queries`, keys at `key_start..key_start + keys`.
+/// A padding query sees itself only (its output is never read, but a row with every key hidden
+/// would make the softmax NaN, and 0 × NaN poisons the real rows' sums in the next layer).
+///
+/// `None` when nothing but causality hides a key (then burn's causal path runs). The last query
+/// has the most keys before it: all of them, so a window hides something only when
+/// `keys > window`.
 #[allow(clippy::too_many_arguments)]
-fn window_mask<B: Backend>(
+fn attention_mask<B: Backend>(
     batch: usize,
     heads: usize,
     queries: usize,
     keys: usize,
     offset: usize,
     key_start: usize,
-    window: usize,
+    window: Option<usize>,
+    left_pad: Option<&[usize]>,
     device: &B::Device,
-) -> Tensor<B, 4, Bool> {
-    let mut m = Vec::with_capacity(queries * keys);
-    for i in 0..queries {
-        let q = offset + i;
-        m.extend((key_start..key_start + keys).map(|k| k > q || q - k >= window));
+) -> Option<Tensor<B, 4, Bool>> {
+    let window = window.filter(|&w| keys > w);
+    // Padding matters only while padding columns are among the keys.
+    let left_pad = left_pad.filter(|p| p.iter().any(|&p| p > key_start));
+    if window.is_none() && left_pad.is_none() {
+        return None;
     }
-    Tensor::<B, 2, Bool>::from_data(TensorData::new(m, [queries, keys]), device)
-        .unsqueeze::<4>()
-        .expand([batch, heads, queries, keys])
+    let w = window.unwrap_or(usize::MAX);
+    let hidden = |pad: usize, q: usize, k: usize| k > q || q - k >= w || (k < pad && k != q);
+    let rows = left_pad.map_or(1, <[usize]>::len);
+    let mut m = Vec::with_capacity(rows * queries * keys);
+    for r in 0..rows {
+        let pad = left_pad.map_or(0, |p| p[r]);
+        for i in 0..queries {
+            let q = offset + i;
+            m.extend((key_start..key_start + keys).map(|k| hidden(pad, q, k)));
+        }
+    }
+    let mask = Tensor::<B, 3, Bool>::from_data(TensorData::new(m, [rows, queries, keys]), device);
+    Some(mask.unsqueeze_dim::<4>(1).expand([batch, heads, queries, keys]))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -445,13 +544,26 @@ pub enum Mode {
 }
 
 /// A model with its config: what callers use.
-#[derive(Debug, Clone)]
+///
+/// A burn [`Module`] (the config, RoPE convention and precision ride along as constants), so
+/// models built on it — a reward model's trunk, a policy in an optimizer — are modules too.
+#[derive(Module, Debug)]
 pub struct QwenModel<B: Backend> {
-    pub config: QwenConfig,
     pub model: Qwen<B>,
+    pub config: QwenConfig,
     pub convention: RopeConvention,
     /// The matmuls' float type ([`Precision::Full`] unless set).
     pub precision: Precision,
+}
+
+/// Which positions get logits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Logits {
+    /// Every position, `[batch, seq, vocab]`.
+    All,
+    /// The last column only, `[batch, 1, vocab]`: what generation needs (a 128-token prefill of a
+    /// 152k vocabulary would otherwise spend ~17 GFLOP on logits nobody reads).
+    Last,
 }
 
 impl<B: Backend> QwenModel<B> {
@@ -461,51 +573,10 @@ impl<B: Backend> QwenModel<B> {
     }
 
     /// A model with random weights (normal, `std`; norms at 1), e.g. for tests and benchmarks.
-    ///
-    /// Weights are created eagerly (burn's initializers are lazy, and a lazily initialized module
-    /// that is cloned would draw different weights in each copy).
+    /// [`QwenConfig::init`] is the same with the config's initializer range.
     pub fn random(config: QwenConfig, std: f64, device: &B::Device) -> Self {
-        use burn::module::Param;
-        use burn::tensor::Distribution;
-        let c = &config;
-        let normal = |shape: Vec<usize>| {
-            Tensor::<B, 1>::random([shape.iter().product::<usize>()], Distribution::Normal(0.0, std), device)
-        };
-        let linear = |i: usize, o: usize, bias: bool| Linear {
-            weight: Param::from_tensor(normal(vec![i, o]).reshape([i, o])),
-            bias: bias.then(|| Param::from_tensor(normal(vec![o]))),
-        };
-        let norm =
-            || RmsNorm { gamma: Param::from_tensor(Tensor::ones([c.hidden_size], device)), epsilon: c.rms_norm_eps };
-        let (nh, nkv, hd, h) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim, c.hidden_size);
-        let layers = (0..c.num_hidden_layers)
-            .map(|_| DecoderLayer {
-                input_layernorm: norm(),
-                self_attn: Attention {
-                    q_proj: linear(h, nh * hd, true),
-                    k_proj: linear(h, nkv * hd, true),
-                    v_proj: linear(h, nkv * hd, true),
-                    o_proj: linear(nh * hd, h, false),
-                    num_heads: nh,
-                    num_kv_heads: nkv,
-                    head_dim: hd,
-                },
-                post_attention_layernorm: norm(),
-                mlp: Mlp {
-                    gate_proj: linear(h, c.intermediate_size, false),
-                    up_proj: linear(h, c.intermediate_size, false),
-                    down_proj: linear(c.intermediate_size, h, false),
-                },
-            })
-            .collect();
-        let model = Qwen {
-            embed_tokens: (!c.tie_word_embeddings).then(|| Embedding {
-                weight: Param::from_tensor(normal(vec![c.vocab_size, h]).reshape([c.vocab_size, h])),
-            }),
-            layers,
-            norm: norm(),
-            lm_head: linear(h, c.vocab_size, false),
-        };
+        let model = crate::init::build(&config, &mut crate::init::RandomWeights::new(std, device))
+            .expect("random weights have every shape the layout asks for");
         Self::new(config, model)
     }
 
@@ -513,137 +584,180 @@ impl<B: Backend> QwenModel<B> {
         self.model.lm_head.weight.device()
     }
 
-    fn check_ids(&self, ids: &[Vec<u32>]) -> Result<(usize, usize)> {
-        let b = ids.len();
-        let s = ids.first().map_or(0, Vec::len);
-        if b == 0 || s == 0 {
-            return Err(ModelError::EmptyInput);
-        }
-        for row in ids {
-            if row.len() != s {
-                return Err(ModelError::Config(format!("ragged batch: lengths {} and {}", s, row.len())));
-            }
-            if let Some(&id) = row.iter().find(|&&id| id as usize >= self.config.vocab_size) {
+    /// A batch of token rows of any lengths, left-padded to the longest (padding id 0, masked).
+    ///
+    /// # Errors
+    /// [`ModelError::EmptyInput`] for no rows or an empty row; [`ModelError::TokenOutOfRange`] for
+    /// an id past the vocabulary.
+    pub fn batch<R: AsRef<[u32]>>(&self, rows: &[R]) -> Result<Batch<B>> {
+        for row in rows {
+            if let Some(&id) = row.as_ref().iter().find(|&&id| id as usize >= self.config.vocab_size) {
                 return Err(ModelError::TokenOutOfRange { id, vocab_size: self.config.vocab_size });
             }
         }
-        Ok((b, s))
+        Batch::left_padded(rows, &self.device())
     }
 
-    fn ids_tensor(&self, ids: &[Vec<u32>], b: usize, s: usize) -> Tensor<B, 2, Int> {
-        let flat: Vec<i64> = ids.iter().flatten().map(|&i| i as i64).collect();
-        Tensor::from_data(TensorData::new(flat, [b, s]), &self.device())
-    }
-
-    /// Logits `[batch, seq, vocab]` for a batch of equal-length sequences, without a cache, as the
-    /// reference computes them at inference (dynamic NTK and LogN apply past the training length).
-    pub fn forward(&self, ids: &[Vec<u32>]) -> Result<Tensor<B, 3>> {
+    /// Logits `[batch, seq, vocab]` without a cache, as the reference computes them at inference
+    /// (dynamic NTK and LogN apply past the training length). Rows of different lengths are
+    /// left-padded (see [`QwenModel::batch`]).
+    pub fn forward<R: AsRef<[u32]>>(&self, ids: &[R]) -> Result<Tensor<B, 3>> {
         self.forward_mode(ids, Mode::Inference)
     }
 
     /// Logits without a cache in the given mode.
-    pub fn forward_mode(&self, ids: &[Vec<u32>], mode: Mode) -> Result<Tensor<B, 3>> {
-        let hidden = self.hidden_mode(ids, mode)?;
-        Ok(project(&self.model.lm_head, hidden, self.precision))
+    pub fn forward_mode<R: AsRef<[u32]>>(&self, ids: &[R], mode: Mode) -> Result<Tensor<B, 3>> {
+        self.logits(&self.batch(ids)?, mode)
     }
 
     /// The final-norm hidden states `[batch, seq, hidden]` that the LM head (`lm_head`) turns into
     /// [`QwenModel::forward_mode`]'s logits. Training uses it to fuse the head with the loss.
-    pub fn hidden_mode(&self, ids: &[Vec<u32>], mode: Mode) -> Result<Tensor<B, 3>> {
-        let (b, s) = self.check_ids(ids)?;
-        let input = self.ids_tensor(ids, b, s);
-        let freqs = match mode {
-            Mode::Inference => self.config.rope.frequencies(s),
-            Mode::Training => {
-                qwen_context::Rope { scaling: qwen_context::RopeScaling::None, ..self.config.rope.clone() }
-                    .frequencies(s)
-            }
-        };
-        let scale = if mode == Mode::Inference { self.query_scale(0, s, s) } else { None };
-        Ok(self.run_hidden(input, &freqs, scale, 0, None, false))
+    pub fn hidden_mode<R: AsRef<[u32]>>(&self, ids: &[R], mode: Mode) -> Result<Tensor<B, 3>> {
+        self.hidden(&self.batch(ids)?, mode)
+    }
+
+    /// Logits of a batch, every position, without a cache.
+    pub fn logits(&self, batch: &Batch<B>, mode: Mode) -> Result<Tensor<B, 3>> {
+        Ok(self.head(self.hidden(batch, mode)?))
+    }
+
+    /// Final-norm hidden states of a batch, without a cache.
+    pub fn hidden(&self, batch: &Batch<B>, mode: Mode) -> Result<Tensor<B, 3>> {
+        self.run_hidden(batch, mode, None, Logits::All)
+    }
+
+    /// The LM head on hidden states.
+    pub fn head(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
+        project(&self.model.lm_head, hidden, self.precision)
+    }
+
+    /// Logits for `batch` appended to what `cache` holds; fills the cache (inference mode). The
+    /// first call (prefill) may be left-padded and fixes each row's padding; later calls append
+    /// the same number of tokens to every row, without padding.
+    pub fn decode(&self, batch: &Batch<B>, cache: &mut KvCache<B>, logits: Logits) -> Result<Tensor<B, 3>> {
+        Ok(self.head(self.run_hidden(batch, Mode::Inference, Some(cache), logits)?))
     }
 
     /// Logits for `ids` appended to what `cache` holds; fills the cache.
-    pub fn forward_cached(&self, ids: &[Vec<u32>], cache: &mut KvCache<B>) -> Result<Tensor<B, 3>> {
-        self.cached(ids, cache, false)
+    pub fn forward_cached<R: AsRef<[u32]>>(&self, ids: &[R], cache: &mut KvCache<B>) -> Result<Tensor<B, 3>> {
+        self.decode(&self.batch(ids)?, cache, Logits::All)
     }
 
     /// Like [`QwenModel::forward_cached`], but the LM head runs on the last position only,
-    /// `[batch, 1, vocab]`: what generation needs (a 128-token prefill of a 152k vocabulary would
-    /// otherwise spend ~17 GFLOP on logits nobody reads).
-    pub fn forward_cached_last(&self, ids: &[Vec<u32>], cache: &mut KvCache<B>) -> Result<Tensor<B, 3>> {
-        self.cached(ids, cache, true)
-    }
-
-    fn cached(&self, ids: &[Vec<u32>], cache: &mut KvCache<B>, last_only: bool) -> Result<Tensor<B, 3>> {
-        let (b, s) = self.check_ids(ids)?;
-        let offset = cache.len;
-        let end = offset + s;
-        if end > cache.capacity {
-            return Err(ModelError::SequenceTooLong { len: end, limit: cache.capacity });
-        }
-        if cache.row != b * self.config.num_key_value_heads * self.config.head_dim {
-            return Err(ModelError::Config(format!("batch of {b} does not match the cache")));
-        }
-        let schedule = &self.config.rope;
-        let freqs = match (&cache.prefill_freqs, schedule.changes_during_decode()) {
-            (Some(f), false) => f.clone(),
-            _ => schedule.frequencies(end),
-        };
-        if cache.prefill_freqs.is_none() {
-            cache.prefill_freqs = Some(freqs.clone());
-        }
-        let scale = self.query_scale(offset, s, end);
-        let input = self.ids_tensor(ids, b, s);
-        let out = self.run(input, &freqs, scale, offset, Some(cache), last_only);
-        cache.len = end;
-        Ok(out)
-    }
-
-    /// `[1, 1, s, 1]` LogN factors for queries at `offset..offset+s` over `key_len` keys.
-    fn query_scale(&self, offset: usize, s: usize, key_len: usize) -> Option<Tensor<B, 4>> {
-        let logn = self.config.logn.as_ref()?;
-        let f: Vec<f32> = (offset..offset + s).map(|p| logn.scale(p, key_len)).collect();
-        if f.iter().all(|&x| x == 1.0) {
-            return None;
-        }
-        Some(Tensor::from_data(TensorData::new(f, [1, 1, s, 1]), &self.device()))
-    }
-
-    fn run(
-        &self,
-        input: Tensor<B, 2, Int>,
-        freqs: &RopeFrequencies,
-        query_scale: Option<Tensor<B, 4>>,
-        offset: usize,
-        cache: Option<&mut KvCache<B>>,
-        last_only: bool,
-    ) -> Tensor<B, 3> {
-        let h = self.run_hidden(input, freqs, query_scale, offset, cache, last_only);
-        project(&self.model.lm_head, h, self.precision)
+    /// `[batch, 1, vocab]`.
+    pub fn forward_cached_last<R: AsRef<[u32]>>(&self, ids: &[R], cache: &mut KvCache<B>) -> Result<Tensor<B, 3>> {
+        self.decode(&self.batch(ids)?, cache, Logits::Last)
     }
 
     /// The final-norm hidden states that the LM head reads.
+    ///
+    /// Per row: positions count from the row's first real token; the RoPE frequencies follow the
+    /// row's own length (Qwen-1 dynamic NTK picks alpha per sample, as its code does); LogN scales
+    /// by the row's own positions and length. A batch without padding takes the shared-table path
+    /// of a single sequence.
     fn run_hidden(
         &self,
-        input: Tensor<B, 2, Int>,
-        freqs: &RopeFrequencies,
-        query_scale: Option<Tensor<B, 4>>,
-        offset: usize,
+        batch: &Batch<B>,
+        mode: Mode,
         mut cache: Option<&mut KvCache<B>>,
-        last_only: bool,
-    ) -> Tensor<B, 3> {
-        let s = input.dims()[1];
-        let rope = RopeTables::new(freqs, offset, s, self.convention, &self.device());
-        let step = Step { rope: &rope, query_scale, offset, precision: self.precision };
-        let mut h = self.model.embed(input);
+        logits: Logits,
+    ) -> Result<Tensor<B, 3>> {
+        let [b, s] = batch.ids.dims();
+        if b == 0 || s == 0 {
+            return Err(ModelError::EmptyInput);
+        }
+        let padded = batch.left_pad.iter().any(|&p| p > 0);
+        let (offset, left_pad) = match cache.as_deref_mut() {
+            Some(c) => {
+                if c.batch != b {
+                    return Err(ModelError::Config(format!(
+                        "batch of {b} rows does not match the cache's {}",
+                        c.batch
+                    )));
+                }
+                if c.is_empty() {
+                    c.left_pad = batch.left_pad.clone();
+                } else if padded {
+                    return Err(ModelError::Config("padding is only allowed at prefill (an empty cache)".into()));
+                }
+                if c.len + s > c.capacity {
+                    return Err(ModelError::SequenceTooLong { len: c.len + s, limit: c.capacity });
+                }
+                (c.len, c.left_pad.clone())
+            }
+            None => (0, batch.left_pad.clone()),
+        };
+        let end = offset + s;
+        let any_pad = left_pad.iter().any(|&p| p > 0);
+        // Each row's RoPE frequencies for its own length `end - pad`.
+        let freqs: Vec<RopeFrequencies> = match mode {
+            Mode::Training => {
+                let plain = qwen_context::Rope { scaling: qwen_context::RopeScaling::None, ..self.config.rope.clone() };
+                vec![plain.frequencies(s)]
+            }
+            Mode::Inference => {
+                let schedule = &self.config.rope;
+                let fixed =
+                    cache.as_deref().filter(|c| !c.prefill_freqs.is_empty() && !schedule.changes_during_decode());
+                let rows: Vec<RopeFrequencies> = match fixed {
+                    Some(c) => c.prefill_freqs.clone(),
+                    None => left_pad.iter().map(|&p| schedule.frequencies(end - p)).collect(),
+                };
+                if let Some(c) = cache.as_deref_mut().filter(|c| c.prefill_freqs.is_empty()) {
+                    c.prefill_freqs = rows.clone();
+                }
+                rows
+            }
+        };
+        let device = self.device();
+        let shared = !any_pad && freqs.iter().all(|f| *f == freqs[0]);
+        let rope = if shared {
+            RopeTables::new(&freqs[0], offset, s, self.convention, &device)
+        } else {
+            let rows: Vec<(&RopeFrequencies, i64)> =
+                (0..b).map(|r| (freqs.get(r).unwrap_or(&freqs[0]), offset as i64 - left_pad[r] as i64)).collect();
+            RopeTables::rows(&rows, s, self.convention, &device)
+        };
+        let query_scale = match mode {
+            Mode::Inference => self.query_scale(offset, s, end, if any_pad { &left_pad } else { &[0] }),
+            Mode::Training => None,
+        };
+        let step = Step {
+            rope: &rope,
+            query_scale,
+            offset,
+            left_pad: any_pad.then_some(left_pad.as_slice()),
+            precision: self.precision,
+        };
+        let mut h = self.model.embed(batch.ids.clone());
         for (i, layer) in self.model.layers.iter().enumerate() {
             let window = self.config.windows.window(i);
             let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[i]);
             h = layer.forward(h, &step, window, layer_cache);
         }
-        let h = if last_only { h.narrow(1, s - 1, 1) } else { h };
-        self.model.norm.forward(h)
+        if let Some(c) = cache {
+            c.len = end;
+        }
+        let h = match logits {
+            Logits::Last => h.narrow(1, s - 1, 1),
+            Logits::All => h,
+        };
+        Ok(self.model.norm.forward(h))
+    }
+
+    /// `[rows, 1, s, 1]` LogN factors for the queries at columns `offset..offset + s` of rows with
+    /// `left_pad` padding columns, keys up to column `end`: each row by its own positions and
+    /// length. `None` when every factor is 1.
+    fn query_scale(&self, offset: usize, s: usize, end: usize, left_pad: &[usize]) -> Option<Tensor<B, 4>> {
+        let logn = self.config.logn.as_ref()?;
+        let mut f = Vec::with_capacity(left_pad.len() * s);
+        for &pad in left_pad {
+            f.extend((offset..offset + s).map(|c| if c < pad { 1.0 } else { logn.scale(c - pad, end - pad) }));
+        }
+        if f.iter().all(|&x| x == 1.0) {
+            return None;
+        }
+        Some(Tensor::from_data(TensorData::new(f, [left_pad.len(), 1, s, 1]), &self.device()))
     }
 }
 
@@ -652,12 +766,7 @@ impl<B: burn::tensor::backend::AutodiffBackend> QwenModel<B> {
     /// generation, or as a frozen reference). Shares the weights as they are now.
     pub fn valid(&self) -> QwenModel<B::InnerBackend> {
         use burn::module::AutodiffModule;
-        QwenModel {
-            config: self.config.clone(),
-            model: self.model.valid(),
-            convention: self.convention,
-            precision: self.precision,
-        }
+        AutodiffModule::valid(self)
     }
 }
 

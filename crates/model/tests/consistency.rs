@@ -229,12 +229,21 @@ fn bad_inputs_are_typed_errors() {
     let model = QwenModel::<B>::random(qwen2_config(serde_json::json!({})), 0.2, &device);
     assert!(matches!(model.forward(&[vec![96]]), Err(ModelError::TokenOutOfRange { id: 96, .. })));
     assert!(matches!(model.forward(&[vec![]]), Err(ModelError::EmptyInput)));
-    assert!(matches!(model.forward(&[vec![1, 2], vec![3]]), Err(ModelError::Config(_))));
+    // Rows of different lengths are left-padded, not refused.
+    assert_eq!(model.forward(&[vec![1, 2], vec![3]]).unwrap().dims(), [2, 2, 96]);
     let mut cache = KvCache::new(&model.config, 1, 4, &device);
     assert!(matches!(
         model.forward_cached(&[ids(5, 1)], &mut cache),
         Err(ModelError::SequenceTooLong { len: 5, limit: 4 })
     ));
+    // A cache is for one batch size; padding only at prefill; a row must have a token.
+    assert!(matches!(model.forward_cached(&[vec![1], vec![2]], &mut cache), Err(ModelError::Config(_))));
+    let mut cache = KvCache::new(&model.config, 2, 8, &device);
+    model.forward_cached(&[vec![1, 2], vec![3]], &mut cache).unwrap();
+    assert!(matches!(model.forward_cached(&[vec![1, 2], vec![3]], &mut cache), Err(ModelError::Config(_))));
+    let ids = burn::tensor::Tensor::<B, 2, burn::tensor::Int>::zeros([2, 3], &device);
+    assert!(matches!(qwen_model::Batch::new(ids.clone(), vec![0, 3]), Err(ModelError::Config(_))));
+    assert!(matches!(qwen_model::Batch::new(ids, vec![0]), Err(ModelError::Config(_))));
 }
 
 /// Rewrites the safetensors file of `dir` with `edit` applied to its tensor list.

@@ -11,8 +11,9 @@
 //! plain text.
 
 use crate::error::Result;
+use crate::error::TokenizerError;
 use crate::special::{AllowedSpecial, ENDOFTEXT, IM_END, IM_START};
-use crate::tokenizer::Tokenizer;
+use crate::Tokenize;
 
 /// Qwen-1's default system prompt (`chat()`).
 pub const DEFAULT_SYSTEM: &str = "You are a helpful assistant.";
@@ -113,25 +114,33 @@ impl ChatTokens {
 }
 
 /// Renders ChatML with a tokenizer that has `<|im_start|>` and `<|im_end|>`.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ChatMl<'t> {
-    tokenizer: &'t Tokenizer,
+    tokenizer: &'t dyn Tokenize,
     im_start: u32,
     im_end: u32,
     endoftext: Option<u32>,
     nl: Vec<u32>,
 }
 
+impl std::fmt::Debug for ChatMl<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChatMl").field("im_start", &self.im_start).field("im_end", &self.im_end).finish_non_exhaustive()
+    }
+}
+
 impl<'t> ChatMl<'t> {
     /// Fails with [`TokenizerError::UnknownSpecial`](crate::TokenizerError::UnknownSpecial) when
     /// the vocabulary has no ChatML tokens.
-    pub fn new(tokenizer: &'t Tokenizer) -> Result<Self> {
+    pub fn new(tokenizer: &'t dyn Tokenize) -> Result<Self> {
+        let special =
+            |name: &str| tokenizer.special_id(name).ok_or_else(|| TokenizerError::UnknownSpecial(name.into()));
         Ok(Self {
             tokenizer,
-            im_start: tokenizer.special_id(IM_START)?,
-            im_end: tokenizer.special_id(IM_END)?,
-            endoftext: tokenizer.specials().id(ENDOFTEXT),
-            nl: tokenizer.encode_ordinary("\n")?,
+            im_start: special(IM_START)?,
+            im_end: special(IM_END)?,
+            endoftext: tokenizer.special_id(ENDOFTEXT),
+            nl: tokenizer.encode("\n", &AllowedSpecial::None)?,
         })
     }
 

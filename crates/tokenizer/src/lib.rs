@@ -29,7 +29,7 @@ pub mod tiktoken;
 mod tokenizer;
 pub mod train;
 
-pub use chat::{ChatMl, ChatTokens, Message, Part, Role, Tag, DEFAULT_SYSTEM};
+pub use chat::{ChatMl, ChatTokens, Message, Part, Role, Tag, DEFAULT_MAX_WINDOW, DEFAULT_SYSTEM};
 pub use error::{Result, TokenizerError};
 pub use pretokenize::{Pretokenizer, QWEN_PATTERN};
 pub use special::{AllowedSpecial, SpecialTokens};

@@ -1,13 +1,13 @@
 //! Streaming decode: turn ids into text as they are generated, never splitting a character.
 
 use crate::error::Result;
-use crate::tokenizer::Tokenizer;
+use crate::Tokenize;
 
 /// Decodes ids one at a time for streaming output.
 ///
 /// A multi-byte UTF-8 character can be spread over several tokens; bytes that may still become a
 /// character are held back until it is complete. Bytes that can never be valid UTF-8 come out as
-/// U+FFFD, as in [`Tokenizer::decode_lossy`].
+/// U+FFFD, as in [`crate::Tokenizer::decode_lossy`].
 ///
 /// ```no_run
 /// # use qwen_tokenizer::{Tokenizer, StreamDecoder};
@@ -19,21 +19,26 @@ use crate::tokenizer::Tokenizer;
 /// print!("{}", stream.finish());
 /// # Ok::<(), qwen_tokenizer::TokenizerError>(())
 /// ```
-#[derive(Debug)]
 pub struct StreamDecoder<'a> {
-    tokenizer: &'a Tokenizer,
+    tokenizer: &'a dyn Tokenize,
     pending: Vec<u8>,
+}
+
+impl std::fmt::Debug for StreamDecoder<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamDecoder").field("pending", &self.pending).finish_non_exhaustive()
+    }
 }
 
 impl<'a> StreamDecoder<'a> {
     /// A decoder with nothing pending.
-    pub fn new(tokenizer: &'a Tokenizer) -> Self {
+    pub fn new(tokenizer: &'a dyn Tokenize) -> Self {
         Self { tokenizer, pending: Vec::new() }
     }
 
     /// Adds one id; returns the text that is now complete (possibly empty).
     pub fn push(&mut self, id: u32) -> Result<String> {
-        self.pending.extend_from_slice(self.tokenizer.id_bytes(id)?);
+        self.pending.extend(self.tokenizer.decode_bytes(&[id])?);
         let mut out = String::new();
         let mut rest: &[u8] = &self.pending;
         loop {

@@ -1,0 +1,102 @@
+//! The layer layout, written once: [`build`] asks a [`Weights`] source for every tensor by its HF
+//! Qwen2 name and shape. Random initialisation ([`RandomWeights`]) and checkpoint loading
+//! (`load.rs`, which maps Qwen-1's names and splits its fused `c_attn`) are the two sources.
+
+use burn::module::Param;
+use burn::nn::{Embedding, Linear, RmsNorm};
+use burn::tensor::backend::Backend;
+use burn::tensor::{Distribution, Tensor};
+
+use crate::config::QwenConfig;
+use crate::error::Result;
+use crate::qwen::{Attention, DecoderLayer, Mlp, Qwen};
+
+/// Where a model's tensors come from. Names are HF Qwen2's (`model.layers.3.self_attn.q_proj`).
+pub trait Weights<B: Backend> {
+    /// A linear layer `d_in → d_out` named like HF's `[d_out, d_in]` `{name}.weight` (and
+    /// `{name}.bias`), stored `[d_in, d_out]` as burn does.
+    fn linear(&mut self, name: &str, d_in: usize, d_out: usize, bias: bool) -> Result<Linear<B>>;
+    /// A `[d]` vector (a norm's weight).
+    fn vector(&mut self, name: &str, d: usize) -> Result<Tensor<B, 1>>;
+    /// The token embedding `[vocab, hidden]` (`None` when tied to the head) and the LM head.
+    fn embedding_and_head(
+        &mut self,
+        vocab: usize,
+        hidden: usize,
+        tied: bool,
+    ) -> Result<(Option<Embedding<B>>, Linear<B>)>;
+}
+
+/// The transformer of `config` with tensors from `weights`: layers in order (input norm, q/k/v/o,
+/// post-attention norm, gate/up/down), then the final norm, the embedding and the head.
+pub fn build<B: Backend>(c: &QwenConfig, weights: &mut impl Weights<B>) -> Result<Qwen<B>> {
+    let (h, eps) = (c.hidden_size, c.rms_norm_eps);
+    let (nh, nkv, hd, ff) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim, c.intermediate_size);
+    let norm = |gamma: Tensor<B, 1>| RmsNorm { gamma: Param::from_tensor(gamma), epsilon: eps };
+    let mut layers = Vec::with_capacity(c.num_hidden_layers);
+    for i in 0..c.num_hidden_layers {
+        let p = format!("model.layers.{i}");
+        layers.push(DecoderLayer {
+            input_layernorm: norm(weights.vector(&format!("{p}.input_layernorm.weight"), h)?),
+            self_attn: Attention {
+                q_proj: weights.linear(&format!("{p}.self_attn.q_proj"), h, nh * hd, true)?,
+                k_proj: weights.linear(&format!("{p}.self_attn.k_proj"), h, nkv * hd, true)?,
+                v_proj: weights.linear(&format!("{p}.self_attn.v_proj"), h, nkv * hd, true)?,
+                o_proj: weights.linear(&format!("{p}.self_attn.o_proj"), nh * hd, h, false)?,
+                num_heads: nh,
+                num_kv_heads: nkv,
+                head_dim: hd,
+            },
+            post_attention_layernorm: norm(weights.vector(&format!("{p}.post_attention_layernorm.weight"), h)?),
+            mlp: Mlp {
+                gate_proj: weights.linear(&format!("{p}.mlp.gate_proj"), h, ff, false)?,
+                up_proj: weights.linear(&format!("{p}.mlp.up_proj"), h, ff, false)?,
+                down_proj: weights.linear(&format!("{p}.mlp.down_proj"), ff, h, false)?,
+            },
+        });
+    }
+    let final_norm = norm(weights.vector("model.norm.weight", h)?);
+    let (embed_tokens, lm_head) = weights.embedding_and_head(c.vocab_size, h, c.tie_word_embeddings)?;
+    Ok(Qwen { embed_tokens, layers, norm: final_norm, lm_head })
+}
+
+/// Normal weights with a standard deviation, norms at 1, drawn eagerly (burn's initializers are
+/// lazy, and a lazily initialised module that is cloned would draw different weights per copy).
+pub struct RandomWeights<'a, B: Backend> {
+    std: f64,
+    device: &'a B::Device,
+}
+
+impl<'a, B: Backend> RandomWeights<'a, B> {
+    pub fn new(std: f64, device: &'a B::Device) -> Self {
+        Self { std, device }
+    }
+
+    fn normal<const D: usize>(&self, shape: [usize; D]) -> Tensor<B, D> {
+        Tensor::<B, 1>::random([shape.iter().product::<usize>()], Distribution::Normal(0.0, self.std), self.device)
+            .reshape(shape)
+    }
+}
+
+impl<B: Backend> Weights<B> for RandomWeights<'_, B> {
+    fn linear(&mut self, _name: &str, d_in: usize, d_out: usize, bias: bool) -> Result<Linear<B>> {
+        Ok(Linear {
+            weight: Param::from_tensor(self.normal([d_in, d_out])),
+            bias: bias.then(|| Param::from_tensor(self.normal([d_out]))),
+        })
+    }
+
+    fn vector(&mut self, _name: &str, d: usize) -> Result<Tensor<B, 1>> {
+        Ok(Tensor::ones([d], self.device))
+    }
+
+    fn embedding_and_head(
+        &mut self,
+        vocab: usize,
+        hidden: usize,
+        tied: bool,
+    ) -> Result<(Option<Embedding<B>>, Linear<B>)> {
+        let embed = (!tied).then(|| Embedding { weight: Param::from_tensor(self.normal([vocab, hidden])) });
+        Ok((embed, self.linear("lm_head", hidden, vocab, false)?))
+    }
+}

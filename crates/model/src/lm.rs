@@ -1,0 +1,45 @@
+//! The causal-LM face that training, scoring and alignment are written against: a trunk that maps
+//! a (padded) batch to final-norm hidden states, and a head that maps them to logits. Training
+//! fuses the head with its loss (it needs the head's weight, not only its output); a reward or
+//! value model puts its own head on the same hidden states.
+
+use burn::module::Module;
+use burn::nn::Linear;
+use burn::tensor::backend::Backend;
+use burn::tensor::Tensor;
+
+use crate::batch::Batch;
+use crate::config::QwenConfig;
+use crate::error::Result;
+use crate::qwen::{project, Mode, Precision, QwenModel};
+
+/// A causal language model on backend `B`.
+pub trait CausalLm<B: Backend>: Module<B> {
+    /// The architecture (vocabulary size, context, RoPE, ...).
+    fn config(&self) -> &QwenConfig;
+    /// Final-norm hidden states `[batch, seq, hidden]` of a batch, without a cache.
+    fn hidden(&self, batch: &Batch<B>, mode: Mode) -> Result<Tensor<B, 3>>;
+    /// The LM head, `[hidden, vocab]`.
+    fn lm_head(&self) -> &Linear<B>;
+    /// The float type of the matmuls.
+    fn precision(&self) -> Precision;
+    /// Logits `[batch, seq, vocab]` from hidden states.
+    fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
+        project(self.lm_head(), hidden, self.precision())
+    }
+}
+
+impl<B: Backend> CausalLm<B> for QwenModel<B> {
+    fn config(&self) -> &QwenConfig {
+        &self.config
+    }
+    fn hidden(&self, batch: &Batch<B>, mode: Mode) -> Result<Tensor<B, 3>> {
+        QwenModel::hidden(self, batch, mode)
+    }
+    fn lm_head(&self) -> &Linear<B> {
+        &self.model.lm_head
+    }
+    fn precision(&self) -> Precision {
+        self.precision
+    }
+}

@@ -1,0 +1,105 @@
+//! An interactive multi-turn chat in the terminal, on [`qwen::chat::Chat`].
+//!
+//! ```text
+//! cargo run --release --example chat -- --model DIR [--system TEXT]
+//! ```
+//!
+//! Type a message and press Enter; the reply streams as it is generated. `/reset` forgets the
+//! conversation, `/system TEXT` sets the system prompt (and resets), `/quit` or Ctrl-D ends.
+//! When stdin is not a terminal each line is one message (no prompts are printed), so
+//! `printf 'hi\n' | chat --model DIR` works in scripts.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use qwen::backend::{device, Backend};
+use qwen::chat::{Chat, Flow, StopReason};
+use qwen_model::SamplingConfig;
+
+/// Chats with a model folder (config.json, safetensors, tokenizer.json or a .tiktoken file).
+#[derive(Parser)]
+#[command(name = "chat")]
+struct Args {
+    /// Model folder.
+    #[arg(long)]
+    model: PathBuf,
+    /// The system prompt (default: the tokenizer crate's "You are a helpful assistant.").
+    #[arg(long)]
+    system: Option<String>,
+    /// Most tokens per reply.
+    #[arg(long, default_value_t = 512)]
+    max_new_tokens: usize,
+    /// 0 = greedy (the default, unless generation_config.json says otherwise and this is unset).
+    #[arg(long)]
+    temperature: Option<f32>,
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let mut chat = Chat::<Backend>::load(&args.model, &device())
+        .with_context(|| format!("loading {}", args.model.display()))?
+        .with_max_new_tokens(args.max_new_tokens);
+    if let Some(t) = args.temperature {
+        chat = chat.with_sampling(SamplingConfig {
+            temperature: t,
+            top_p: args.top_p,
+            seed: args.seed,
+            ..Default::default()
+        });
+    }
+    if let Some(s) = &args.system {
+        chat.set_system(s.clone());
+    }
+    let interactive = std::io::stdin().is_terminal();
+    if interactive {
+        eprintln!("chatting with {} ({}); /reset, /system TEXT, /quit", args.model.display(), qwen::backend::name());
+    }
+    let mut out = std::io::stdout().lock();
+    for line in std::io::stdin().lock().lines() {
+        let line = line?;
+        let line = line.trim_end_matches('\r');
+        match line.split_once(' ').map_or((line, ""), |(c, rest)| (c, rest)) {
+            ("/quit", _) => break,
+            ("/reset", _) => {
+                chat.reset();
+                eprintln!("(conversation cleared)");
+                continue;
+            }
+            ("/system", text) => {
+                chat.set_system(text.to_string());
+                chat.reset();
+                eprintln!("(system prompt set; conversation cleared)");
+                continue;
+            }
+            _ if line.trim().is_empty() => continue,
+            _ => {}
+        }
+        let reply = chat.send(line, |piece| {
+            let _ = write!(out, "{piece}");
+            let _ = out.flush();
+            Flow::Continue
+        });
+        match reply {
+            Ok(r) => {
+                writeln!(out)?;
+                if interactive {
+                    let why = match r.stop {
+                        StopReason::Stop(_) => "stop",
+                        StopReason::Length => "length",
+                        StopReason::Cancelled => "cancelled",
+                    };
+                    eprintln!("[{} prompt tokens, {} generated, {why}]", r.prompt_tokens, r.ids.len());
+                }
+            }
+            // A message that does not fit is the user's to shorten: say so and keep chatting.
+            Err(e) => eprintln!("error: {e}"),
+        }
+    }
+    Ok(())
+}
