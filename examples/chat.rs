@@ -28,9 +28,9 @@ struct Args {
     /// The system prompt (default: the tokenizer crate's "You are a helpful assistant.").
     #[arg(long)]
     system: Option<String>,
-    /// Most tokens per reply.
-    #[arg(long, default_value_t = 512)]
-    max_new_tokens: usize,
+    /// Most tokens per reply (default: generation_config.json's `max_new_tokens`, else 512).
+    #[arg(long)]
+    max_new_tokens: Option<usize>,
     /// 0 = greedy (the default, unless generation_config.json says otherwise and this is unset).
     #[arg(long)]
     temperature: Option<f32>,
@@ -42,9 +42,11 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let mut chat = Chat::<Backend>::load(&args.model, &device())
-        .with_context(|| format!("loading {}", args.model.display()))?
-        .with_max_new_tokens(args.max_new_tokens);
+    let mut chat =
+        Chat::<Backend>::load(&args.model, &device()).with_context(|| format!("loading {}", args.model.display()))?;
+    if let Some(n) = args.max_new_tokens {
+        chat = chat.with_max_new_tokens(n);
+    }
     if let Some(t) = args.temperature {
         chat = chat.with_sampling(SamplingConfig {
             temperature: t,

@@ -11,6 +11,22 @@
 //! The variants are enums and data, not traits: every behaviour a config can ask for is one
 //! value the model reads, so configs (de)serialize them and tests cover each.
 //!
+//! ```
+//! use qwen_context::{qwen_ntk_alpha, LayerWindows, LogN, Rope, RopeScaling};
+//!
+//! // Qwen-1 with `use_dynamic_ntk` trained at 2048: plain RoPE inside, NTK-scaled past it.
+//! let rope = Rope::new(10000.0, 128, RopeScaling::QwenDynamicNtk { seq_length: 2048 })?;
+//! assert_eq!(qwen_ntk_alpha(4096, 2048), 3.0);
+//! assert!(rope.frequencies(4096).inv_freq[63] < rope.frequencies(2048).inv_freq[63]);
+//! // LogN: queries past the training length are scaled by log_2048(p + 1).
+//! assert_eq!(LogN { seq_length: 2048 }.scale(100, 4096), 1.0);
+//! assert!(LogN { seq_length: 2048 }.scale(4000, 4096) > 1.0);
+//! // The report's layer-wise windows: short at the bottom, long at the top.
+//! let w = LayerWindows::layer_wise(4, 512, 2048)?;
+//! assert_eq!((w.window(0), w.window(3)), (Some(512), Some(2048)));
+//! # Ok::<(), qwen_context::ContextError>(())
+//! ```
+//!
 //! Everything here is plain `f32`/`usize` math, tested against the formulas of
 //! `qwen-reference.md`; the model crate turns the answers into tensors.
 
@@ -19,7 +35,7 @@ pub mod rope;
 pub mod window;
 
 pub use logn::LogN;
-pub use rope::{Rope, RopeConvention, RopeFrequencies, RopeScaling};
+pub use rope::{qwen_ntk_alpha, Rope, RopeConvention, RopeFrequencies, RopeScaling};
 pub use window::LayerWindows;
 
 /// Errors in long-context settings.
