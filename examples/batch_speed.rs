@@ -40,15 +40,27 @@ fn main() -> anyhow::Result<()> {
     // Warm-up (allocator, kernels).
     model.generate(&prompts[0][..8], &GenerateConfig { max_new_tokens: 2, ..gen.clone() }, |_| true)?;
 
+    // Prefill time: until the first token of the batch (or of each prompt) comes out.
     let t = Instant::now();
-    let batched = model.generate_batch(&prompts, &gen, |_, _| true)?;
+    let mut first = None;
+    let batched = model.generate_batch(&prompts, &gen, |_, _| {
+        first.get_or_insert_with(|| t.elapsed().as_secs_f64());
+        true
+    })?;
     let batched_s = t.elapsed().as_secs_f64();
-    let t = Instant::now();
+    let batched_prefill = first.unwrap_or(batched_s);
     let mut alone = Vec::with_capacity(n);
+    let (mut alone_s, mut alone_prefill) = (0.0, 0.0);
     for p in &prompts {
-        alone.push(model.generate(p, &gen, |_| true)?);
+        let t = Instant::now();
+        let mut first = None;
+        alone.push(model.generate(p, &gen, |_| {
+            first.get_or_insert_with(|| t.elapsed().as_secs_f64());
+            true
+        })?);
+        alone_s += t.elapsed().as_secs_f64();
+        alone_prefill += first.unwrap_or(0.0);
     }
-    let alone_s = t.elapsed().as_secs_f64();
     anyhow::ensure!(batched == alone, "batched tokens differ from one-at-a-time tokens");
 
     let tokens = (n * args.new_tokens) as f64;
@@ -62,6 +74,10 @@ fn main() -> anyhow::Result<()> {
             "batched_tokens_per_s": tokens / batched_s,
             "one_at_a_time_tokens_per_s": tokens / alone_s,
             "ratio": alone_s / batched_s,
+            "batched_prefill_s": batched_prefill,
+            "batched_decode_s": batched_s - batched_prefill,
+            "one_at_a_time_prefill_s": alone_prefill,
+            "one_at_a_time_decode_s": alone_s - alone_prefill,
             "same_tokens": true,
         })
     );

@@ -324,18 +324,29 @@ pub(crate) fn project<B: Backend, const D: usize>(
     x: Tensor<B, D>,
     precision: Precision,
 ) -> Tensor<B, D> {
-    match precision {
-        Precision::Full => linear.forward(x),
+    // One `[rows, in] x [in, out]` matmul for every leading dimension. burn's `Linear::forward` on
+    // `[batch, seq, in]` is a batched matmul that multiplies each batch row against the weight
+    // separately, reading the weight once per row: on the CPU backend a batch of 8 decode rows
+    // then cost 2x what the same rows cost as one matrix (measured on the 151936 x 896 head).
+    let dims = x.dims();
+    let d_in = dims[D - 1];
+    let rows = dims[..D - 1].iter().product::<usize>();
+    let x = x.reshape([rows, d_in]);
+    let w = linear.weight.val();
+    let y = match precision {
+        Precision::Full => x.matmul(w),
         Precision::Bf16 => {
             let dtype = x.dtype();
-            let w = linear.weight.val().cast(FloatDType::BF16).unsqueeze::<D>();
-            let y = x.cast(FloatDType::BF16).matmul(w).cast(dtype);
-            match &linear.bias {
-                Some(b) => y + b.val().unsqueeze::<D>(),
-                None => y,
-            }
+            x.cast(FloatDType::BF16).matmul(w.cast(FloatDType::BF16)).cast(dtype)
         }
-    }
+    };
+    let y = match &linear.bias {
+        Some(b) => y + b.val().unsqueeze::<2>(),
+        None => y,
+    };
+    let mut out = dims;
+    out[D - 1] = y.dims()[1];
+    y.reshape(out)
 }
 
 // ---------------------------------------------------------------------------------------------
