@@ -17,6 +17,11 @@ use serde::{Deserialize, Serialize};
 use crate::error::Result;
 use crate::reward::{ScoreModel, ScoredQwen};
 
+/// A trained score model with its stepper.
+pub(crate) type TrainedScore<B> = (ScoreModel<B>, Stepper<B, ScoredQwen<B>>);
+/// A trained policy with its stepper.
+pub(crate) type TrainedPolicy<B> = (QwenModel<B>, Stepper<B, Qwen<B>>);
+
 /// Name of the state file in a model's checkpoint folder.
 pub const STATE_FILE: &str = "trainer_state.json";
 /// File stem of the optimizer record (the recorder adds `.bin`).
@@ -61,7 +66,7 @@ pub(crate) fn load_score_model<B: AutodiffBackend>(
     optim: OptimConfig,
     schedule: Schedule,
     device: &B::Device,
-) -> Result<(ScoreModel<B>, Stepper<B, ScoredQwen<B>>)> {
+) -> Result<TrainedScore<B>> {
     let dir = dir.join(sub);
     let state: ModelState = read_json(dir.join(STATE_FILE))?;
     let inner = ScoreModel::<B::InnerBackend>::load(&dir, device)?;
@@ -90,7 +95,7 @@ pub(crate) fn load_policy<B: AutodiffBackend>(
     optim: OptimConfig,
     schedule: Schedule,
     device: &B::Device,
-) -> Result<(QwenModel<B>, Stepper<B, Qwen<B>>)> {
+) -> Result<TrainedPolicy<B>> {
     let dir = dir.join(sub);
     let state: ModelState = read_json(dir.join(STATE_FILE))?;
     let policy = load_trainable::<B>(&dir, device, &state.stepper.param_ids, state.convention, state.precision)?;

@@ -240,7 +240,7 @@ impl<S: Stage> Run<S> {
             self.log.write(&Record { stage: self.stage.tag(step), stats: &stats })?;
             on_step(&stats);
             let done = self.stage.steps_done();
-            if done % self.every == 0 || done == self.steps {
+            if done.is_multiple_of(self.every) || done == self.steps {
                 self.checkpoint()?;
             }
         }
