@@ -26,6 +26,12 @@
 //! --tokenizer OUT/tokenizer.json --chat --system "Write words in capitals." --prompt "upper: hello"`)
 //! and the reward model `reward/`
 //! (HF `Qwen2ForSequenceClassification` layout).
+//!
+//! Each stage is a `qwen_align::run` run with its own folder under `OUT/stages/` (its config
+//! `run_config.json`, its `metrics.jsonl`, its latest checkpoint, written every `--checkpoint-every`
+//! steps); `--resume` continues the stages there after a kill, exactly (without it they start over).
+//! The batches are functions of the step (seeded per stage and step), so a resumed run sees the
+//! data an uninterrupted one would.
 
 use std::collections::HashSet;
 use std::io::IsTerminal;
@@ -37,8 +43,8 @@ use clap::Parser;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use qwen::backend::{device, optimizer_update, Backend, TrainBackend};
 use qwen_align::{
-    constant, DpoConfig, DpoTrainer, Overflow, Pair, PairBatch, PpoConfig, PpoOptim, PpoTrainer, RewardTrainer,
-    ScoreModel, SftBatcher,
+    constant, DpoConfig, DpoRunConfig, Overflow, Pair, PairBatch, PpoBatch, PpoConfig, PpoOptim, PpoRunConfig,
+    RewardConfig, Run, ScoreModel, SftBatcher, SftConfig,
 };
 use qwen_data::rng::SplitMix64;
 use qwen_data::{Batcher, TokenBatch};
@@ -46,7 +52,7 @@ use qwen_model::{GenerateConfig, Mode, QwenConfig, QwenModel, SamplingConfig, Sa
 use qwen_tokenizer::train::{BpeTrainer, TrainerConfig};
 use qwen_tokenizer::{AllowedSpecial, ChatMl, ChatTokens, Message, Role, Tokenizer};
 use qwen_train::plot::{save_png, Chart, Series};
-use qwen_train::{evaluate, MetricsLog, OptimConfig, Schedule, TrainConfig, Trainer};
+use qwen_train::{evaluate, OptimConfig, Schedule, TrainConfig};
 use serde_json::json;
 
 /// SFT, reward modelling (PMP then fine-tuning), PPO and DPO on a capitalisation task, measured.
@@ -95,6 +101,13 @@ struct Args {
     seed: u64,
     #[arg(long, default_value = "runs/align")]
     out: PathBuf,
+    /// Steps between the stages' checkpoints (each stage also checkpoints its last step).
+    #[arg(long, default_value_t = 50)]
+    checkpoint_every: u64,
+    /// Continue the stages in `OUT/stages/` from their checkpoints (same flags as the run that
+    /// wrote them) instead of starting over.
+    #[arg(long)]
+    resume: bool,
 }
 
 const SYSTEM: &str = "Write words in capitals.";
@@ -149,6 +162,12 @@ fn near_miss(w: &str, rng: &mut SplitMix64) -> String {
     }
 }
 
+/// The generator of one stage's batch at one step: the data is a function of the step, so that a
+/// resumed stage sees what an uninterrupted one would.
+fn step_rng(seed: u64, stage: u64, step: u64) -> SplitMix64 {
+    SplitMix64::derived(seed, (stage << 40) | step)
+}
+
 struct Task {
     tok: Tokenizer,
     pad: u32,
@@ -156,30 +175,30 @@ struct Task {
 }
 
 impl Task {
-    fn conversation(&self, w: &str) -> Result<ChatTokens> {
+    fn conversation(&self, w: &str) -> qwen_align::Result<ChatTokens> {
         let chat = ChatMl::new(&self.tok)?;
         let messages = [Message::new(Role::User, prompt(w)), Message::new(Role::Assistant, answer(w))];
         Ok(chat.render(SYSTEM, &messages)?)
     }
 
-    /// The ChatML prompt that asks for the reversal of `w` (an open assistant turn).
-    fn prompt_ids(&self, w: &str) -> Result<Vec<u32>> {
+    /// The ChatML prompt that asks for `w` in capitals (an open assistant turn).
+    fn prompt_ids(&self, w: &str) -> qwen_align::Result<Vec<u32>> {
         let chat = ChatMl::new(&self.tok)?;
         Ok(chat.make_context(SYSTEM, &[] as &[(&str, &str)], &prompt(w), usize::MAX)?.ids)
     }
 
-    fn response(&self, text: &str) -> Result<Vec<u32>> {
+    fn response(&self, text: &str) -> qwen_align::Result<Vec<u32>> {
         let mut ids = self.tok.encode(text, &AllowedSpecial::None)?;
         ids.push(self.stop[0]);
         Ok(ids)
     }
 
-    fn pair(&self, w: &str, rejected: &str) -> Result<Pair> {
+    fn pair(&self, w: &str, rejected: &str) -> qwen_align::Result<Pair> {
         Ok(Pair { prompt: self.prompt_ids(w)?, chosen: self.response(&answer(w))?, rejected: self.response(rejected)? })
     }
 
-    fn sft_batch(&self, ws: &[String], seq_len: usize) -> Result<TokenBatch> {
-        let chats = ws.iter().map(|w| self.conversation(w)).collect::<Result<Vec<_>>>()?;
+    fn sft_batch(&self, ws: &[String], seq_len: usize) -> qwen_align::Result<TokenBatch> {
+        let chats = ws.iter().map(|w| self.conversation(w)).collect::<qwen_align::Result<Vec<_>>>()?;
         Ok(SftBatcher { seq_len, pad_id: self.pad, overflow: Overflow::Error }.batch(chats)?)
     }
 
@@ -191,7 +210,7 @@ impl Task {
         ws: &[String],
         sampling: &SamplingConfig,
     ) -> Result<(f64, Vec<Vec<u32>>, Vec<String>)> {
-        let prompts = ws.iter().map(|w| self.prompt_ids(w)).collect::<Result<Vec<_>>>()?;
+        let prompts = ws.iter().map(|w| self.prompt_ids(w)).collect::<qwen_align::Result<Vec<_>>>()?;
         let config = GenerateConfig { max_new_tokens: 10, stop_ids: self.stop.clone(), sampling: sampling.clone() };
         let answers = model.generate_batch(&prompts, &config, |_, _| true)?;
         let texts = answers
@@ -215,12 +234,13 @@ fn rollout_sampling(seed: u64) -> SamplingConfig {
     SamplingConfig { temperature: 1.0, top_p: 0.9, seed, ..SamplingConfig::default() }
 }
 
-fn progress(steps: u64, what: &str) -> ProgressBar {
+fn progress(steps: u64, done: u64, what: &str) -> ProgressBar {
     let pb = ProgressBar::new(steps).with_message(what.to_string());
     pb.set_style(ProgressStyle::with_template("{msg:>5} {bar:30} {pos}/{len} {prefix}").expect("valid template"));
     if !std::io::stderr().is_terminal() {
         pb.set_draw_target(ProgressDrawTarget::hidden());
     }
+    pb.set_position(done);
     pb
 }
 
@@ -235,14 +255,21 @@ fn mean_reward(task: &Task, reward: &ScoreModel<Backend>, ws: &[String], answers
     Ok(total / ws.len() as f64)
 }
 
+/// A pair maker: the word to ask and a generator, to the comparison.
+type MakePair<'a> = dyn Fn(&str, &mut SplitMix64) -> qwen_align::Result<Pair> + 'a;
+
 fn main() -> Result<()> {
     let args = Args::parse();
     qwen::keep_freed_memory();
-    std::fs::create_dir_all(&args.out)?;
-    let mut log = MetricsLog::create(args.out.join("metrics.jsonl"))?;
+    let stages = args.out.join("stages");
+    if !args.resume && stages.exists() {
+        std::fs::remove_dir_all(&stages)?;
+    }
+    std::fs::create_dir_all(&stages)?;
     let started = Instant::now();
     let mut rng = SplitMix64::new(args.seed);
     let (train_words, held_words) = words(&mut rng, 4000);
+    let pick = |rng: &mut SplitMix64| train_words[rng.below(train_words.len() as u64) as usize].clone();
 
     let specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"].map(String::from).to_vec();
     let tok = BpeTrainer::new(TrainerConfig { vocab_size: 256, specials, ..TrainerConfig::default() })?.train()?;
@@ -264,25 +291,35 @@ fn main() -> Result<()> {
         train_words.len()
     );
     let optim = OptimConfig { update: optimizer_update(), ..OptimConfig::default() };
+    let every = args.checkpoint_every;
 
     // 1. SFT.
     let model = QwenModel::<TrainBackend>::random(config, 0.02, &dev);
     let schedule = Schedule::new(2e-3, args.sft_steps / 10 + 1, args.sft_steps);
-    let mut sft = Trainer::new(model, TrainConfig { optim, ..TrainConfig::new(schedule, args.seed) })?;
+    let sft_config = SftConfig {
+        train: TrainConfig { optim, ..TrainConfig::new(schedule, args.seed) },
+        steps: args.sft_steps,
+        checkpoint_every: every,
+    };
     let held_sft = [task.sft_batch(&held_words, seq_len)?];
-    let sft_before = evaluate(&sft.valid_model(), &held_sft, Mode::Training)?;
-    let (em_init, _, _) = task.accuracy(&sft.valid_model(), &held_words)?;
-    let pb = progress(args.sft_steps, "sft");
-    for _ in 0..args.sft_steps {
-        let ws: Vec<String> =
-            (0..args.batch).map(|_| train_words[rng.below(train_words.len() as u64) as usize].clone()).collect();
-        let s = sft.train_step(&[task.sft_batch(&ws, seq_len)?])?;
+    let sft_before = evaluate(&model.valid(), &held_sft, Mode::Training)?;
+    let (em_init, _, _) = task.accuracy(&model.valid(), &held_words)?;
+    let mut sft = Run::sft(&sft_config, model, stages.join("sft"), &dev)?;
+    let pb = progress(args.sft_steps, sft.step(), "sft");
+    let mut sft_data = |step: u64| -> qwen_align::Result<Vec<TokenBatch>> {
+        let mut rng = step_rng(args.seed, 1, step);
+        let ws: Vec<String> = (0..args.batch).map(|_| pick(&mut rng)).collect();
+        Ok(vec![task.sft_batch(&ws, seq_len)?])
+    };
+    sft.train(&mut sft_data, |s| {
         pb.set_prefix(format!("loss {:.3}", s.loss));
         pb.inc(1);
-        log.write(&json!({"stage": "sft", "step": s.step, "loss": s.loss, "lr": s.lr, "grad_norm": s.grad_norm}))?;
-    }
+    })?;
     pb.finish_and_clear();
-    let sft_model = sft.valid_model();
+    let sft_policy = sft.stage.model().clone();
+    let sft_metrics = sft.metrics_path().to_path_buf();
+    drop(sft);
+    let sft_model = sft_policy.valid();
     tok.save_tokenizer_json(args.out.join("tokenizer.json"))?;
     sft_model.save(args.out.join("sft"), SaveDtype::F32)?;
     let sft_after = evaluate(&sft_model, &held_sft, Mode::Training)?;
@@ -300,7 +337,7 @@ fn main() -> Result<()> {
     ensure!(sft_after.loss < 0.5 * sft_before.loss, "SFT did not halve the held-out loss");
 
     // 2. Reward model: PMP on coarse comparisons, then fine-tuning on near misses.
-    let coarse = |w: &str, rng: &mut SplitMix64| -> Result<Pair> {
+    let coarse = |w: &str, rng: &mut SplitMix64| -> qwen_align::Result<Pair> {
         let other = loop {
             let o = answer(&word(rng));
             if o != answer(w) {
@@ -317,9 +354,9 @@ fn main() -> Result<()> {
     };
     let train_mistakes = mistakes(&train_words[..1024], 11)?;
     let held_mistakes = mistakes(&held_words, 13)?;
-    let fine = |w: &str, rng: &mut SplitMix64| -> Result<Pair> { task.pair(w, &near_miss(w, rng)) };
+    let fine = |w: &str, rng: &mut SplitMix64| -> qwen_align::Result<Pair> { task.pair(w, &near_miss(w, rng)) };
     // Fine-tuning pairs: half the policy's mistakes, half synthetic near misses.
-    let fine_or_mistake = |w: &str, rng: &mut SplitMix64| -> Result<Pair> {
+    let fine_or_mistake = |w: &str, rng: &mut SplitMix64| -> qwen_align::Result<Pair> {
         if rng.below(2) == 0 && !train_mistakes.is_empty() {
             let (w, wrong) = &train_mistakes[rng.below(train_mistakes.len() as u64) as usize];
             task.pair(w, wrong)
@@ -327,41 +364,47 @@ fn main() -> Result<()> {
             fine(w, rng)
         }
     };
-    let held_pairs =
-        |make: &dyn Fn(&str, &mut SplitMix64) -> Result<Pair>, rng: &mut SplitMix64| -> Result<Vec<PairBatch>> {
-            let pairs = held_words.iter().map(|w| make(w, rng)).collect::<Result<Vec<_>>>()?;
-            pairs.chunks(32).map(|c| Ok(PairBatch::new(c, task.pad, 128)?)).collect()
-        };
-    let held_fine = held_pairs(&fine, &mut rng)?;
-    let held_policy = held_mistakes
-        .iter()
-        .map(|(w, t)| task.pair(w, t))
-        .collect::<Result<Vec<_>>>()?
-        .chunks(32)
-        .map(|c| Ok(PairBatch::new(c, task.pad, 128)?))
-        .collect::<Result<Vec<_>>>()?;
-    let held_coarse = held_pairs(&coarse, &mut rng)?;
-    let sample = |make: &dyn Fn(&str, &mut SplitMix64) -> Result<Pair>, rng: &mut SplitMix64| -> Result<PairBatch> {
-        let pairs = (0..args.batch)
-            .map(|_| make(&train_words[rng.below(train_words.len() as u64) as usize], rng))
-            .collect::<Result<Vec<_>>>()?;
-        Ok(PairBatch::new(&pairs, task.pad, 128)?)
+    let batches = |pairs: Vec<Pair>| -> Result<Vec<PairBatch>> {
+        pairs.chunks(32).map(|c| Ok(PairBatch::new(c, task.pad, 128)?)).collect()
     };
-    let mut rm = RewardTrainer::new(ScoreModel::from_lm(sft.model().clone()), optim, constant(args.rm_lr, 10))?;
-    let rm_init = (rm.evaluate(&held_coarse)?, rm.evaluate(&held_fine)?, rm.evaluate(&held_policy)?);
-    for (stage, steps, make) in [
-        ("pmp", args.pmp_steps, &coarse as &dyn Fn(&str, &mut SplitMix64) -> Result<Pair>),
-        ("rm", args.rm_steps, &fine_or_mistake),
-    ] {
-        let pb = progress(steps, stage);
-        for _ in 0..steps {
-            let s = rm.train_step(&sample(make, &mut rng)?)?;
+    let held_pairs = |make: &MakePair, rng: &mut SplitMix64| -> Result<Vec<PairBatch>> {
+        batches(held_words.iter().map(|w| make(w, rng)).collect::<qwen_align::Result<Vec<_>>>()?)
+    };
+    let held_fine = held_pairs(&fine, &mut rng)?;
+    let held_policy =
+        batches(held_mistakes.iter().map(|(w, t)| task.pair(w, t)).collect::<qwen_align::Result<Vec<_>>>()?)?;
+    let held_coarse = held_pairs(&coarse, &mut rng)?;
+    // Training comparisons of one step of one stage (1: PMP and fine-tuning, 2: DPO).
+    let sample = |make: &MakePair, stage: u64, step: u64| -> qwen_align::Result<PairBatch> {
+        let mut rng = step_rng(args.seed, stage, step);
+        let pairs = (0..args.batch).map(|_| make(&pick(&mut rng), &mut rng)).collect::<qwen_align::Result<Vec<_>>>()?;
+        PairBatch::new(&pairs, task.pad, 128)
+    };
+    let rm_config = RewardConfig {
+        optim,
+        schedule: constant(args.rm_lr, 10),
+        pmp_steps: args.pmp_steps,
+        finetune_steps: args.rm_steps,
+        checkpoint_every: every,
+    };
+    let rm_start = ScoreModel::from_lm(sft_policy.clone());
+    let rm_init = {
+        let m = rm_start.valid();
+        let eval = |b: &[PairBatch]| qwen_align::evaluate_pairs(&m, b);
+        (eval(&held_coarse)?, eval(&held_fine)?, eval(&held_policy)?)
+    };
+    let mut rm = Run::reward(&rm_config, rm_start, stages.join("reward"), &dev)?;
+    let (mut pmp_data, mut fine_data) = (|step| sample(&coarse, 3, step), |step| sample(&fine_or_mistake, 3, step));
+    for (stage, until) in [("pmp", args.pmp_steps), ("rm", args.pmp_steps + args.rm_steps)] {
+        let first = until - if stage == "pmp" { args.pmp_steps } else { args.rm_steps };
+        let pb = progress(until - first, rm.step().clamp(first, until) - first, stage);
+        rm.train_phases(until, &mut pmp_data, &mut fine_data, |s| {
             pb.set_prefix(format!("loss {:.3} acc {:.2}", s.pairs.loss, s.pairs.accuracy));
             pb.inc(1);
-            log.write(&json!({"stage": stage, "step": s.step, "loss": s.pairs.loss, "accuracy": s.pairs.accuracy}))?;
-        }
+        })?;
         pb.finish_and_clear();
-        let (c, f, p) = (rm.evaluate(&held_coarse)?, rm.evaluate(&held_fine)?, rm.evaluate(&held_policy)?);
+        let t = &rm.stage.trainer;
+        let (c, f, p) = (t.evaluate(&held_coarse)?, t.evaluate(&held_fine)?, t.evaluate(&held_policy)?);
         println!(
             "RM    after {stage:>3}: held-out accuracy: coarse {:.1}% (was {:.1}%), near misses {:.1}% (was {:.1}%), \
              the SFT policy's mistakes {:.1}% (was {:.1}%, {} pairs)",
@@ -374,49 +417,48 @@ fn main() -> Result<()> {
             p.pairs
         );
     }
-    let rm_final = rm.evaluate(&held_fine)?;
+    let rm_final = rm.stage.trainer.evaluate(&held_fine)?;
     ensure!(rm_final.accuracy > rm_init.1.accuracy + 0.2, "the reward model did not learn the near misses");
-    let reward = rm.model.valid();
+    let rm_metrics = rm.metrics_path().to_path_buf();
+    let rm_model = rm.into_stage().trainer.model;
+    let reward = rm_model.valid();
     reward.save(args.out.join("reward"), SaveDtype::F32)?;
+    let mut metrics = vec![sft_metrics, rm_metrics];
 
     if args.ppo_steps > 0 {
         // 3. PPO from the SFT policy.
-        let ppo_config = PpoConfig {
-            max_new_tokens: 10,
-            value_warmup_steps: args.value_warmup,
-            responses_per_query: 2,
-            epochs: 2,
-            kl_coef: args.kl_coef,
-            ..PpoConfig::default()
+        let ppo_config = PpoRunConfig {
+            ppo: PpoConfig {
+                max_new_tokens: 10,
+                value_warmup_steps: args.value_warmup,
+                responses_per_query: 2,
+                epochs: 2,
+                kl_coef: args.kl_coef,
+                ..PpoConfig::default()
+            },
+            optim: PpoOptim { optim, policy: constant(args.ppo_lr, 0), value: constant(10.0 * args.ppo_lr, 0) },
+            stop_ids: task.stop.clone(),
+            pad_id: task.pad,
+            steps: args.ppo_steps,
+            checkpoint_every: every,
         };
-        let ppo_optim = PpoOptim { optim, policy: constant(args.ppo_lr, 0), value: constant(10.0 * args.ppo_lr, 0) };
-        let mut ppo = PpoTrainer::new(
-            sft.model().clone(),
-            rm.model.clone(),
-            reward.clone(),
-            ppo_config,
-            ppo_optim,
-            task.stop.clone(),
-            task.pad,
-        )?;
+        let mut ppo =
+            Run::ppo(&ppo_config, sft_policy.clone(), rm_model.clone(), reward.clone(), stages.join("ppo"), &dev)?;
         let reward_sft = mean_reward(&task, &reward, &held_words, &sft_answers)?;
-        let pb = progress(args.ppo_steps, "ppo");
-        let mut scores = Vec::new();
-        for _ in 0..args.ppo_steps {
-            let prompts = (0..args.batch / 2)
-                .map(|_| task.prompt_ids(&train_words[rng.below(train_words.len() as u64) as usize]))
-                .collect::<Result<Vec<_>>>()?;
-            let s = ppo.step(&prompts, None)?;
-            scores.push(s.score);
+        let pb = progress(args.ppo_steps, ppo.step(), "ppo");
+        let mut ppo_data = |step: u64| -> qwen_align::Result<PpoBatch> {
+            let mut rng = step_rng(args.seed, 4, step);
+            let prompts =
+                (0..args.batch / 2).map(|_| task.prompt_ids(&pick(&mut rng))).collect::<qwen_align::Result<_>>()?;
+            Ok(PpoBatch { prompts, ptx: None })
+        };
+        ppo.train(&mut ppo_data, |s| {
             pb.set_prefix(format!("score {:.3} kl {:.3}", s.score, s.kl));
             pb.inc(1);
-            log.write(
-                &json!({"stage": "ppo", "step": s.step, "score": s.score, "kl": s.kl, "policy_loss": s.policy_loss,
-                "value_loss": s.value_loss, "clip_fraction": s.clip_fraction, "response_len": s.response_len}),
-            )?;
-        }
+        })?;
         pb.finish_and_clear();
-        let ppo_policy = ppo.valid_policy();
+        metrics.push(ppo.metrics_path().to_path_buf());
+        let ppo_policy = ppo.stage.valid_policy();
         let (em_ppo, em_ppo_sampled, ppo_answers) = task.accuracy(&ppo_policy, &held_words)?;
         ppo_policy.save(args.out.join("ppo"), SaveDtype::F32)?;
         let reward_ppo = mean_reward(&task, &reward, &held_words, &ppo_answers)?;
@@ -435,21 +477,27 @@ fn main() -> Result<()> {
 
     if args.dpo_steps > 0 {
         // 4. DPO from the same SFT policy.
-        let mut dpo =
-            DpoTrainer::new(sft.model().clone(), DpoConfig { beta: args.dpo_beta }, optim, constant(args.dpo_lr, 5))?;
-        let dpo_before = dpo.evaluate(&held_fine)?;
-        let pb = progress(args.dpo_steps, "dpo");
-        for _ in 0..args.dpo_steps {
-            let s = dpo.train_step(&sample(&fine_or_mistake, &mut rng)?)?;
+        let dpo_config = DpoRunConfig {
+            dpo: DpoConfig { beta: args.dpo_beta },
+            optim,
+            schedule: constant(args.dpo_lr, 5),
+            steps: args.dpo_steps,
+            checkpoint_every: every,
+        };
+        let mut dpo = Run::dpo(&dpo_config, sft_policy.clone(), stages.join("dpo"), &dev)?;
+        let dpo_before = qwen_align::DpoTrainer::new(sft_policy.clone(), dpo_config.dpo, optim, dpo_config.schedule)?
+            .evaluate(&held_fine)?;
+        let pb = progress(args.dpo_steps, dpo.step(), "dpo");
+        let mut dpo_data = |step| sample(&fine_or_mistake, 5, step);
+        dpo.train(&mut dpo_data, |s| {
             pb.set_prefix(format!("loss {:.3} acc {:.2}", s.stats.loss, s.stats.accuracy));
             pb.inc(1);
-            log.write(&json!({"stage": "dpo", "step": s.step, "loss": s.stats.loss, "accuracy": s.stats.accuracy,
-                "chosen_reward": s.stats.chosen_reward, "rejected_reward": s.stats.rejected_reward}))?;
-        }
+        })?;
         pb.finish_and_clear();
-        let dpo_after = dpo.evaluate(&held_fine)?;
-        let dpo_mistakes = dpo.evaluate(&held_policy)?;
-        let dpo_policy = dpo.policy.valid();
+        metrics.push(dpo.metrics_path().to_path_buf());
+        let dpo_after = dpo.stage.evaluate(&held_fine)?;
+        let dpo_mistakes = dpo.stage.evaluate(&held_policy)?;
+        let dpo_policy = dpo.stage.policy.valid();
         let (em_dpo, em_dpo_sampled, _) = task.accuracy(&dpo_policy, &held_words)?;
         dpo_policy.save(args.out.join("dpo"), SaveDtype::F32)?;
         println!(
@@ -469,7 +517,14 @@ fn main() -> Result<()> {
         ensure!(dpo_after.loss < dpo_before.loss && dpo_after.accuracy > 0.5, "DPO did not learn the preferences");
     }
 
-    let records = qwen_train::read_metrics(log.path())?;
+    // The stages' metrics, in order, as one file (each record tagged by its stage).
+    let mut all = String::new();
+    for m in &metrics {
+        all.push_str(&std::fs::read_to_string(m)?);
+    }
+    let metrics_path = args.out.join("metrics.jsonl");
+    std::fs::write(&metrics_path, all)?;
+    let records = qwen_train::read_metrics(&metrics_path)?;
     let series = |stage: &str, key: &str| -> Vec<(f64, f64)> {
         records
             .iter()
@@ -487,7 +542,7 @@ fn main() -> Result<()> {
             Series { name: "SFT loss".into(), points: series("sft", "loss") },
             Series { name: "RM loss (PMP)".into(), points: series("pmp", "loss") },
             Series { name: "RM loss (fine-tune)".into(), points: series("rm", "loss") },
-            Series { name: "PPO mean score".into(), points: series("ppo", "score") },
+            Series { name: "PPO mean score".into(), points: series("ppo", "objective/scores") },
             Series { name: "DPO loss".into(), points: series("dpo", "loss") },
         ],
     };

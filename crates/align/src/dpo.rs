@@ -6,21 +6,24 @@
 //! The implicit rewards `β · (log π − log π_ref)` are reported, with the fraction of pairs where
 //! the chosen one is higher.
 
+use std::path::Path;
+
 use burn::optim::GradientsParams;
 use burn::tensor::activation::log_sigmoid;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::Tensor;
 use qwen_model::{Mode, Qwen, QwenModel};
-use qwen_train::{OptimConfig, Schedule};
+use qwen_train::{OptimConfig, Schedule, Stepper};
+use serde::{Deserialize, Serialize};
 
+use crate::checkpoint::{load_policy, save_policy};
 use crate::error::{AlignError, Result};
 use crate::logprob::{host, sequence_logprobs, vector};
 use crate::pairs::PairBatch;
 use crate::reward::neg_log_sigmoid;
-use crate::stepper::Stepper;
 
 /// DPO settings.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct DpoConfig {
     /// How far the policy may move from the reference (TRL's default 0.1).
     pub beta: f64,
@@ -29,6 +32,15 @@ pub struct DpoConfig {
 impl Default for DpoConfig {
     fn default() -> Self {
         Self { beta: 0.1 }
+    }
+}
+
+impl DpoConfig {
+    pub fn validate(&self) -> Result<()> {
+        if !(self.beta.is_finite() && self.beta > 0.0) {
+            return Err(AlignError::Config(format!("beta {} must be finite and > 0", self.beta)));
+        }
+        Ok(())
     }
 }
 
@@ -46,7 +58,7 @@ pub fn dpo_loss<B: Backend>(
 }
 
 /// Loss and implicit rewards of a set of comparisons.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
 pub struct DpoStats {
     pub loss: f32,
     /// Mean `β (log π(c) − log π_ref(c))`.
@@ -94,12 +106,13 @@ impl DpoStats {
 }
 
 /// What one DPO update did.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct DpoStep {
     pub step: u64,
     pub lr: f64,
     pub grad_norm: f32,
     /// The batch's stats before the update.
+    #[serde(flatten)]
     pub stats: DpoStats,
 }
 
@@ -120,11 +133,36 @@ pub struct DpoTrainer<B: AutodiffBackend> {
 impl<B: AutodiffBackend> DpoTrainer<B> {
     /// The reference is a frozen copy of `policy` as it is now (usually the SFT model).
     pub fn new(policy: QwenModel<B>, config: DpoConfig, optim: OptimConfig, schedule: Schedule) -> Result<Self> {
-        if !(config.beta.is_finite() && config.beta > 0.0) {
-            return Err(AlignError::Config(format!("beta {} must be finite and > 0", config.beta)));
-        }
+        config.validate()?;
         let reference = policy.valid();
         Ok(Self { policy, reference, config, stepper: Stepper::new(optim, schedule)? })
+    }
+
+    /// Updates taken.
+    pub fn step(&self) -> u64 {
+        self.stepper.step()
+    }
+
+    /// Writes the policy (HF layout, f32), the optimizer state and a state file into `dir`,
+    /// atomically. The reference is not saved: it is the policy the run started from, which
+    /// [`DpoTrainer::resume`] takes again.
+    pub fn save_checkpoint(&self, dir: impl AsRef<Path>) -> Result<()> {
+        qwen_train::persist::write_dir_atomically(dir, |tmp| save_policy(&self.policy, &self.stepper, tmp, ""))
+    }
+
+    /// The trainer [`DpoTrainer::save_checkpoint`] wrote to `dir`; `reference` is the policy the
+    /// run started from, `config`, `optim` and `schedule` the run's.
+    pub fn resume(
+        dir: impl AsRef<Path>,
+        reference: QwenModel<B::InnerBackend>,
+        config: DpoConfig,
+        optim: OptimConfig,
+        schedule: Schedule,
+        device: &B::Device,
+    ) -> Result<Self> {
+        config.validate()?;
+        let (policy, stepper) = load_policy(dir.as_ref(), "", optim, schedule, device)?;
+        Ok(Self { policy, reference, config, stepper })
     }
 
     /// One update on `batch`.

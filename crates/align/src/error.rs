@@ -7,8 +7,9 @@ use thiserror::Error;
 pub enum AlignError {
     #[error(transparent)]
     Model(#[from] qwen_model::ModelError),
+    /// Training-crate errors other than a non-finite update (that one is [`AlignError::NonFinite`]).
     #[error(transparent)]
-    Train(#[from] qwen_train::TrainError),
+    Train(qwen_train::TrainError),
     #[error(transparent)]
     Tokenizer(#[from] qwen_tokenizer::TokenizerError),
     #[error(transparent)]
@@ -23,6 +24,17 @@ pub enum AlignError {
     /// A loss or gradient norm was NaN or infinite; nothing was updated.
     #[error("non-finite {what} at step {step}")]
     NonFinite { step: u64, what: &'static str },
+}
+
+impl From<qwen_train::TrainError> for AlignError {
+    /// The shared [`Stepper`](qwen_train::Stepper) refuses NaN/Inf updates with the training
+    /// crate's error; alignment reports them as its own [`AlignError::NonFinite`].
+    fn from(e: qwen_train::TrainError) -> Self {
+        match e {
+            qwen_train::TrainError::NonFinite { step, what } => Self::NonFinite { step, what },
+            e => Self::Train(e),
+        }
+    }
 }
 
 /// `Result` with [`AlignError`].

@@ -10,10 +10,13 @@
 //! - [`ppo`]: [`PpoTrainer`] with policy, value, reference and reward models, KL-penalized rewards,
 //!   GAE, clipped policy and value losses, value warm-up and an optional pretraining loss.
 //! - [`dpo`]: [`DpoTrainer`], the policy against a frozen reference on comparisons.
-//! - [`stepper`]: one checked, clipped AdamW update for any of these modules.
+//! - [`run`]: each stage as a config-driven run ([`SftConfig`], [`RewardConfig`], [`PpoRunConfig`],
+//!   [`DpoRunConfig`] → [`Run`]) with a metrics JSONL, atomic checkpoints, its config saved in its
+//!   output folder, and exact resume after a kill.
 //!
-//! Every trainer refuses a NaN/Inf loss or gradient norm with [`AlignError::NonFinite`] and leaves
-//! the model untouched.
+//! Every trainer updates through the training crate's one [`Stepper`] (the pretraining
+//! trainer's checks, clipping and AdamW), refuses a NaN/Inf loss or gradient norm with
+//! [`AlignError::NonFinite`] and leaves the model untouched.
 //!
 //! The losses are plain functions of tensors, usable on their own:
 //!
@@ -31,23 +34,29 @@
 //! assert_eq!((advantages, returns), (vec![1.0, 1.0], vec![1.0, 1.0]));
 //! ```
 
+mod checkpoint;
 pub mod dpo;
 mod error;
 pub mod logprob;
 pub mod pairs;
 pub mod ppo;
 pub mod reward;
+pub mod run;
 pub mod sft;
-pub mod stepper;
 
 pub use dpo::{dpo_loss, DpoConfig, DpoStats, DpoStep, DpoTrainer};
 pub use error::{AlignError, Result};
 pub use logprob::{sequence_logprobs, token_logprobs};
 pub use pairs::{Pair, PairBatch, ResponseBatch};
 pub use ppo::{
-    clipped_policy_loss, clipped_value_loss, gae, kl_penalized_rewards, whiten, PpoConfig, PpoOptim, PpoStats,
-    PpoTrainer, RewardNorm, Rollout, RunningMoments,
+    clipped_policy_loss, clipped_value_loss, gae, kl_penalized_rewards, ratio_stats, value_clip_fraction, whiten,
+    PpoConfig, PpoOptim, PpoStats, PpoTrainer, RewardNorm, Rollout, RunningMoments, UpdateStats,
 };
+/// The one update step, shared with pretraining (re-exported from `qwen-train`).
+pub use qwen_train::{constant, Applied, Stepper};
 pub use reward::{evaluate_pairs, pairwise_loss, PairStats, RewardStep, RewardTrainer, ScoreModel, ScoredQwen};
+pub use run::{
+    load_config, DpoRun, DpoRunConfig, EpochSampler, PpoBatch, PpoRun, PpoRunConfig, RewardConfig, RewardRun,
+    RewardStage, Run, RunConfig, SftBatch, SftConfig, SftRun, Stage, StepData,
+};
 pub use sft::{sft_labels, sft_sequence, Overflow, SftBatcher};
-pub use stepper::{constant, Applied, Stepper};

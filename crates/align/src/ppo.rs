@@ -16,22 +16,43 @@
 //!
 //! The formulas follow TRL's `PPOTrainer` (`qwen-reference.md`): `pg = mean(max(−A·ρ, −A·clip(ρ,
 //! 1 ± ε)))`, `vf = ½ mean(max((V − R)², (clip(V, V_old ± ε_v) − R)²))`.
+//!
+//! [`PpoStats`] are TRL's metrics under TRL's names (`objective/kl`, `policy/approxkl_avg`, ...):
+//! the per-update ones ([`UpdateStats`]) are computed on every minibatch and averaged over all
+//! epochs × minibatches, as TRL does.
+
+use std::path::Path;
 
 use burn::optim::GradientsParams;
+use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor, TensorData};
 use qwen_data::TokenBatch;
-use qwen_model::{GenerateConfig, Mode, Qwen, QwenModel, SamplingConfig};
-use qwen_train::{cross_entropy, OptimConfig, Schedule};
+use qwen_model::{GenerateConfig, Mode, Qwen, QwenModel, Sampler, SamplingConfig};
+use qwen_train::persist::{read_json, write_dir_atomically, write_json};
+use qwen_train::{cross_entropy, OptimConfig, Schedule, Stepper};
+use serde::{Deserialize, Serialize};
 
+use crate::checkpoint::{load_policy, load_score_model, save_policy, save_score_model};
 use crate::error::{AlignError, Result};
 use crate::logprob::{host, token_logprobs, vector};
 use crate::pairs::ResponseBatch;
 use crate::reward::{ScoreModel, ScoredQwen};
-use crate::stepper::Stepper;
+
+/// serde for [`SamplingConfig`] (the model crate does not derive it).
+#[derive(Serialize, Deserialize)]
+#[serde(remote = "SamplingConfig")]
+pub(crate) struct SamplingDef {
+    temperature: f32,
+    top_k: usize,
+    top_p: f32,
+    repetition_penalty: f32,
+    seed: u64,
+}
 
 /// How raw reward-model scores are normalized before they enter the rewards.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum RewardNorm {
     /// Scores as they are.
     None,
@@ -43,7 +64,7 @@ pub enum RewardNorm {
 }
 
 /// PPO settings; [`Default`] is the report's where it gives a value, TRL's otherwise.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PpoConfig {
     /// KL penalty coefficient (report 0.04).
     pub kl_coef: f64,
@@ -64,6 +85,7 @@ pub struct PpoConfig {
     pub responses_per_query: usize,
     pub max_new_tokens: usize,
     /// Rollout sampling (report: top-p 0.9).
+    #[serde(with = "SamplingDef")]
     pub sampling: SamplingConfig,
     pub reward_norm: RewardNorm,
     pub whiten_advantages: bool,
@@ -103,16 +125,16 @@ impl PpoConfig {
             && self.responses_per_query > 0
             && self.max_new_tokens > 0
             && self.ptx_coef >= 0.0;
-        if ok {
-            Ok(())
-        } else {
-            Err(AlignError::Config(format!("PPO settings out of range: {self:?}")))
+        if !ok {
+            return Err(AlignError::Config(format!("PPO settings out of range: {self:?}")));
         }
+        Sampler::new(self.sampling.clone())?;
+        Ok(())
     }
 }
 
 /// Running mean and variance of a stream (Chan et al.'s parallel update).
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
 pub struct RunningMoments {
     pub count: f64,
     pub mean: f64,
@@ -209,6 +231,48 @@ pub fn clipped_value_loss<B: Backend>(
     a.max_pair(b).mean().mul_scalar(0.5)
 }
 
+/// Mean ratio `exp(logp − old_logp)`, TRL's `approxkl` `½ mean((logp − old_logp)²)`, and the
+/// fraction of tokens where the clipped surrogate term `−A·clip(ρ, 1 ± ε)` exceeds `−A·ρ` (TRL's
+/// `pg_clipfrac`), over one minibatch's response tokens.
+pub fn ratio_stats(logp: &[f32], old_logp: &[f32], advantages: &[f32], clip: f64) -> (f32, f32, f32) {
+    let n = logp.len().max(1) as f32;
+    let (mut ratio_sum, mut sq, mut clipped) = (0f32, 0f32, 0usize);
+    for ((&p, &q), &a) in logp.iter().zip(old_logp).zip(advantages) {
+        let d = p - q;
+        let r = d.exp();
+        ratio_sum += r;
+        sq += d * d;
+        let rc = r.clamp((1.0 - clip) as f32, (1.0 + clip) as f32);
+        clipped += (-a * rc > -a * r) as usize;
+    }
+    (ratio_sum / n, 0.5 * sq / n, clipped as f32 / n)
+}
+
+/// Fraction of tokens where the clipped value term `(V_old + clip(V − V_old, ±ε) − R)²` exceeds
+/// `(V − R)²` (TRL's `vf_clipfrac`).
+pub fn value_clip_fraction(values: &[f32], old_values: &[f32], returns: &[f32], clip: f64) -> f32 {
+    let clip = clip as f32;
+    let clipped = values
+        .iter()
+        .zip(old_values)
+        .zip(returns)
+        .filter(|((&v, &o), &r)| (o + (v - o).clamp(-clip, clip) - r).powi(2) > (v - r).powi(2))
+        .count();
+    clipped as f32 / values.len().max(1) as f32
+}
+
+/// Mean entropy `−Σ p log p` of the next-token distributions at `positions` of the flat
+/// `[batch · seq]` positions of `logits` `[batch, seq, vocab]`.
+fn mean_entropy<B: Backend>(logits: Tensor<B, 3>, positions: &[i64]) -> f32 {
+    let [b, s, v] = logits.dims();
+    let device = logits.device();
+    let index = Tensor::<B, 1, Int>::from_data(TensorData::new(positions.to_vec(), [positions.len()]), &device);
+    let picked = logits.reshape([b * s, v]).select(0, index);
+    let logp = log_softmax(picked, 1);
+    let entropy = (logp.clone().exp() * logp).sum_dim(1).neg();
+    host(entropy.mean())[0]
+}
+
 /// One rollout, scored: everything the updates need, per response token in row-major order.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rollout {
@@ -244,21 +308,90 @@ impl Minibatch<'_> {
     }
 }
 
-/// What one PPO step did.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
+/// What the updates on one minibatch measured (TRL's per-minibatch statistics). The policy's are
+/// 0 when the policy was not updated (value warm-up).
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct UpdateStats {
+    /// Clipped surrogate loss.
+    #[serde(rename = "loss/policy_avg")]
+    pub policy_loss: f32,
+    /// Clipped value loss.
+    #[serde(rename = "loss/value_avg")]
+    pub value_loss: f32,
+    /// `½ mean((log π − log π_old)²)` over response tokens (TRL's `approxkl`).
+    #[serde(rename = "policy/approxkl_avg")]
+    pub approx_kl: f32,
+    /// Fraction of response tokens where the clipped surrogate term is the larger (TRL's
+    /// `pg_clipfrac`).
+    #[serde(rename = "policy/clipfrac_avg")]
+    pub clip_fraction: f32,
+    /// Fraction of response tokens where the clipped value term is the larger (`vf_clipfrac`).
+    #[serde(rename = "val/clipfrac_avg")]
+    pub value_clip_fraction: f32,
+    /// Mean entropy of the policy's next-token distribution at response positions, in nats.
+    #[serde(rename = "policy/entropy_avg")]
+    pub entropy: f32,
+    /// Mean ratio `π / π_old` over response tokens.
+    #[serde(rename = "val/ratio")]
+    pub ratio: f32,
+}
+
+impl UpdateStats {
+    /// The unweighted mean of each field over `parts` (TRL averages its per-minibatch statistics
+    /// over epochs × minibatches this way); all zeros when `parts` is empty.
+    pub fn mean(parts: &[UpdateStats]) -> Self {
+        let n = parts.len().max(1) as f32;
+        let m = |f: fn(&UpdateStats) -> f32| parts.iter().map(f).sum::<f32>() / n;
+        Self {
+            policy_loss: m(|p| p.policy_loss),
+            value_loss: m(|p| p.value_loss),
+            approx_kl: m(|p| p.approx_kl),
+            clip_fraction: m(|p| p.clip_fraction),
+            value_clip_fraction: m(|p| p.value_clip_fraction),
+            entropy: m(|p| p.entropy),
+            ratio: m(|p| p.ratio),
+        }
+    }
+}
+
+/// What one PPO step did, under TRL's metric names.
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
 pub struct PpoStats {
     pub step: u64,
     /// Mean raw reward-model score of the rollout.
+    #[serde(rename = "objective/scores")]
     pub score: f32,
-    /// Mean summed `log π − log π_ref` per response.
+    /// Mean summed `log π − log π_ref` per response (at rollout).
+    #[serde(rename = "objective/kl")]
     pub kl: f32,
-    pub policy_loss: f32,
-    pub value_loss: f32,
-    /// Fraction of response tokens whose ratio was clipped (last epoch).
-    pub clip_fraction: f32,
+    /// Mean summed `−log π` of the sampled tokens per response (at rollout).
+    #[serde(rename = "objective/entropy")]
+    pub entropy: f32,
+    /// Mean summed KL penalty `−kl_coef · (log π − log π_ref)` per response.
+    #[serde(rename = "objective/non_score_reward")]
+    pub non_score_reward: f32,
+    /// `non_score_reward + score`.
+    #[serde(rename = "objective/rlhf_reward")]
+    pub rlhf_reward: f32,
+    /// The per-minibatch statistics averaged over every epoch and minibatch (the policy's over the
+    /// minibatches that updated it).
+    #[serde(flatten)]
+    pub updates: UpdateStats,
+    /// Variance of the per-minibatch mean ratios.
+    #[serde(rename = "val/ratio_var")]
+    pub ratio_var: f32,
+    /// Responses that ended with a stop token.
+    #[serde(rename = "val/num_eos_tokens")]
+    pub eos_tokens: usize,
+    /// The policy's learning rate (of its last update; 0 without one).
+    pub lr: f64,
+    /// Mean response length in tokens.
     pub response_len: f32,
     /// Whether the policy was updated (false during the value warm-up).
     pub policy_updated: bool,
+    /// Each minibatch's statistics, in order (epoch-major); not in the metrics.
+    #[serde(skip)]
+    pub minibatches: Vec<UpdateStats>,
 }
 
 /// The four models, two optimizers and the running reward statistics.
@@ -277,8 +410,17 @@ pub struct PpoTrainer<B: AutodiffBackend> {
     step: u64,
 }
 
+/// File name of the PPO state (step, reward moments) in a checkpoint.
+pub const PPO_STATE_FILE: &str = "ppo_state.json";
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+struct PpoState {
+    step: u64,
+    moments: RunningMoments,
+}
+
 /// The settings of the two optimizers.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct PpoOptim {
     pub optim: OptimConfig,
     /// Report: constant 1e-6.
@@ -324,6 +466,42 @@ impl<B: AutodiffBackend> PpoTrainer<B> {
     /// PPO steps taken.
     pub fn step_count(&self) -> u64 {
         self.step
+    }
+
+    /// Writes the policy and the value model (each with its optimizer state: `policy/`, `value/`),
+    /// the step count and the running reward moments into `dir`, atomically. The frozen models are
+    /// not saved: the reference is the policy the run started from and the reward model is an
+    /// input; [`PpoTrainer::resume`] takes both again.
+    pub fn save_checkpoint(&self, dir: impl AsRef<Path>) -> Result<()> {
+        write_dir_atomically(dir, |tmp| {
+            save_policy(&self.policy, &self.policy_step, tmp, "policy")?;
+            save_score_model(&self.value, &self.value_step, tmp, "value")?;
+            let state = PpoState { step: self.step, moments: self.moments };
+            Ok(write_json(tmp.join(PPO_STATE_FILE), &state)?)
+        })
+    }
+
+    /// The trainer [`PpoTrainer::save_checkpoint`] wrote to `dir`. `reference` is the policy the
+    /// run started from, `reward` its reward model; the settings are the run's.
+    #[allow(clippy::too_many_arguments)]
+    pub fn resume(
+        dir: impl AsRef<Path>,
+        reference: QwenModel<B::InnerBackend>,
+        reward: ScoreModel<B::InnerBackend>,
+        config: PpoConfig,
+        optim: PpoOptim,
+        stop_ids: Vec<u32>,
+        pad_id: u32,
+        device: &B::Device,
+    ) -> Result<Self> {
+        let dir = dir.as_ref();
+        let state: PpoState = read_json(dir.join(PPO_STATE_FILE))?;
+        let (policy, policy_step) = load_policy(dir, "policy", optim.optim, optim.policy, device)?;
+        let (value, value_step) = load_score_model(dir, "value", optim.optim, optim.value, device)?;
+        let mut trainer = Self::new(policy, value, reward, config, optim, stop_ids, pad_id)?;
+        (trainer.reference, trainer.moments, trainer.step) = (reference, state.moments, state.step);
+        (trainer.policy_step, trainer.value_step) = (policy_step, value_step);
+        Ok(trainer)
     }
 
     /// Samples responses to `prompts` with the current policy and scores them (no update).
@@ -408,7 +586,6 @@ impl<B: AutodiffBackend> PpoTrainer<B> {
             token_start.push(token_start.last().copied().unwrap_or(0) + r.len());
         }
         for _ in 0..self.config.epochs {
-            let (mut clipped, mut counted) = (0usize, 0usize);
             for first in (0..rows).step_by(size.max(1)) {
                 let last = (first + size).min(rows);
                 let tokens = token_start[first]..token_start[last];
@@ -423,51 +600,69 @@ impl<B: AutodiffBackend> PpoTrainer<B> {
                     advantages: &rollout.advantages[tokens.clone()],
                     returns: &rollout.returns[tokens],
                 };
-                stats.value_loss = self.update_value(&part)?;
+                let mut update = self.update_value(&part)?;
                 if update_policy {
-                    let (loss, c) = self.update_policy(&part, ptx)?;
-                    stats.policy_loss = loss;
-                    clipped += c;
-                    counted += part.positions.len();
+                    stats.lr = self.update_policy(&part, ptx, &mut update)?;
                 }
+                stats.minibatches.push(update);
             }
-            stats.clip_fraction = clipped as f32 / counted.max(1) as f32;
         }
         self.step += 1;
-        let rows_n = rollout.responses.len().max(1) as f32;
         stats.step = self.step;
+        stats.updates = UpdateStats::mean(&stats.minibatches);
+        if update_policy {
+            let ratios: Vec<f32> = stats.minibatches.iter().map(|u| u.ratio).collect();
+            let mean = ratios.iter().sum::<f32>() / ratios.len().max(1) as f32;
+            // torch's `var()`: the unbiased estimate.
+            stats.ratio_var = ratios.iter().map(|r| (r - mean).powi(2)).sum::<f32>() / (ratios.len().max(2) - 1) as f32;
+        }
+        let rows_n = rollout.responses.len().max(1) as f32;
         stats.score = rollout.scores.iter().sum::<f32>() / rows_n;
         let kl: f32 = rollout.old_logprobs.iter().zip(&rollout.ref_logprobs).map(|(p, q)| p - q).sum();
         stats.kl = kl / rows_n;
+        stats.entropy = -rollout.old_logprobs.iter().sum::<f32>() / rows_n;
+        stats.non_score_reward = -(self.config.kl_coef as f32) * stats.kl;
+        stats.rlhf_reward = stats.non_score_reward + stats.score;
+        stats.eos_tokens =
+            rollout.responses.iter().filter(|r| r.last().is_some_and(|t| self.stop_ids.contains(t))).count();
         stats.response_len = rollout.responses.iter().map(Vec::len).sum::<usize>() as f32 / rows_n;
         Ok(stats)
     }
 
-    /// One value-model update on a minibatch; returns its clipped value loss.
-    fn update_value(&mut self, part: &Minibatch<'_>) -> Result<f32> {
+    /// One value-model update on a minibatch; returns its value loss and clip fraction.
+    fn update_value(&mut self, part: &Minibatch<'_>) -> Result<UpdateStats> {
         let device = self.policy.device();
         let t = |v: &[f32]| vector::<B>(v.to_vec(), &device);
         let positions = part.position_tensor::<B>(&device);
         let values = self.value.scores(part.rows)?.reshape([-1]).select(0, positions);
+        let clipped = value_clip_fraction(&host(values.clone()), part.old_values, part.returns, self.config.value_clip);
         let vf = clipped_value_loss(values, t(part.old_values), t(part.returns), self.config.value_clip);
         let loss = host(vf.clone())[0];
         let grads = GradientsParams::from_grads(vf.backward(), &self.value.module);
         self.value_step.apply(&mut self.value.module, loss, grads)?;
-        Ok(loss)
+        Ok(UpdateStats { value_loss: loss, value_clip_fraction: clipped, ..UpdateStats::default() })
     }
 
-    /// One policy update on a minibatch (plus the ptx loss when on); returns the clipped
-    /// surrogate loss and how many tokens' ratios were outside the clip range.
-    fn update_policy(&mut self, part: &Minibatch<'_>, ptx: Option<&TokenBatch>) -> Result<(f32, usize)> {
+    /// One policy update on a minibatch (plus the ptx loss when on); fills in the policy's
+    /// statistics and returns the learning rate used.
+    fn update_policy(
+        &mut self,
+        part: &Minibatch<'_>,
+        ptx: Option<&TokenBatch>,
+        stats: &mut UpdateStats,
+    ) -> Result<f64> {
         let device = self.policy.device();
         let t = |v: &[f32]| vector::<B>(v.to_vec(), &device);
         let positions = part.position_tensor::<B>(&device);
         let logits = self.policy.forward_mode(part.rows, Mode::Training)?;
+        stats.entropy = mean_entropy(logits.clone().inner(), &part.positions);
         let logp = token_logprobs(logits, part.targets)?.reshape([-1]).select(0, positions);
-        let ratio = host((logp.clone() - t(part.old_logprobs)).exp());
-        let clipped = ratio.iter().filter(|r| (**r as f64 - 1.0).abs() > self.config.clip).count();
+        let new_logp = host(logp.clone());
+        let (ratio, approx_kl, clip_fraction) =
+            ratio_stats(&new_logp, part.old_logprobs, part.advantages, self.config.clip);
+        (stats.ratio, stats.approx_kl, stats.clip_fraction) = (ratio, approx_kl, clip_fraction);
         let mut loss = clipped_policy_loss(logp, t(part.old_logprobs), t(part.advantages), self.config.clip);
-        let policy_loss = host(loss.clone())[0];
+        stats.policy_loss = host(loss.clone())[0];
         if let (Some(b), true) = (ptx, self.config.ptx_coef > 0.0) {
             let ptx_rows: Vec<Vec<u32>> = (0..b.batch).map(|i| b.input_row(i).to_vec()).collect();
             let lm = cross_entropy(self.policy.forward_mode(&ptx_rows, Mode::Training)?, &b.targets)?;
@@ -475,8 +670,7 @@ impl<B: AutodiffBackend> PpoTrainer<B> {
         }
         let total = host(loss.clone())[0];
         let grads = GradientsParams::from_grads(loss.backward(), &self.policy.model);
-        self.policy_step.apply(&mut self.policy.model, total, grads)?;
-        Ok((policy_loss, clipped))
+        Ok(self.policy_step.apply(&mut self.policy.model, total, grads)?.lr)
     }
 
     /// The policy on the inner backend, for evaluation or generation.

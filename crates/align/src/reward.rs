@@ -21,12 +21,14 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Distribution, Int, Tensor, TensorData};
 use qwen_context::RopeConvention;
 use qwen_model::{Extra, Family, Mode, Precision, Qwen, QwenConfig, QwenModel, SaveDtype};
-use qwen_train::{OptimConfig, Schedule};
+use qwen_train::persist::write_dir_atomically;
+use qwen_train::{OptimConfig, Schedule, Stepper};
+use serde::{Deserialize, Serialize};
 
+use crate::checkpoint::{load_score_model, save_score_model};
 use crate::error::{AlignError, Result};
 use crate::logprob::host;
 use crate::pairs::PairBatch;
-use crate::stepper::Stepper;
 
 /// The trainable part of a score model: the trunk and a `[hidden, 1]` head with a bias.
 ///
@@ -152,7 +154,7 @@ pub(crate) fn neg_log_sigmoid(d: f32) -> f32 {
 }
 
 /// Loss, accuracy and margin of a set of comparisons.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
 pub struct PairStats {
     /// Mean pairwise loss.
     pub loss: f32,
@@ -189,12 +191,13 @@ impl PairStats {
 }
 
 /// What one reward-model update did.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct RewardStep {
     pub step: u64,
     pub lr: f64,
     pub grad_norm: f32,
     /// The batch's stats before the update.
+    #[serde(flatten)]
     pub pairs: PairStats,
 }
 
@@ -229,6 +232,24 @@ impl<B: AutodiffBackend> RewardTrainer<B> {
     /// Loss, accuracy and margin on held-out batches, without gradients.
     pub fn evaluate(&self, batches: &[PairBatch]) -> Result<PairStats> {
         evaluate_pairs(&self.model.valid(), batches)
+    }
+
+    /// Updates taken.
+    pub fn step(&self) -> u64 {
+        self.stepper.step()
+    }
+
+    /// Writes the model (HF sequence-classification layout, f32), the optimizer state and
+    /// a state file into `dir`, atomically; [`RewardTrainer::resume`] rebuilds the trainer exactly.
+    pub fn save_checkpoint(&self, dir: impl AsRef<Path>) -> Result<()> {
+        write_dir_atomically(dir, |tmp| save_score_model(&self.model, &self.stepper, tmp, ""))
+    }
+
+    /// The trainer [`RewardTrainer::save_checkpoint`] wrote to `dir`, with the run's optimizer
+    /// settings and schedule.
+    pub fn resume(dir: impl AsRef<Path>, optim: OptimConfig, schedule: Schedule, device: &B::Device) -> Result<Self> {
+        let (model, stepper) = load_score_model(dir.as_ref(), "", optim, schedule, device)?;
+        Ok(Self { model, stepper })
     }
 }
 

@@ -310,7 +310,7 @@ fn ppo_run(minibatch_rows: usize) {
     }
     let policy = QwenModel::<B>::random(config(), 0.1, &device);
     let value = ScoreModel::from_lm(QwenModel::<B>::random(config(), 0.1, &device));
-    let config = PpoConfig {
+    let ppo_config = PpoConfig {
         max_new_tokens: 1,
         value_warmup_steps: 2,
         responses_per_query: 4,
@@ -319,7 +319,8 @@ fn ppo_run(minibatch_rows: usize) {
         ..PpoConfig::default()
     };
     let ppo_optim = PpoOptim { optim: OptimConfig::default(), policy: constant(1e-2, 0), value: constant(1e-2, 0) };
-    let mut ppo = PpoTrainer::new(policy, value, rm.model.valid(), config, ppo_optim, vec![], 0).unwrap();
+    let config = ppo_config.clone();
+    let mut ppo = PpoTrainer::new(policy, value, rm.model.valid(), ppo_config, ppo_optim, vec![], 0).unwrap();
     let prompts: Vec<Vec<u32>> = pairs(4, 0).into_iter().map(|p| p.prompt).collect();
     let head_before = ppo.policy.model.lm_head.weight.val().into_data();
     let warm = ppo.step(&prompts, None).unwrap();
@@ -342,9 +343,19 @@ fn ppo_run(minibatch_rows: usize) {
         (mean, best)
     };
     let (before, best) = expected(&ppo.valid_policy());
-    for _ in 0..12 {
+    let updates_per_step = config.epochs * if minibatch_rows == 0 { 1 } else { 16usize.div_ceil(minibatch_rows) };
+    for i in 0..12 {
         let s = ppo.step(&prompts, None).unwrap();
-        assert!(s.policy_updated && s.value_loss.is_finite() && s.policy_loss.is_finite(), "{s:?}");
+        let u = &s.updates;
+        assert!(s.policy_updated && u.value_loss.is_finite() && u.policy_loss.is_finite(), "{s:?}");
+        // The reported statistics are the mean over every epoch x minibatch update.
+        assert_eq!(s.minibatches.len(), updates_per_step);
+        assert_eq!(*u, UpdateStats::mean(&s.minibatches));
+        assert!(u.approx_kl >= 0.0 && (0.0..=1.0).contains(&u.clip_fraction), "{s:?}");
+        assert!((0.0..=1.0).contains(&u.value_clip_fraction) && u.ratio > 0.0 && u.entropy > 0.0, "{s:?}");
+        // The first update of a step runs on the rollout's own policy: ratio 1, no KL.
+        let first = &s.minibatches[0];
+        assert!((first.ratio - 1.0).abs() < 1e-4 && first.approx_kl < 1e-6, "{i}: {first:?}");
     }
     let (after, _) = expected(&ppo.valid_policy());
     // Over 300 random runs the smallest gain was 11% of the way (the median ~60%).
@@ -378,4 +389,246 @@ fn reward_models_save_as_sequence_classification_and_load_back() {
     let err = ScoreModel::<Inner>::load(&lm_dir, &device).unwrap_err();
     assert!(err.to_string().contains("score.weight") || err.to_string().contains("lm_head"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn ppo_statistics_average_over_minibatches_under_trl_names() {
+    let a = UpdateStats {
+        policy_loss: 1.0,
+        value_loss: 2.0,
+        approx_kl: 0.5,
+        clip_fraction: 0.0,
+        value_clip_fraction: 1.0,
+        entropy: 3.0,
+        ratio: 1.0,
+    };
+    let b = UpdateStats {
+        policy_loss: -1.0,
+        value_loss: 4.0,
+        approx_kl: 1.5,
+        clip_fraction: 0.5,
+        value_clip_fraction: 0.0,
+        entropy: 1.0,
+        ratio: 1.5,
+    };
+    let m = UpdateStats::mean(&[a, b]);
+    let want = UpdateStats {
+        policy_loss: 0.0,
+        value_loss: 3.0,
+        approx_kl: 1.0,
+        clip_fraction: 0.25,
+        value_clip_fraction: 0.5,
+        entropy: 2.0,
+        ratio: 1.25,
+    };
+    assert_eq!(m, want);
+    assert_eq!(UpdateStats::mean(&[a]), a);
+
+    // Per-minibatch numbers: log-ratios ln 1.5 (A = 1: clipped), ln 0.5 (A = −1: clipped), ln 1.1
+    // (inside the range), ln 0.5 with A = +1 (the unclipped term is the larger: not clipped).
+    let logp = [1.5f32.ln(), 0.5f32.ln(), 1.1f32.ln(), 0.5f32.ln()];
+    let (ratio, approx_kl, clipfrac) = ratio_stats(&logp, &[0.0; 4], &[1.0, -1.0, 2.0, 1.0], 0.2);
+    assert!((ratio - (1.5 + 0.5 + 1.1 + 0.5) / 4.0).abs() < 1e-6);
+    let want_kl = 0.5 * logp.iter().map(|d| d * d).sum::<f32>() / 4.0;
+    assert!((approx_kl - want_kl).abs() < 1e-6 && (clipfrac - 0.5).abs() < 1e-6, "{approx_kl} {clipfrac}");
+    // Value clip: V = 2, V_old = 1, R = 0 → the clipped term 1.15² is smaller: not counted; V = 0.5,
+    // V_old = 1, R = 0 → clipped 0.85² > 0.25: counted.
+    assert_eq!(value_clip_fraction(&[2.0, 0.5], &[1.0, 1.0], &[0.0, 0.0], 0.15), 0.5);
+
+    let json = serde_json::to_value(PpoStats { updates: want, kl: 0.25, ..PpoStats::default() }).unwrap();
+    for key in [
+        "objective/kl",
+        "objective/entropy",
+        "objective/scores",
+        "objective/non_score_reward",
+        "objective/rlhf_reward",
+        "policy/approxkl_avg",
+        "policy/clipfrac_avg",
+        "policy/entropy_avg",
+        "loss/policy_avg",
+        "loss/value_avg",
+        "val/clipfrac_avg",
+        "val/ratio",
+        "val/ratio_var",
+        "step",
+    ] {
+        assert!(json.get(key).is_some(), "{key} missing from {json}");
+    }
+    assert_eq!(json["objective/kl"], 0.25);
+    assert_eq!(json["val/ratio"], 1.25);
+    assert!(json.get("minibatches").is_none());
+}
+
+fn tmp(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("qwen-align-run-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+/// Every file under `dir` but burn's binary optimizer records (a hash map, serialized in its
+/// iteration order), by relative path.
+fn files(dir: &std::path::Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_none_or(|x| x != "bin") {
+                out.push((p.strip_prefix(dir).unwrap().display().to_string(), std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Runs a stage straight to its end in one folder; in another, stops it after `stop` steps (the last
+/// checkpoint before that is at `every`'s multiple: a kill), reopens and finishes it. The two
+/// folders must hold the same metrics, the same final weights and state files, and the config.
+fn assert_resumes_exactly<S: Stage, C: RunConfig>(
+    name: &str,
+    config: &C,
+    open: &dyn Fn(&std::path::Path) -> Run<S>,
+    data: &dyn Fn(u64) -> S::Batch,
+    stop: u64,
+) {
+    let (straight, resumed) = (tmp(&format!("{name}-straight")), tmp(&format!("{name}-resumed")));
+    let mut data = |s: u64| -> qwen_align::Result<S::Batch> { Ok(data(s)) };
+    let mut run = open(&straight);
+    assert_eq!(run.resumed_from(), None);
+    run.train(&mut data, |_| {}).unwrap();
+    assert_eq!(run.step(), config.steps());
+    drop(run);
+
+    let mut run = open(&resumed);
+    run.train_until(stop, &mut data, |_| {}).unwrap();
+    drop(run); // killed: what it did after its last checkpoint is lost
+    let mut run = open(&resumed);
+    let at = stop - stop % config.checkpoint_every();
+    assert_eq!(run.resumed_from(), Some(at));
+    let mut seen = Vec::new();
+    run.train(&mut data, |_| seen.push(())).unwrap();
+    assert_eq!(seen.len() as u64, config.steps() - at);
+    drop(run);
+
+    let metrics = |d: &std::path::Path| std::fs::read_to_string(d.join(qwen_align::run::METRICS_FILE)).unwrap();
+    let (a, b) = (metrics(&straight), metrics(&resumed));
+    assert_eq!(a.lines().count() as u64, config.steps());
+    assert_eq!(a, b, "{name}: the resumed run logged something else");
+    let checkpoint = |d: &std::path::Path| files(&d.join(qwen_align::run::CHECKPOINT_DIR));
+    assert!(checkpoint(&straight) == checkpoint(&resumed), "{name}: the resumed run ended with other weights");
+    assert_eq!(&load_config::<C>(&resumed).unwrap(), config);
+
+    // A finished run reopened trains nothing.
+    let mut run = open(&resumed);
+    run.train(&mut data, |_| panic!("a finished run trained")).unwrap();
+    for d in [straight, resumed] {
+        std::fs::remove_dir_all(d).unwrap();
+    }
+}
+
+fn token_batch(step: u64) -> qwen_data::TokenBatch {
+    let (batch, seq) = (2, 8);
+    let mut out = qwen_data::TokenBatch { batch, seq_len: seq, ..Default::default() };
+    for r in 0..batch as u64 {
+        let row: Vec<u32> =
+            (0..=seq as u64).map(|i| ((i * 7 + r * 13 + step * 29 + (i * i) % 5) % 64) as u32).collect();
+        out.inputs.extend(&row[..seq]);
+        out.targets.extend(&row[1..]);
+    }
+    out
+}
+
+fn pair_batch(step: u64) -> PairBatch {
+    PairBatch::new(&pairs(4, step as u32 * 4), 0, 16).unwrap()
+}
+
+#[test]
+fn sft_and_reward_runs_resume_exactly() {
+    let device = Default::default();
+    let lm = QwenModel::<B>::random(config(), 0.1, &device);
+    let sft =
+        SftConfig { train: qwen_train::TrainConfig::new(Schedule::new(3e-3, 1, 5), 3), steps: 5, checkpoint_every: 2 };
+    let open = |d: &std::path::Path| Run::sft(&sft, lm.clone(), d, &device).unwrap();
+    assert_resumes_exactly("sft", &sft, &open, &|s| vec![token_batch(s)], 3);
+
+    let rm = ScoreModel::from_lm(lm.clone());
+    let reward = RewardConfig {
+        optim: OptimConfig::default(),
+        schedule: constant(3e-3, 1),
+        pmp_steps: 2,
+        finetune_steps: 3,
+        checkpoint_every: 2,
+    };
+    let open = |d: &std::path::Path| Run::reward(&reward, rm.clone(), d, &device).unwrap();
+    assert_resumes_exactly("reward", &reward, &open, &pair_batch, 3);
+    // The phases are tagged; a folder holding another run's checkpoint is refused.
+    let dir = tmp("reward-tags");
+    let mut run = open(&dir);
+    let (mut pmp, mut fine) = (|s| Ok(pair_batch(s)), |s| Ok(pair_batch(s + 100)));
+    run.train_phases(3, &mut pmp, &mut fine, |_| {}).unwrap();
+    let tags: Vec<String> = qwen_train::read_metrics(run.metrics_path())
+        .unwrap()
+        .iter()
+        .map(|r| r["stage"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(tags, ["pmp", "pmp", "rm"]);
+    let other = RewardConfig { pmp_steps: 1, ..reward };
+    assert!(matches!(Run::reward(&other, rm.clone(), &dir, &device), Err(AlignError::Config(_))));
+    assert!(Run::reward(&RewardConfig { checkpoint_every: 0, ..reward }, rm, tmp("bad"), &device).is_err());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn dpo_and_ppo_runs_resume_exactly() {
+    let device = Default::default();
+    let policy = QwenModel::<B>::random(config(), 0.1, &device);
+    let dpo = DpoRunConfig {
+        dpo: DpoConfig { beta: 0.1 },
+        optim: OptimConfig::default(),
+        schedule: constant(3e-3, 0),
+        steps: 5,
+        checkpoint_every: 2,
+    };
+    let open = |d: &std::path::Path| Run::dpo(&dpo, policy.clone(), d, &device).unwrap();
+    assert_resumes_exactly("dpo", &dpo, &open, &pair_batch, 3);
+
+    let value = ScoreModel::from_lm(QwenModel::<B>::random(config(), 0.1, &device));
+    let reward = ScoreModel::from_lm(QwenModel::<Inner>::random(config(), 0.1, &device));
+    let ppo = PpoRunConfig {
+        ppo: PpoConfig {
+            max_new_tokens: 2,
+            value_warmup_steps: 1,
+            responses_per_query: 2,
+            epochs: 2,
+            minibatch_rows: 3,
+            ..PpoConfig::default()
+        },
+        optim: PpoOptim { optim: OptimConfig::default(), policy: constant(1e-2, 0), value: constant(1e-2, 0) },
+        stop_ids: vec![10],
+        pad_id: 0,
+        steps: 5,
+        checkpoint_every: 2,
+    };
+    let open = |d: &std::path::Path| Run::ppo(&ppo, policy.clone(), value.clone(), reward.clone(), d, &device).unwrap();
+    let data = |s: u64| PpoBatch { prompts: pairs(2, s as u32).into_iter().map(|p| p.prompt).collect(), ptx: None };
+    assert_resumes_exactly("ppo", &ppo, &open, &data, 3);
+}
+
+#[test]
+fn epoch_sampler_visits_every_item_once_per_epoch_as_a_function_of_the_step() {
+    let sampler = EpochSampler { len: 10, batch: 4, seed: 3 };
+    // Steps 0..5 cover two epochs exactly (20 items); batch 2 straddles them.
+    let all: Vec<usize> = (0..5).flat_map(|s| sampler.indices(s)).collect();
+    for epoch in all.chunks(10) {
+        let mut e = epoch.to_vec();
+        e.sort();
+        assert_eq!(e, (0..10).collect::<Vec<_>>());
+    }
+    assert_ne!(all[..10], all[10..], "each epoch is shuffled anew");
+    assert_eq!(sampler.indices(3), EpochSampler { len: 10, batch: 4, seed: 3 }.indices(3));
+    assert_ne!(sampler.indices(0), EpochSampler { seed: 4, ..sampler }.indices(0));
+    assert!(EpochSampler { len: 0, ..sampler }.indices(7).is_empty());
 }

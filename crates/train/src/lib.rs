@@ -3,9 +3,12 @@
 //! - [`loss`]: next-token cross-entropy with an ignore index, via log-softmax.
 //! - [`schedule`]: linear warm-up then cosine decay to a fraction of the peak.
 //! - [`optim`]: AdamW (β 0.9/0.95, ε 1e-8, decay 0.1 on matrices only) and global-norm clipping.
+//! - [`step`]: [`Stepper`], the one checked, clipped AdamW update every trainer here and in
+//!   alignment uses (NaN/Inf refused with the model untouched).
 //! - [`trainer`]: [`Trainer::train_step`] with gradient accumulation and NaN/Inf guards.
 //! - [`checkpoint`]: atomic checkpoints (HF weights + optimizer record + `trainer_state.json`)
-//!   and exact resume.
+//!   and exact resume; [`persist`]: the atomic writes, state files and parameter ids they are
+//!   made of, for any run.
 //! - [`eval`]: held-out loss and perplexity.
 //! - `parallel` (feature `collective`): data parallelism over devices with burn's all-reduce.
 //! - [`metrics`]: the JSON Lines metrics log; [`plot`] (feature `plot`, on by default): PNG charts.
@@ -21,9 +24,11 @@ pub mod metrics;
 pub mod optim;
 #[cfg(feature = "collective")]
 pub mod parallel;
+pub mod persist;
 #[cfg(feature = "plot")]
 pub mod plot;
 pub mod schedule;
+pub mod step;
 pub mod trainer;
 
 pub use checkpoint::TrainerState;
@@ -36,4 +41,5 @@ pub use loss::{
 pub use metrics::{read_metrics, MetricsLog};
 pub use optim::{clip_global_norm, global_norm, OptimConfig, QwenAdamW, QwenOptimizer, Update};
 pub use schedule::Schedule;
+pub use step::{constant, Applied, Stepper, StepperState};
 pub use trainer::{StepStats, TrainConfig, Trainer};

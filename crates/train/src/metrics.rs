@@ -31,6 +31,26 @@ impl MetricsLog {
         Ok(Self { out: BufWriter::new(file), path })
     }
 
+    /// Opens `path` for appending after keeping only the records `keep` accepts, in order and as
+    /// they were written (the file is rewritten atomically first). A run resumed from a checkpoint
+    /// drops what it logged after that checkpoint, so that the log reads as one uninterrupted run.
+    pub fn resume(path: impl AsRef<Path>, mut keep: impl FnMut(&serde_json::Value) -> bool) -> Result<Self> {
+        let path = path.as_ref();
+        if path.exists() {
+            let text = std::fs::read_to_string(path).map_err(io(path))?;
+            let mut kept = String::with_capacity(text.len());
+            for line in text.lines().filter(|l| !l.trim().is_empty()) {
+                // A line cut short by a kill is not a record: dropped.
+                if serde_json::from_str(line).is_ok_and(|v| keep(&v)) {
+                    kept.push_str(line);
+                    kept.push('\n');
+                }
+            }
+            crate::persist::write_file_atomically(path, kept.as_bytes())?;
+        }
+        Self::append(path)
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -78,6 +98,12 @@ mod tests {
         assert_eq!(recs[1]["loss"], 2.0);
         std::fs::write(&path, "{\"step\": 1}\nnot json\n").unwrap();
         assert!(matches!(read_metrics(&path), Err(TrainError::State { .. })));
+        // Resuming keeps the accepted records (a torn last line is dropped) and appends after them.
+        std::fs::write(&path, "{\"step\": 1}\n{\"step\": 2}\n{\"step\": 3}\n{\"st").unwrap();
+        let mut log = MetricsLog::resume(&path, |r| r["step"].as_u64().is_some_and(|s| s <= 2)).unwrap();
+        log.write(&serde_json::json!({"step": 3, "loss": 1.0})).unwrap();
+        let steps: Vec<_> = read_metrics(&path).unwrap().iter().map(|r| r["step"].as_u64().unwrap()).collect();
+        assert_eq!(steps, [1, 2, 3]);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -10,7 +10,7 @@
 //! non-ignored targets over *all* the micro-batches, so the accumulated gradient equals the
 //! gradient of one big batch (micro-batches with more real tokens weigh more).
 
-use burn::optim::{GradientsAccumulator, GradientsParams, Optimizer};
+use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::backend::AutodiffBackend;
 use serde::{Deserialize, Serialize};
 
@@ -19,8 +19,9 @@ use qwen_model::{Mode, Precision, Qwen, QwenModel};
 
 use crate::error::{Result, TrainError};
 use crate::loss::{head_cross_entropy_fused, IGNORE_INDEX};
-use crate::optim::{clip_global_norm, global_norm, OptimConfig, QwenOptimizer};
+use crate::optim::OptimConfig;
 use crate::schedule::Schedule;
+use crate::step::Stepper;
 
 /// Everything that defines a run besides the model and the data.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -49,7 +50,7 @@ impl TrainConfig {
 }
 
 /// What one [`Trainer::train_step`] did.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct StepStats {
     /// The step just taken, counting from 1.
     pub step: u64,
@@ -63,12 +64,11 @@ pub struct StepStats {
     pub tokens: usize,
 }
 
-/// The model, its optimizer, the schedule and the step counter.
+/// The model, its optimizer, the schedule and the step counter (the last three: a [`Stepper`]).
 pub struct Trainer<B: AutodiffBackend> {
     pub(crate) model: QwenModel<B>,
-    pub(crate) optim: QwenOptimizer<B>,
+    pub(crate) stepper: Stepper<B, Qwen<B>>,
     pub(crate) config: TrainConfig,
-    pub(crate) step: u64,
 }
 
 impl<B: AutodiffBackend> Trainer<B> {
@@ -76,7 +76,7 @@ impl<B: AutodiffBackend> Trainer<B> {
     pub fn new(mut model: QwenModel<B>, config: TrainConfig) -> Result<Self> {
         config.validate()?;
         model.precision = config.precision;
-        Ok(Self { model, optim: config.optim.init::<B>(), config, step: 0 })
+        Ok(Self { model, stepper: Stepper::new(config.optim, config.schedule)?, config })
     }
 
     pub fn model(&self) -> &QwenModel<B> {
@@ -99,12 +99,12 @@ impl<B: AutodiffBackend> Trainer<B> {
 
     /// Optimizer steps taken.
     pub fn step(&self) -> u64 {
-        self.step
+        self.stepper.step()
     }
 
     /// The rate the next step will use.
     pub fn next_lr(&self) -> f64 {
-        self.config.schedule.lr(self.step)
+        self.stepper.next_lr()
     }
 
     /// Loss and gradients of the micro-batches (accumulated, token-weighted), without updating.
@@ -147,23 +147,11 @@ impl<B: AutodiffBackend> Trainer<B> {
         self.apply(loss, grads, tokens)
     }
 
-    /// Checks, clips and applies gradients whose loss was `loss` over `tokens` targets.
-    pub(crate) fn apply(&mut self, loss: f32, mut grads: GradientsParams, tokens: usize) -> Result<StepStats> {
-        if !loss.is_finite() {
-            return Err(TrainError::NonFinite { step: self.step, what: "loss" });
-        }
-        let module = self.model.model.clone();
-        let norm = match self.config.optim.clip_norm {
-            Some(max) => clip_global_norm::<B, _>(&module, &mut grads, max as f64),
-            None => global_norm::<B, _>(&module, &grads),
-        };
-        if !norm.is_finite() {
-            return Err(TrainError::NonFinite { step: self.step, what: "gradient norm" });
-        }
-        let lr = self.config.schedule.lr(self.step);
-        self.model.model = self.optim.step(lr, module, grads);
-        self.step += 1;
-        Ok(StepStats { step: self.step, loss, grad_norm: norm as f32, lr, tokens })
+    /// Checks, clips and applies gradients whose loss was `loss` over `tokens` targets
+    /// ([`Stepper::apply`]).
+    pub(crate) fn apply(&mut self, loss: f32, grads: GradientsParams, tokens: usize) -> Result<StepStats> {
+        let applied = self.stepper.apply(&mut self.model.model, loss, grads)?;
+        Ok(StepStats { step: applied.step, loss, grad_norm: applied.grad_norm, lr: applied.lr, tokens })
     }
 
     /// The model on the inner (non-autodiff) backend, e.g. for evaluation or saving.
