@@ -15,10 +15,10 @@ use qwen_train::{OptimConfig, Schedule, Stepper, StepperState};
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
-use crate::reward::{ScoreModel, ScoredQwen};
+use crate::reward::ScoreModel;
 
 /// A trained score model with its stepper.
-pub(crate) type TrainedScore<B> = (ScoreModel<B>, Stepper<B, ScoredQwen<B>>);
+pub(crate) type TrainedScore<B> = (ScoreModel<B>, Stepper<B, ScoreModel<B>>);
 /// A trained policy with its stepper.
 pub(crate) type TrainedPolicy<B> = (QwenModel<B>, Stepper<B, Qwen<B>>);
 
@@ -49,13 +49,13 @@ fn save_state<B: AutodiffBackend, M: AutodiffModule<B>>(
 /// Saves a score model and its stepper into `dir.join(sub)`.
 pub(crate) fn save_score_model<B: AutodiffBackend>(
     model: &ScoreModel<B>,
-    stepper: &Stepper<B, ScoredQwen<B>>,
+    stepper: &Stepper<B, ScoreModel<B>>,
     dir: &Path,
     sub: &str,
 ) -> Result<()> {
     let dir = dir.join(sub);
     model.valid().save(&dir, SaveDtype::F32)?;
-    save_state(&model.module, stepper, model.convention, model.precision, &dir)
+    save_state(model, stepper, model.trunk.convention, model.trunk.precision, &dir)
 }
 
 /// What [`save_score_model`] wrote: the model trainable, with its parameter ids and optimizer
@@ -70,8 +70,9 @@ pub(crate) fn load_score_model<B: AutodiffBackend>(
     let dir = dir.join(sub);
     let state: ModelState = read_json(dir.join(STATE_FILE))?;
     let inner = ScoreModel::<B::InnerBackend>::load(&dir, device)?;
-    let module = with_param_ids::<B, _>(ScoredQwen::<B>::from_inner(inner.module), &state.stepper.param_ids)?;
-    let model = ScoreModel { config: inner.config, module, convention: state.convention, precision: state.precision };
+    let mut model = with_param_ids::<B, _>(ScoreModel::<B>::from_inner(inner), &state.stepper.param_ids)?;
+    model.trunk.convention = state.convention;
+    model.trunk.precision = state.precision;
     let stepper = Stepper::load(optim, schedule, &state.stepper, dir.join(OPTIMIZER_FILE), device)?;
     Ok((model, stepper))
 }

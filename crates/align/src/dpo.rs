@@ -12,7 +12,7 @@ use burn::optim::GradientsParams;
 use burn::tensor::activation::log_sigmoid;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::Tensor;
-use qwen_model::{Mode, Qwen, QwenModel};
+use qwen_model::{CausalLm, Mode, Qwen, QwenModel};
 use qwen_train::{OptimConfig, Schedule, Stepper};
 use serde::{Deserialize, Serialize};
 
@@ -117,8 +117,8 @@ pub struct DpoStep {
 }
 
 /// Summed response log-probs of every row of `batch` (chosen rows, then rejected), `[2 · pairs]`.
-fn pair_logprobs<B: Backend>(model: &QwenModel<B>, batch: &PairBatch) -> Result<Tensor<B, 1>> {
-    let logits = model.forward_mode(&batch.rows.rows, Mode::Training)?;
+fn pair_logprobs<B: Backend, M: CausalLm<B>>(model: &M, batch: &PairBatch) -> Result<Tensor<B, 1>> {
+    let logits = model.logits_of(&batch.rows.rows, Mode::Training)?;
     sequence_logprobs(logits, &batch.rows.targets)
 }
 

@@ -54,7 +54,7 @@ pub use ppo::{
 };
 /// The one update step, shared with pretraining (re-exported from `qwen-train`).
 pub use qwen_train::{constant, Applied, Stepper};
-pub use reward::{evaluate_pairs, pairwise_loss, PairStats, RewardStep, RewardTrainer, ScoreModel, ScoredQwen};
+pub use reward::{evaluate_pairs, pairwise_loss, PairStats, RewardStep, RewardTrainer, ScoreModel};
 pub use run::{
     load_config, DpoRun, DpoRunConfig, EpochSampler, PpoBatch, PpoRun, PpoRunConfig, RewardConfig, RewardRun,
     RewardStage, Run, RunConfig, SftBatch, SftConfig, SftRun, Stage, StepData,

@@ -7,7 +7,7 @@
 //! `<|im_end|>`).
 
 use qwen_data::PreferenceRecord;
-use qwen_tokenizer::{AllowedSpecial, ChatMl, Role, Tokenizer, DEFAULT_SYSTEM};
+use qwen_tokenizer::{AllowedSpecial, ChatMl, Role, Tokenize, DEFAULT_SYSTEM};
 use qwen_train::IGNORE_INDEX;
 
 use crate::error::{AlignError, Result};
@@ -81,7 +81,7 @@ impl Pair {
     /// earlier turns, the user message, an open assistant turn), each response as plain text
     /// (special-token strings stay text) closed by `<|im_end|>`. Earlier turns must alternate
     /// user/assistant.
-    pub fn from_record(tokenizer: &Tokenizer, record: &PreferenceRecord) -> Result<Self> {
+    pub fn from_record(tokenizer: &dyn Tokenize, record: &PreferenceRecord) -> Result<Self> {
         let chat = ChatMl::new(tokenizer)?;
         let (query, earlier) = record.prompt.split_last().ok_or(AlignError::Batch("empty prompt".into()))?;
         if earlier.len() % 2 != 0 {
@@ -96,7 +96,7 @@ impl Pair {
         }
         let system = record.system.as_deref().unwrap_or(DEFAULT_SYSTEM);
         let prompt = chat.make_context(system, &history, &query.content, usize::MAX)?.ids;
-        let im_end = tokenizer.special_id(qwen_tokenizer::special::IM_END)?;
+        let im_end = chat.im_end();
         let response = |text: &str| -> Result<Vec<u32>> {
             let mut ids = tokenizer.encode(text, &AllowedSpecial::None)?;
             ids.push(im_end);

@@ -28,7 +28,7 @@ use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor, TensorData};
 use qwen_data::TokenBatch;
-use qwen_model::{GenerateConfig, Mode, Qwen, QwenModel, Sampler, SamplingConfig};
+use qwen_model::{CausalLm, GenerateConfig, Mode, Qwen, QwenModel, Sampler, SamplingConfig};
 use qwen_train::persist::{read_json, write_dir_atomically, write_json};
 use qwen_train::{cross_entropy, OptimConfig, Schedule, Stepper};
 use serde::{Deserialize, Serialize};
@@ -37,7 +37,7 @@ use crate::checkpoint::{load_policy, load_score_model, save_policy, save_score_m
 use crate::error::{AlignError, Result};
 use crate::logprob::{host, token_logprobs, vector};
 use crate::pairs::ResponseBatch;
-use crate::reward::{ScoreModel, ScoredQwen};
+use crate::reward::ScoreModel;
 
 /// serde for [`SamplingConfig`] (the model crate does not derive it).
 #[derive(Serialize, Deserialize)]
@@ -406,7 +406,7 @@ pub struct PpoTrainer<B: AutodiffBackend> {
     pub pad_id: u32,
     pub moments: RunningMoments,
     policy_step: Stepper<B, Qwen<B>>,
-    value_step: Stepper<B, ScoredQwen<B>>,
+    value_step: Stepper<B, ScoreModel<B>>,
     step: u64,
 }
 
@@ -532,7 +532,7 @@ impl<B: AutodiffBackend> PpoTrainer<B> {
             .collect();
 
         let logp = |m: &QwenModel<B::InnerBackend>| -> Result<Vec<f32>> {
-            let logits = m.forward_mode(&batch.rows, Mode::Training)?;
+            let logits = m.logits_of(&batch.rows, Mode::Training)?;
             Ok(pick(&host(token_logprobs(logits, &batch.targets)?), &positions))
         };
         let old_logprobs = logp(&policy)?;
@@ -638,8 +638,8 @@ impl<B: AutodiffBackend> PpoTrainer<B> {
         let clipped = value_clip_fraction(&host(values.clone()), part.old_values, part.returns, self.config.value_clip);
         let vf = clipped_value_loss(values, t(part.old_values), t(part.returns), self.config.value_clip);
         let loss = host(vf.clone())[0];
-        let grads = GradientsParams::from_grads(vf.backward(), &self.value.module);
-        self.value_step.apply(&mut self.value.module, loss, grads)?;
+        let grads = GradientsParams::from_grads(vf.backward(), &self.value);
+        self.value_step.apply(&mut self.value, loss, grads)?;
         Ok(UpdateStats { value_loss: loss, value_clip_fraction: clipped, ..UpdateStats::default() })
     }
 
@@ -654,7 +654,7 @@ impl<B: AutodiffBackend> PpoTrainer<B> {
         let device = self.policy.device();
         let t = |v: &[f32]| vector::<B>(v.to_vec(), &device);
         let positions = part.position_tensor::<B>(&device);
-        let logits = self.policy.forward_mode(part.rows, Mode::Training)?;
+        let logits = self.policy.logits_of(part.rows, Mode::Training)?;
         stats.entropy = mean_entropy(logits.clone().inner(), &part.positions);
         let logp = token_logprobs(logits, part.targets)?.reshape([-1]).select(0, positions);
         let new_logp = host(logp.clone());
@@ -665,7 +665,7 @@ impl<B: AutodiffBackend> PpoTrainer<B> {
         stats.policy_loss = host(loss.clone())[0];
         if let (Some(b), true) = (ptx, self.config.ptx_coef > 0.0) {
             let ptx_rows: Vec<Vec<u32>> = (0..b.batch).map(|i| b.input_row(i).to_vec()).collect();
-            let lm = cross_entropy(self.policy.forward_mode(&ptx_rows, Mode::Training)?, &b.targets)?;
+            let lm = cross_entropy(self.policy.logits_of(&ptx_rows, Mode::Training)?, &b.targets)?;
             loss = loss + lm.mul_scalar(self.config.ptx_coef);
         }
         let total = host(loss.clone())[0];

@@ -19,8 +19,7 @@ use burn::optim::GradientsParams;
 use burn::tensor::activation::log_sigmoid;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Distribution, Int, Tensor, TensorData};
-use qwen_context::RopeConvention;
-use qwen_model::{Extra, Family, Mode, Precision, Qwen, QwenConfig, QwenModel, SaveDtype};
+use qwen_model::{Extra, Family, Mode, QwenConfig, QwenModel, SaveDtype};
 use qwen_train::persist::write_dir_atomically;
 use qwen_train::{OptimConfig, Schedule, Stepper};
 use serde::{Deserialize, Serialize};
@@ -30,23 +29,15 @@ use crate::error::{AlignError, Result};
 use crate::logprob::host;
 use crate::pairs::PairBatch;
 
-/// The trainable part of a score model: the trunk and a `[hidden, 1]` head with a bias.
+/// A reward or value model: the Qwen trunk and a `[hidden, 1]` score head on its final hidden
+/// states (HF `Qwen2ForSequenceClassification`). One burn module, trained and checkpointed whole.
 ///
-/// The trunk keeps its LM head (it is never used here, so it gets no gradient and no update);
-/// that keeps the trunk a plain [`Qwen`] that loads from and saves to HF checkpoints.
+/// The trunk keeps its LM head (never used here, so it gets no gradient and no update): the trunk
+/// stays a plain [`QwenModel`] that loads from and saves to HF checkpoints.
 #[derive(Module, Debug)]
-pub struct ScoredQwen<B: Backend> {
-    pub model: Qwen<B>,
-    pub score: Linear<B>,
-}
-
-/// A reward or value model: [`ScoredQwen`] with the config it runs with.
-#[derive(Debug, Clone)]
 pub struct ScoreModel<B: Backend> {
-    pub config: QwenConfig,
-    pub module: ScoredQwen<B>,
-    pub convention: RopeConvention,
-    pub precision: Precision,
+    pub trunk: QwenModel<B>,
+    pub score: Linear<B>,
 }
 
 impl<B: Backend> ScoreModel<B> {
@@ -61,12 +52,12 @@ impl<B: Backend> ScoreModel<B> {
             weight: Param::from_tensor(Tensor::random([h, 1], Distribution::Normal(0.0, std), &device)),
             bias: None,
         };
-        Self {
-            config: lm.config,
-            module: ScoredQwen { model: lm.model, score },
-            convention: lm.convention,
-            precision: lm.precision,
-        }
+        Self { trunk: lm, score }
+    }
+
+    /// The trunk's config.
+    pub fn config(&self) -> &QwenConfig {
+        &self.trunk.config
     }
 
     /// Writes the model as HF `Qwen2ForSequenceClassification` does: `config.json` (with
@@ -75,12 +66,12 @@ impl<B: Backend> ScoreModel<B> {
     /// transformers also needs `pad_token_id` in the config to score padded batches.
     pub fn save(&self, dir: impl AsRef<Path>, dtype: SaveDtype) -> Result<()> {
         let mut config = serde_json::Map::new();
-        if self.config.family == Family::Qwen2 {
+        if self.trunk.config.family == Family::Qwen2 {
             config.insert("architectures".into(), serde_json::json!(["Qwen2ForSequenceClassification"]));
         }
         config.insert("num_labels".into(), serde_json::json!(1));
-        let tensors = vec![("score.weight".to_string(), self.module.score.weight.val().transpose())];
-        Ok(self.trunk().save_with(dir, dtype, Extra { lm_head: false, tensors, config })?)
+        let tensors = vec![("score.weight".to_string(), self.score.weight.val().transpose())];
+        Ok(self.trunk.save_with(dir, dtype, Extra { lm_head: false, tensors, config })?)
     }
 
     /// Loads what [`ScoreModel::save`] writes (or a transformers sequence-classification
@@ -92,29 +83,14 @@ impl<B: Backend> ScoreModel<B> {
         // `[1, h]` row-major is the same sequence of values as the `[h, 1]` layout burn uses.
         let score =
             Linear { weight: Param::from_tensor(Tensor::from_data(TensorData::new(w, [h, 1]), device)), bias: None };
-        Ok(Self {
-            config: lm.config,
-            module: ScoredQwen { model: lm.model, score },
-            convention: lm.convention,
-            precision: lm.precision,
-        })
-    }
-
-    /// The trunk as a language model (shares the weights).
-    pub fn trunk(&self) -> QwenModel<B> {
-        QwenModel {
-            config: self.config.clone(),
-            model: self.module.model.clone(),
-            convention: self.convention,
-            precision: self.precision,
-        }
+        Ok(Self { trunk: lm, score })
     }
 
     /// The score at every position, `[batch, seq]` (training-mode RoPE: no long-context scaling).
     pub fn scores(&self, ids: &[Vec<u32>]) -> Result<Tensor<B, 2>> {
-        let hidden = self.trunk().hidden_mode(ids, Mode::Training)?;
+        let hidden = self.trunk.hidden_mode(ids, Mode::Training)?;
         let [b, s, _] = hidden.dims();
-        Ok(self.module.score.forward(hidden).reshape([b, s]))
+        Ok(self.score.forward(hidden).reshape([b, s]))
     }
 
     /// The score at each row's end token, `[batch]`.
@@ -133,12 +109,7 @@ impl<B: Backend> ScoreModel<B> {
 impl<B: AutodiffBackend> ScoreModel<B> {
     /// The same model on the inner backend (no graph), e.g. frozen inside PPO.
     pub fn valid(&self) -> ScoreModel<B::InnerBackend> {
-        ScoreModel {
-            config: self.config.clone(),
-            module: self.module.valid(),
-            convention: self.convention,
-            precision: self.precision,
-        }
+        AutodiffModule::valid(self)
     }
 }
 
@@ -211,7 +182,7 @@ pub fn pair_rewards<B: Backend>(model: &ScoreModel<B>, batch: &PairBatch) -> Res
 /// Trains a [`ScoreModel`] on comparisons (one stage: PMP or fine-tuning).
 pub struct RewardTrainer<B: AutodiffBackend> {
     pub model: ScoreModel<B>,
-    stepper: Stepper<B, ScoredQwen<B>>,
+    stepper: Stepper<B, ScoreModel<B>>,
 }
 
 impl<B: AutodiffBackend> RewardTrainer<B> {
@@ -224,8 +195,8 @@ impl<B: AutodiffBackend> RewardTrainer<B> {
         let (chosen, rejected) = pair_rewards(&self.model, batch)?;
         let stats = PairStats::from_rewards(&host(chosen.clone()), &host(rejected.clone()));
         let loss = pairwise_loss(chosen, rejected);
-        let grads = GradientsParams::from_grads(loss.backward(), &self.model.module);
-        let applied = self.stepper.apply(&mut self.model.module, stats.loss, grads)?;
+        let grads = GradientsParams::from_grads(loss.backward(), &self.model);
+        let applied = self.stepper.apply(&mut self.model, stats.loss, grads)?;
         Ok(RewardStep { step: applied.step, lr: applied.lr, grad_norm: applied.grad_norm, pairs: stats })
     }
 

@@ -271,12 +271,12 @@ fn trainers_refuse_non_finite_losses_and_keep_the_model() {
     let lm = QwenModel::<B>::random(config(), 0.1, &Default::default());
     let (optim, schedule) = constant_optim(1e-3);
     let mut rm = RewardTrainer::new(ScoreModel::from_lm(lm), optim, schedule).unwrap();
-    let nan = rm.model.module.score.weight.val().mul_scalar(f32::NAN);
-    rm.model.module.score.weight = rm.model.module.score.weight.clone().map(|_| nan);
-    let gamma_before = rm.model.module.model.norm.gamma.val().into_data();
+    let nan = rm.model.score.weight.val().mul_scalar(f32::NAN);
+    rm.model.score.weight = rm.model.score.weight.clone().map(|_| nan);
+    let gamma_before = rm.model.trunk.model.norm.gamma.val().into_data();
     let err = rm.train_step(&PairBatch::new(&pairs(2, 0), 0, 16).unwrap()).unwrap_err();
     assert!(matches!(err, AlignError::NonFinite { step: 0, what: "loss" }), "{err}");
-    assert_eq!(rm.model.module.model.norm.gamma.val().into_data(), gamma_before);
+    assert_eq!(rm.model.trunk.model.norm.gamma.val().into_data(), gamma_before);
 }
 
 /// PPO on a learned reward: a reward model trained to prefer one-token responses 10 over 20

@@ -23,9 +23,15 @@ pub trait CausalLm<B: Backend>: Module<B> {
     fn lm_head(&self) -> &Linear<B>;
     /// The float type of the matmuls.
     fn precision(&self) -> Precision;
+    /// Host rows as a batch on the model's device: left-padded, ids checked against the vocabulary.
+    fn batch(&self, rows: &[Vec<u32>]) -> Result<Batch<B>>;
     /// Logits `[batch, seq, vocab]` from hidden states.
     fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
         project(self.lm_head(), hidden, self.precision())
+    }
+    /// Logits of host rows at every position, without a cache.
+    fn logits_of(&self, rows: &[Vec<u32>], mode: Mode) -> Result<Tensor<B, 3>> {
+        Ok(self.logits(self.hidden(&self.batch(rows)?, mode)?))
     }
 }
 
@@ -41,5 +47,8 @@ impl<B: Backend> CausalLm<B> for QwenModel<B> {
     }
     fn precision(&self) -> Precision {
         self.precision
+    }
+    fn batch(&self, rows: &[Vec<u32>]) -> Result<Batch<B>> {
+        QwenModel::batch(self, rows)
     }
 }

@@ -144,6 +144,11 @@ impl<'t> ChatMl<'t> {
         })
     }
 
+    /// The id of `<|im_end|>`, which closes every message.
+    pub fn im_end(&self) -> u32 {
+        self.im_end
+    }
+
     /// Ids that end an assistant turn in generation: `<|im_end|>`, `<|im_start|>` (Qwen-1's chat
     /// stop words) and `<|endoftext|>` (its eos).
     pub fn stop_ids(&self) -> Vec<u32> {

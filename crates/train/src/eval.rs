@@ -8,7 +8,7 @@ use burn::tensor::ElementConversion;
 use serde::{Deserialize, Serialize};
 
 use qwen_data::TokenBatch;
-use qwen_model::{Mode, QwenModel};
+use qwen_model::{CausalLm, Mode};
 
 use crate::error::{Result, TrainError};
 use crate::loss::cross_entropy_sum;
@@ -30,7 +30,7 @@ pub struct EvalStats {
 /// # Errors
 /// [`TrainError::Batch`] if there is nothing to count or a batch is malformed;
 /// [`TrainError::NonFinite`] (step 0) if the loss is NaN/Inf; model errors as they come.
-pub fn evaluate<B: Backend>(model: &QwenModel<B>, batches: &[TokenBatch], mode: Mode) -> Result<EvalStats> {
+pub fn evaluate<B: Backend, M: CausalLm<B>>(model: &M, batches: &[TokenBatch], mode: Mode) -> Result<EvalStats> {
     let mut sum = 0f64;
     let mut tokens = 0usize;
     for b in batches {
@@ -38,7 +38,7 @@ pub fn evaluate<B: Backend>(model: &QwenModel<B>, batches: &[TokenBatch], mode: 
             return Err(TrainError::Batch(format!("batch {}x{} with {} inputs", b.batch, b.seq_len, b.inputs.len())));
         }
         let rows: Vec<Vec<u32>> = (0..b.batch).map(|i| b.input_row(i).to_vec()).collect();
-        let logits = model.forward_mode(&rows, mode)?;
+        let logits = model.logits_of(&rows, mode)?;
         let (s, n) = cross_entropy_sum(logits, &b.targets)?;
         sum += s.into_scalar().elem::<f64>();
         tokens += n;

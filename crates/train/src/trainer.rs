@@ -10,12 +10,13 @@
 //! non-ignored targets over *all* the micro-batches, so the accumulated gradient equals the
 //! gradient of one big batch (micro-batches with more real tokens weigh more).
 
+use burn::module::AutodiffModule;
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::backend::AutodiffBackend;
 use serde::{Deserialize, Serialize};
 
 use qwen_data::TokenBatch;
-use qwen_model::{Mode, Precision, Qwen, QwenModel};
+use qwen_model::{CausalLm, Mode, Precision, Qwen, QwenModel};
 
 use crate::error::{Result, TrainError};
 use crate::loss::{head_cross_entropy_fused, IGNORE_INDEX};
@@ -120,20 +121,7 @@ impl<B: AutodiffBackend> Trainer<B> {
 
     /// Summed NLL of `batches` and the gradients of `sum NLL / normalizer`, accumulated.
     pub(crate) fn nll_and_grads(&self, batches: &[TokenBatch], normalizer: usize) -> Result<(f64, GradientsParams)> {
-        let module = &self.model.model;
-        let mut acc = GradientsAccumulator::<Qwen<B>>::new();
-        let mut nll = 0f64;
-        for b in batches {
-            let rows: Vec<Vec<u32>> = (0..b.batch).map(|i| b.input_row(i).to_vec()).collect();
-            let hidden = self.model.hidden_mode(&rows, Mode::Training)?;
-            let scale = 1.0 / normalizer as f64;
-            let fused = head_cross_entropy_fused(hidden, &module.lm_head, &b.targets, scale, self.model.precision)?;
-            nll += fused.nll_sum;
-            let mut grads = GradientsParams::from_grads(fused.surrogate.backward(), module);
-            fused.add_to(&module.lm_head, &mut grads);
-            acc.accumulate(module, grads);
-        }
-        Ok((nll, acc.grads()))
+        lm_nll_and_grads(&self.model, batches, normalizer)
     }
 
     /// One optimizer step over `batches` (gradient accumulation over all of them).
@@ -180,4 +168,28 @@ pub(crate) fn count_targets(batches: &[TokenBatch]) -> Result<usize> {
         tokens += b.targets.iter().filter(|&&t| t != IGNORE_INDEX).count();
     }
     Ok(tokens)
+}
+
+/// The next-token loss of any [`CausalLm`] on `batches`: the summed NLL and the gradients of
+/// `sum NLL / normalizer`, accumulated over the micro-batches. The head is fused with the loss
+/// ([`head_cross_entropy_fused`]): its gradient is computed in closed form outside the graph and
+/// added to the trunk's.
+pub fn lm_nll_and_grads<B: AutodiffBackend, M: CausalLm<B> + AutodiffModule<B>>(
+    model: &M,
+    batches: &[TokenBatch],
+    normalizer: usize,
+) -> Result<(f64, GradientsParams)> {
+    let mut acc = GradientsAccumulator::<M>::new();
+    let mut nll = 0f64;
+    let scale = 1.0 / normalizer as f64;
+    for b in batches {
+        let rows: Vec<Vec<u32>> = (0..b.batch).map(|i| b.input_row(i).to_vec()).collect();
+        let hidden = model.hidden(&model.batch(&rows)?, Mode::Training)?;
+        let fused = head_cross_entropy_fused(hidden, model.lm_head(), &b.targets, scale, model.precision())?;
+        nll += fused.nll_sum;
+        let mut grads = GradientsParams::from_grads(fused.surrogate.backward(), model);
+        fused.add_to(model.lm_head(), &mut grads);
+        acc.accumulate(model, grads);
+    }
+    Ok((nll, acc.grads()))
 }
