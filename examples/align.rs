@@ -48,12 +48,11 @@ use qwen_align::{
 };
 use qwen_data::rng::SplitMix64;
 use qwen_data::{Batcher, TokenBatch};
-use qwen_model::{GenerateConfig, Mode, QwenConfig, QwenModel, SamplingConfig, SaveDtype};
+use qwen_model::{GenerateConfig, Mode, QwenConfigBuilder, QwenModel, SamplingConfig, SaveDtype};
 use qwen_tokenizer::train::{BpeTrainer, TrainerConfig};
 use qwen_tokenizer::{AllowedSpecial, ChatMl, ChatTokens, Message, Role, Tokenizer};
 use qwen_train::plot::{save_png, Chart, Series};
 use qwen_train::{evaluate, OptimConfig, Schedule, TrainConfig};
-use serde_json::json;
 
 /// SFT, reward modelling (PMP then fine-tuning), PPO and DPO on a capitalisation task, measured.
 #[derive(Parser, Debug)]
@@ -279,12 +278,7 @@ fn main() -> Result<()> {
 
     let dev = device();
     <TrainBackend as burn::tensor::backend::Backend>::seed(&dev, args.seed);
-    let config = QwenConfig::from_json(json!({
-        "model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"], "vocab_size": tok.vocab_size(),
-        "hidden_size": 128, "intermediate_size": 344, "num_hidden_layers": 3, "num_attention_heads": 4,
-        "num_key_value_heads": 2, "max_position_embeddings": 128, "rms_norm_eps": 1e-6, "rope_theta": 10000.0,
-        "hidden_act": "silu", "tie_word_embeddings": false, "torch_dtype": "float32"
-    }))?;
+    let config = QwenConfigBuilder::new(tok.vocab_size(), 128, 344, 3, 4).kv_heads(2).max_positions(128).build()?;
     eprintln!(
         "backend {}; {} training words, {HELD_OUT} held out; sequences of {seq_len}",
         qwen::backend::name(),
