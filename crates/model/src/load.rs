@@ -152,6 +152,16 @@ fn qwen1_name(name: &str) -> String {
     .fold(name, |n, (from, to)| n.replace(from, to))
 }
 
+impl<B: Backend> CheckpointWeights<'_, B> {
+    /// The checkpoint's name for a tensor named as in Qwen2.
+    fn file_name(&self, name: &str) -> String {
+        match self.family {
+            Family::Qwen1 => qwen1_name(name),
+            Family::Qwen2 => name.to_string(),
+        }
+    }
+}
+
 impl<B: Backend> Weights<B> for CheckpointWeights<'_, B> {
     fn linear(&mut self, name: &str, d_in: usize, d_out: usize, bias: bool) -> Result<Linear<B>> {
         if let Some(l) = self.split.remove(name) {
@@ -172,20 +182,14 @@ impl<B: Backend> Weights<B> for CheckpointWeights<'_, B> {
             self.split.insert(format!("model.layers.{layer}.self_attn.v_proj"), part(2));
             return Ok(part(0));
         }
-        let name = match self.family {
-            Family::Qwen1 => qwen1_name(name),
-            Family::Qwen2 => name.to_string(),
-        };
+        let name = self.file_name(name);
         let w = self.ckpt.take(&format!("{name}.weight"), &[d_out, d_in])?;
         let b = if bias { Some(self.ckpt.take(&format!("{name}.bias"), &[d_out])?) } else { None };
         Ok(linear_from(&w, b, d_out, d_in, self.device))
     }
 
     fn vector(&mut self, name: &str, d: usize) -> Result<Tensor<B, 1>> {
-        let name = match self.family {
-            Family::Qwen1 => qwen1_name(name),
-            Family::Qwen2 => name.to_string(),
-        };
+        let name = self.file_name(name);
         let values = self.ckpt.take(&name, &[d])?;
         Ok(Tensor::from_data(TensorData::new(values, [d]), self.device))
     }
