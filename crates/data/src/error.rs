@@ -33,6 +33,9 @@ pub enum DataError {
     /// A token id is not below the vocabulary size.
     #[error("{path}: token {index} has id {id}, not below vocabulary size {vocab_size}")]
     TokenOutOfRange { path: PathBuf, index: u64, id: u32, vocab_size: usize },
+    /// A corpus source (folder or file) does not exist.
+    #[error("{path} does not exist")]
+    SourceMissing { path: PathBuf },
     /// The tokenizer failed.
     #[error(transparent)]
     Tokenizer(#[from] qwen_tokenizer::TokenizerError),

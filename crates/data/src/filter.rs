@@ -111,6 +111,20 @@ impl FilterConfig {
             ..Self::default()
         }
     }
+
+    /// Thresholds for documentation rather than web text (the `pretrain` example's corpus): long
+    /// files, code samples and reST markup pass, near-empty files (under 200 characters), symbol
+    /// soup (over 0.5 symbols per word, over 60 % non-text characters) and files with more than
+    /// half their lines repeated do not.
+    pub fn documentation() -> Self {
+        Self {
+            min_chars: Some(200),
+            max_symbol_word_ratio: Some(0.5),
+            max_duplicate_line_fraction: Some(0.5),
+            max_non_alnum_ratio: Some(0.6),
+            ..Self::default()
+        }
+    }
 }
 
 /// What the filters did: documents seen and kept, and how many each filter removed.

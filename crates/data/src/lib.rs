@@ -15,6 +15,9 @@
 //! 7. [`batch`]: a framework-free [`Batcher`] trait and [`TokenBatch`]; the training crate maps
 //!    those to tensors.
 //!
+//! [`corpus`] runs stages 1–6 in one call ([`corpus::prepare`]): sources → mixture → filter →
+//! dedup → held-out split → a BPE vocabulary trained on the training documents → shards.
+//!
 //! For alignment, [`chat`] reads conversations and preference pairs from JSON Lines.
 //!
 //! Every random choice goes through [`rng::SplitMix64`], seeded explicitly, so that a pipeline run
@@ -23,6 +26,7 @@
 
 pub mod batch;
 pub mod chat;
+pub mod corpus;
 pub mod dedup;
 mod error;
 pub mod filter;
@@ -34,6 +38,7 @@ pub mod source;
 
 pub use batch::{Batcher, TokenBatch, TokenBatcher};
 pub use chat::{ChatJsonl, ChatRecord, Jsonl, PreferenceJsonl, PreferenceRecord};
+pub use corpus::{CorpusConfig, CorpusFiles, CorpusReport, PreparedCorpus, SourceSpec};
 pub use dedup::{Dedup, DedupConfig, DedupStats, ExactDedup, MinHasher, NearDedup};
 pub use error::{DataError, Result};
 pub use filter::{FilterConfig, FilterStats, QualityFilter};

@@ -8,6 +8,9 @@ pub enum TrainError {
     /// The model rejected the input (empty or ragged batch, token out of range, ...).
     #[error(transparent)]
     Model(#[from] qwen_model::ModelError),
+    /// The data pipeline failed (corpus preparation, shards, the loader).
+    #[error(transparent)]
+    Data(#[from] qwen_data::DataError),
     /// A batch is malformed: lengths disagree, or it has no token to learn from.
     #[error("invalid batch: {0}")]
     Batch(String),

@@ -12,6 +12,9 @@
 //! - [`eval`]: held-out loss and perplexity.
 //! - `parallel` (feature `collective`): data parallelism over devices with burn's all-reduce.
 //! - [`metrics`]: the JSON Lines metrics log; [`plot`] (feature `plot`, on by default): PNG charts.
+//! - [`run`]: a whole pretraining run as one call ([`run::pretrain`], [`run::train`]): corpus,
+//!   step loop, evaluation cadence, metrics, curves, checkpoints, exact resume, replicas;
+//!   [`progress`] (feature `progress`, on by default): its progress on stderr.
 //!
 //! Mixed precision ([`TrainConfig::precision`]): bf16 matmuls with f32 master weights, written out
 //! in the model because burn 0.21 has no autocast.
@@ -27,6 +30,9 @@ pub mod parallel;
 pub mod persist;
 #[cfg(feature = "plot")]
 pub mod plot;
+#[cfg(feature = "progress")]
+pub mod progress;
+pub mod run;
 pub mod schedule;
 pub mod step;
 pub mod trainer;

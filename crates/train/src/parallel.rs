@@ -14,12 +14,22 @@
 //! On one machine burn-collective all-reduces between devices in process (on CUDA through its own
 //! transfers); across machines it has a global orchestrator (`CollectiveConfig`'s node and global
 //! addresses), which this crate passes through but has not exercised.
+//!
+//! [`Replicas`] runs replicas 1..N on their own threads for a caller whose own trainer is replica
+//! 0 (what [`crate::run`] does): it starts them from that trainer (or its checkpoint), feeds each
+//! step's micro-batches through channels and joins them at the end.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{channel, Sender};
+use std::thread::JoinHandle;
 
 use burn::collective::{finish_collective, register, CollectiveConfig, PeerId, ReduceOperation};
+use burn::module::Module;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{ElementConversion, Tensor, TensorPrimitive};
 
 use qwen_data::TokenBatch;
+use qwen_model::QwenModel;
 
 use crate::error::{Result, TrainError};
 use crate::trainer::{count_targets, StepStats, Trainer};
@@ -64,5 +74,94 @@ impl<B: AutodiffBackend> Trainer<B> {
         let nll = all_reduce_scalar::<B>(peer, nll, &device)?;
         let grads = grads.all_reduce::<B::InnerBackend>(peer, ReduceOperation::Sum).map_err(collective_err)?;
         self.apply((nll / total as f64) as f32, grads, total)
+    }
+}
+
+/// A replica's input channel and thread.
+type Worker = (Sender<Vec<TokenBatch>>, JoinHandle<Result<()>>);
+
+/// The other data-parallel replicas (devices 1..N), each a [`Trainer`] on its own thread fed its
+/// micro-batches through a channel; the caller's trainer is replica 0. With one device, steps are
+/// plain [`Trainer::train_step`]s.
+pub struct Replicas<B: AutodiffBackend> {
+    workers: Vec<Worker>,
+    _backend: std::marker::PhantomData<B>,
+}
+
+impl<B: AutodiffBackend> Replicas<B> {
+    /// Starts replicas on `devices[1..]` (`devices[0]` is `trainer`'s) with `trainer`'s weights and
+    /// parameter ids: a fork of its model, or, when `resume` names the checkpoint `trainer` was
+    /// resumed from, that checkpoint. Registers `trainer` as peer 0 when there is more than one.
+    pub fn start(trainer: &Trainer<B>, devices: &[B::Device], resume: Option<&Path>) -> Result<Self> {
+        if devices.is_empty() {
+            return Err(TrainError::Config("data parallelism needs at least one device".into()));
+        }
+        let n = devices.len();
+        let mut workers = Vec::new();
+        for (i, device) in devices.iter().enumerate().skip(1) {
+            let (tx, rx) = channel::<Vec<TokenBatch>>();
+            let device = device.clone();
+            let model = trainer.model().clone();
+            let config = *trainer.config();
+            let resume = resume.map(PathBuf::from);
+            let handle = std::thread::spawn(move || -> Result<()> {
+                let mut t = match resume {
+                    Some(dir) => Trainer::<B>::resume(&dir, &device)?.0,
+                    None => Trainer::new(QwenModel { model: model.model.fork(&device), ..model }, config)?,
+                };
+                let id = PeerId::from(i as u32);
+                t.join_collective(id, n)?;
+                while let Ok(batches) = rx.recv() {
+                    t.train_step_collective(&batches, id)?;
+                }
+                t.leave_collective(id)
+            });
+            workers.push((tx, handle));
+        }
+        if n > 1 {
+            trainer.join_collective(PeerId::from(0), n)?;
+        }
+        Ok(Self { workers, _backend: std::marker::PhantomData })
+    }
+
+    /// Replicas in all, the caller's included.
+    pub fn len(&self) -> usize {
+        self.workers.len() + 1
+    }
+
+    /// Always false: the caller's trainer is one.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// One optimizer step: `batches[0]` for `trainer`, `batches[i]` for replica `i`.
+    pub fn step(&self, trainer: &mut Trainer<B>, mut batches: Vec<Vec<TokenBatch>>) -> Result<StepStats> {
+        if batches.len() != self.len() {
+            return Err(TrainError::Batch(format!("{} batch lists for {} replicas", batches.len(), self.len())));
+        }
+        let mine = batches.remove(0);
+        if self.workers.is_empty() {
+            return trainer.train_step(&mine);
+        }
+        for ((tx, _), b) in self.workers.iter().zip(batches) {
+            tx.send(b).map_err(|_| TrainError::Collective("a replica stopped".into()))?;
+        }
+        trainer.train_step_collective(&mine, PeerId::from(0))
+    }
+
+    /// Closes every channel (the replicas then leave the collective with `trainer`) and joins the
+    /// threads; the first error of any replica is returned.
+    pub fn finish(self, trainer: &Trainer<B>) -> Result<()> {
+        if self.workers.is_empty() {
+            return Ok(());
+        }
+        let (senders, handles): (Vec<_>, Vec<_>) = self.workers.into_iter().unzip();
+        drop(senders);
+        let mut result = trainer.leave_collective(PeerId::from(0));
+        for handle in handles {
+            let r = handle.join().map_err(|_| TrainError::Collective("a replica panicked".into())).and_then(|r| r);
+            result = result.and(r);
+        }
+        result
     }
 }
