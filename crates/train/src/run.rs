@@ -44,7 +44,7 @@ use serde::{Deserialize, Serialize};
 
 use qwen_data::corpus::{self, CorpusConfig, CorpusFiles, CorpusReport};
 use qwen_data::{Batcher, LoaderState, ShardLoader, ShardReader, TokenBatch, TokenBatcher};
-use qwen_model::{Mode, Precision, QwenConfig, QwenModel};
+use qwen_model::{Mode, Precision, QwenConfig, QwenConfigBuilder, QwenModel};
 use qwen_tokenizer::Tokenizer;
 
 use crate::error::{io, Result, TrainError};
@@ -83,19 +83,14 @@ impl ModelPreset {
         }
     }
 
-    /// The HF `config.json` of this size for a vocabulary of `vocab_size` ids (untied, f32).
+    /// The HF `config.json` of this size for a vocabulary of `vocab_size` ids (untied, f32): the
+    /// model crate's [`QwenConfigBuilder`] presets.
     pub fn config_json(self, vocab_size: usize) -> serde_json::Value {
-        let (hidden, layers, heads, kv, inter) = match self {
-            Self::Tiny => (256, 4, 4, 4, 688),
-            Self::Small => (512, 8, 8, 4, 1376),
-        };
-        serde_json::json!({
-            "model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"], "vocab_size": vocab_size,
-            "hidden_size": hidden, "intermediate_size": inter, "num_hidden_layers": layers,
-            "num_attention_heads": heads, "num_key_value_heads": kv, "max_position_embeddings": 32768,
-            "rms_norm_eps": 1e-6, "rope_theta": 10000.0, "hidden_act": "silu", "tie_word_embeddings": false,
-            "torch_dtype": "float32"
-        })
+        match self {
+            Self::Tiny => QwenConfigBuilder::tiny(vocab_size),
+            Self::Small => QwenConfigBuilder::small(vocab_size),
+        }
+        .to_json()
     }
 }
 
