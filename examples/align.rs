@@ -316,6 +316,8 @@ fn main() -> Result<()> {
     let sft_model = sft_policy.valid();
     tok.save_tokenizer_json(args.out.join("tokenizer.json"))?;
     sft_model.save(args.out.join("sft"), SaveDtype::F32)?;
+    // A folder `chat --model` opens as it is: weights, config and tokenizer.
+    tok.save_tokenizer_json(args.out.join("sft").join("tokenizer.json"))?;
     let sft_after = evaluate(&sft_model, &held_sft, Mode::Training)?;
     let (em_sft, em_sft_sampled, sft_answers) = task.accuracy(&sft_model, &held_words)?;
     println!(
@@ -455,6 +457,8 @@ fn main() -> Result<()> {
         let ppo_policy = ppo.stage.valid_policy();
         let (em_ppo, em_ppo_sampled, ppo_answers) = task.accuracy(&ppo_policy, &held_words)?;
         ppo_policy.save(args.out.join("ppo"), SaveDtype::F32)?;
+        // A folder `chat --model` opens as it is: weights, config and tokenizer.
+        tok.save_tokenizer_json(args.out.join("ppo").join("tokenizer.json"))?;
         let reward_ppo = mean_reward(&task, &reward, &held_words, &ppo_answers)?;
         println!(
             "PPO   held-out greedy answers: mean reward {reward_sft:.3} -> {reward_ppo:.3}; exact match {:.1}% -> {:.1}% greedy, \
@@ -494,6 +498,8 @@ fn main() -> Result<()> {
         let dpo_policy = dpo.stage.policy.valid();
         let (em_dpo, em_dpo_sampled, _) = task.accuracy(&dpo_policy, &held_words)?;
         dpo_policy.save(args.out.join("dpo"), SaveDtype::F32)?;
+        // A folder `chat --model` opens as it is: weights, config and tokenizer.
+        tok.save_tokenizer_json(args.out.join("dpo").join("tokenizer.json"))?;
         println!(
             "DPO   held-out near-miss pairs: loss {:.3} -> {:.3}, preference accuracy {:.1}% -> {:.1}% (the SFT policy's \
              mistakes: {:.1}%); exact match {:.1}% -> {:.1}% greedy, {:.1}% -> {:.1}% sampled ({} steps)",
