@@ -20,6 +20,14 @@
 //!
 //! For alignment, [`chat`] reads conversations and preference pairs from JSON Lines.
 //!
+//! ```
+//! use qwen_data::{Dedup, DedupConfig};
+//! // Exact dedup on normalized text, then MinHash + LSH near-duplicates.
+//! let mut dedup = Dedup::new(&DedupConfig::default());
+//! assert!(dedup.keep("The quick brown fox jumps over the lazy dog, again and again."));
+//! assert!(!dedup.keep("the quick  brown fox jumps over the lazy dog, again and again."));
+//! ```
+//!
 //! Every random choice goes through [`rng::SplitMix64`], seeded explicitly, so that a pipeline run
 //! twice with the same seeds gives the same bytes (and a resumed loader the same windows) whatever
 //! the version of `rand`.

@@ -18,6 +18,14 @@
 //!
 //! Mixed precision ([`TrainConfig::precision`]): bf16 matmuls with f32 master weights, written out
 //! in the model because burn 0.21 has no autocast.
+//!
+//! ```
+//! use qwen_train::Schedule;
+//! // The report's schedule: linear warm-up, then cosine decay to 10% of the peak.
+//! let s = Schedule::new(3e-4, 100, 1000).with_min_lr_ratio(0.1);
+//! assert!(s.lr(0) < s.lr(99) && (s.lr(100) - 3e-4).abs() < 1e-9);
+//! assert!((s.lr(1000) - 3e-5).abs() < 1e-9);
+//! ```
 
 pub mod checkpoint;
 mod error;
