@@ -300,9 +300,19 @@ fn main() -> Result<()> {
     let (em_init, _, _) = task.accuracy(&model.valid(), &held_words)?;
     let mut sft = Run::sft(&sft_config, model, stages.join("sft"), &dev)?;
     let pb = progress(args.sft_steps, sft.step(), "sft");
+    // SFT batches in the order one sequential generator gives them (the order the defaults were
+    // tuned on: when this task "clicks" depends on it); a resumed run replays the generator up to
+    // its step, so it sees the batches an uninterrupted run would.
+    let (mut sft_rng, mut next_step) = (rng.clone(), 0u64);
     let mut sft_data = |step: u64| -> qwen_align::Result<Vec<TokenBatch>> {
-        let mut rng = step_rng(args.seed, 1, step);
-        let ws: Vec<String> = (0..args.batch).map(|_| pick(&mut rng)).collect();
+        if step < next_step {
+            return Err(qwen_align::AlignError::Batch(format!("SFT batch {step} asked after {next_step}")));
+        }
+        for _ in next_step..step {
+            (0..args.batch).for_each(|_| drop(pick(&mut sft_rng)));
+        }
+        next_step = step + 1;
+        let ws: Vec<String> = (0..args.batch).map(|_| pick(&mut sft_rng)).collect();
         Ok(vec![task.sft_batch(&ws, seq_len)?])
     };
     sft.train(&mut sft_data, |s| {
