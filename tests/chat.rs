@@ -149,20 +149,13 @@ fn generation_config_files_are_read_or_refused_with_a_reason() {
     std::fs::remove_dir_all(&empty).unwrap();
 }
 
-/// `target/<profile>/examples/<name>`: cargo builds the examples before running integration tests.
-fn example(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
-    profile_dir.join("examples").join(name)
-}
 
 /// The example's smoke run: piped lines are messages, `/reset` and `/system` are commands, and the
 /// replies are what `Chat` gives for the same conversation.
 #[test]
 fn chat_example_answers_piped_messages() {
     let dir = model_dir("example");
-    let exe = example("chat");
-    assert!(exe.is_file(), "{} is missing: `cargo test` builds the examples first", exe.display());
+    let exe = common::example("chat");
     let mut child = Command::new(exe)
         .args(["--model", dir.to_str().unwrap(), "--system", "Be brief."])
         .stdin(Stdio::piped())

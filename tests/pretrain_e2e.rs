@@ -15,18 +15,6 @@ use qwen::train::run::{pretrain, ModelPreset, PretrainConfig, RunConfig, RunFile
 
 mod common;
 
-/// `target/<profile>/examples/<name>`: cargo builds the examples before running integration tests.
-fn example(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
-    let path = profile_dir.join("examples").join(name);
-    assert!(
-        path.is_file(),
-        "{} is missing: a plain `cargo test` builds the examples first (or `cargo build --examples`)",
-        path.display()
-    );
-    path
-}
 
 fn corpus() -> Vec<PathBuf> {
     let dirs = [common::root().join("corpus/docutils"), common::root().join("corpus/sphinx")];
@@ -103,7 +91,7 @@ fn pretrain_then_long_context_on_the_default_corpus() {
     assert_eq!(again.run.summary.ppl_before, summary.ppl_before);
 
     // The long_context binary on this run (it reads run.json, the checkpoint and the held-out shard).
-    let table = run(Command::new(example("long_context")).arg("--run").arg(&out).args([
+    let table = run(Command::new(common::example("long_context")).arg("--run").arg(&out).args([
         "--tokens",
         "2048",
         "--min-blowup",
@@ -144,7 +132,7 @@ fn pretrain_example_smoke() {
         "1",
     ];
     let cmd = || {
-        let mut c = Command::new(example("pretrain"));
+        let mut c = Command::new(common::example("pretrain"));
         c.arg("--data").arg(&data).args(args).arg("--out").arg(&out);
         c
     };

@@ -164,14 +164,15 @@ fn encode_time(unit: &str, n: usize) -> f64 {
 }
 
 /// A megabyte of one character is a single piece; tiktoken's merge is quadratic in it. Ours is
-/// O(n log n): 8x the input may take ~9x the time (quadratic would be 64x). The bound leaves room
-/// for a busy machine and cache effects.
+/// O(n log n): 8x the input may take ~9x the time (quadratic would be 64x). The bound (40x) leaves
+/// room for a busy machine and cache effects: 24x was exceeded once (25x) while two other builds
+/// shared the two cores.
 #[test]
 fn adversarial_inputs_scale_near_linearly() {
     for unit in ["a", " ", "1", "ab", "\u{3000}", "😀"] {
         let t1 = encode_time(unit, 1 << 17);
         let t2 = encode_time(unit, 1 << 20);
-        assert!(t2 < 24.0 * t1 + 0.05, "{unit:?}: 128 KiB {t1:.3}s, 1 MiB {t2:.3}s (quadratic?)");
+        assert!(t2 < 40.0 * t1 + 0.05, "{unit:?}: 128 KiB {t1:.3}s, 1 MiB {t2:.3}s (quadratic?)");
         assert!(t2 < 20.0, "{unit:?}: 1 MiB took {t2:.1}s");
     }
 }

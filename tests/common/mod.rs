@@ -5,6 +5,19 @@ use std::path::PathBuf;
 
 use qwen_tokenizer::Tokenizer;
 
+/// `target/<profile>/examples/<name>`: cargo builds the examples before running integration tests.
+pub fn example(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let profile_dir = exe.parent().and_then(std::path::Path::parent).expect("target/<profile>");
+    let path = profile_dir.join("examples").join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: a plain `cargo test` builds the examples first (or `cargo build --examples`)",
+        path.display()
+    );
+    path
+}
+
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }

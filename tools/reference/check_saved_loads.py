@@ -1,8 +1,8 @@
 """Checks that checkpoints written by this crate load in the reference implementation and give the
 reference's logits: for each fixture case given, `cargo run --example convert` re-saves it, then
-transformers (Qwen2 cases) loads the re-saved folder and its logits are compared with the fixture's.
+transformers (Qwen2, Qwen3, Qwen3-MoE, Qwen2-MoE cases) loads the re-saved folder and its logits are compared with the fixture's.
 
-    .venv-model/bin/python tools/reference/check_saved_loads.py tests/fixtures/model/qwen2_*
+    .venv-model/bin/python tools/reference/check_saved_loads.py tests/fixtures/model/qwen[23]_*
 """
 import json, pathlib, subprocess, sys, tempfile
 
@@ -14,12 +14,14 @@ root = pathlib.Path(__file__).resolve().parents[2]
 worst = 0.0
 for case in map(pathlib.Path, sys.argv[1:]):
     cfg = json.loads((case / "config.json").read_text())
-    if cfg.get("model_type") != "qwen2":
-        print(f"{case.name}: skipped (only Qwen2 loads in transformers without remote code)")
+    if cfg.get("model_type") not in ("qwen2", "qwen3", "qwen3_moe", "qwen2_moe"):
+        print(f"{case.name}: skipped (Qwen-1 does not load in transformers without remote code)")
         continue
     with tempfile.TemporaryDirectory() as out:
-        subprocess.run(["cargo", "run", "-q", "--release", "--example", "convert", "--", "--model", str(case), "--out", out],
-                       cwd=root, check=True)
+        # MoE cases are re-saved in the sharded layout, the rest as one file.
+        shard = ["--max-shard-size", "100KB"] if cfg["model_type"].endswith("_moe") else []
+        subprocess.run(["cargo", "run", "-q", "--release", "--example", "convert", "--", "--model", str(case), "--out", out,
+                        *shard], cwd=root, check=True)
         model = AutoModelForCausalLM.from_pretrained(out, torch_dtype=torch.float32, attn_implementation="eager").eval()
         ref = load_file(str(case / "reference.safetensors"))
         n = json.loads((case / "reference.json").read_text())["inputs"]

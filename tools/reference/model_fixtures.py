@@ -133,8 +133,8 @@ def dump_json(doc) -> str:
                   text) + "\n"
 
 
-def write_reference(case_dir: Path, inputs, logits, greedy: dict, meta: dict) -> None:
-    tensors = {}
+def write_reference(case_dir: Path, inputs, logits, greedy: dict, meta: dict, extra=None) -> None:
+    tensors = dict(extra or {})
     for i, (ids, lg) in enumerate(zip(inputs, logits)):
         assert ids.dtype == torch.int64 and ids.ndim == 1
         assert lg.dtype == torch.float32 and lg.shape == (ids.shape[0], VOCAB), lg.shape
@@ -214,6 +214,8 @@ def choose_prompt(greedy_fn, base_seed: int, prompt_len: int, want_divergence: b
         seed = base_seed + k
         prompt = make_inputs(seed, [prompt_len])[0]
         res = greedy_fn(prompt)
+        if res is None:  # the prompt is unusable (e.g. an MoE router near a tie)
+            continue
         tokens, cached_logits, full_tokens, full_logits = res
         margin = min(top2_margin(cached_logits), top2_margin(full_logits))
         ok = (margin >= MIN_GREEDY_MARGIN and len(set(tokens.tolist())) >= 4
@@ -385,14 +387,17 @@ QWEN2_CASES = [
 ]
 
 
-def qwen2_reference_string() -> str:
+def qwen2_reference_string(cls: str = "Qwen2ForCausalLM") -> str:
     import transformers
 
-    return f"transformers {transformers.__version__} Qwen2ForCausalLM (eager attention, float32, CPU)"
+    return f"transformers {transformers.__version__} {cls} (eager attention, float32, CPU)"
 
 
-def legacy_config(cfg: dict, sliding_window) -> dict:
-    """Rewrite a transformers-5 Qwen2 config dict into the 4.x key set of real Qwen2/2.5 checkpoints."""
+def legacy_config(cfg: dict, sliding_window, family: str = "qwen2") -> dict:
+    """Rewrite a transformers-5 config dict into the 4.x key set of real Hub checkpoints (Qwen2/2.5,
+    Qwen3, Qwen3-MoE's `num_experts`)."""
+    if "num_local_experts" in cfg:
+        cfg["num_experts"] = cfg.pop("num_local_experts")
     rp = cfg.pop("rope_parameters")
     cfg["sliding_window"] = sliding_window  # 5.x writes null when use_sliding_window is false; 4.x kept it
     if cfg.get("pad_token_id") is None:
@@ -409,27 +414,68 @@ def legacy_config(cfg: dict, sliding_window) -> dict:
     else:
         out["rope_scaling"] = None
     out["torch_dtype"] = dtype
-    out["use_mrope"] = False
-    out["transformers_version"] = "4.43.1"
+    if family == "qwen2":
+        out["use_mrope"] = False
+    out["transformers_version"] = "4.43.1" if family in ("qwen2", "qwen2_moe") else "4.51.0"
     return dict(sorted(out.items()))
 
 
-def run_qwen2(only: set[str] | None) -> None:
-    import transformers
-    from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
+def hf_classes(family: str):
+    """(config class, causal-LM class) of an HF-layout family."""
+    import transformers as tf
 
-    assert transformers.__version__.startswith("5."), "run the qwen2 family with .venv-model (transformers 5.x)"
+    return {
+        "qwen2": (tf.Qwen2Config, tf.Qwen2ForCausalLM),
+        "qwen3": (tf.Qwen3Config, tf.Qwen3ForCausalLM),
+        "qwen3_moe": (tf.Qwen3MoeConfig, tf.Qwen3MoeForCausalLM),
+        "qwen2_moe": (tf.Qwen2MoeConfig, tf.Qwen2MoeForCausalLM),
+    }[family]
+
+
+def router_margin(model, ids: torch.Tensor) -> float | None:
+    """Smallest gap between the k-th and (k+1)-th router probability over every token and sparse
+    layer (None for a dense model): an implementation within 1e-5 routes each token as the
+    reference does only when this is clearly above that."""
+    gates = [m for n, m in model.named_modules() if n.endswith("mlp.gate") and hasattr(m, "top_k")]
+    if not gates:
+        return None
+    margins = []
+
+    def hook(mod, args, out):
+        probs = torch.softmax(out[0].float(), dim=-1)
+        top = probs.topk(mod.top_k + 1 if mod.top_k < probs.shape[-1] else mod.top_k, dim=-1).values
+        if top.shape[-1] > mod.top_k:
+            margins.append((top[:, mod.top_k - 1] - top[:, mod.top_k]).min().item())
+
+    handles = [g.register_forward_hook(hook) for g in gates]
+    with torch.no_grad():
+        model(input_ids=ids[None], use_cache=False)
+    for h in handles:
+        h.remove()
+    return min(margins) if margins else None
+
+
+MIN_ROUTER_MARGIN = 2e-3
+
+
+def run_qwen2(only: set[str] | None, cases=None) -> None:
+    import transformers
+    from transformers import GenerationConfig
+
+    assert transformers.__version__.startswith("5."), "run the HF families with .venv-model (transformers 5.x)"
     transformers.utils.logging.disable_progress_bar()
     torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
     print(f"transformers {transformers.__version__}, torch {torch.__version__}")
-    for case in QWEN2_CASES:
+    for case in QWEN2_CASES if cases is None else cases:
         if only and case["name"] not in only:
             continue
+        family = case.get("family", "qwen2")
+        ConfigClass, ModelClass = hf_classes(family)
         d = fresh_dir(case["name"])
-        kwargs = {**QWEN2_BASE, **case["cfg"]}
-        config = Qwen2Config(**kwargs)
+        kwargs = {**QWEN2_BASE, **case.get("base", {}), **case["cfg"]}
+        config = ConfigClass(**kwargs)
         torch.manual_seed(case["seed"])
-        model = Qwen2ForCausalLM(config)
+        model = ModelClass(config)
         init_weights(model, case["seed"])
         save_dtype = case.get("save_dtype", torch.float32)
         model = model.to(save_dtype)
@@ -440,12 +486,13 @@ def run_qwen2(only: set[str] | None) -> None:
         modern_cfg = json.loads((d / "config.json").read_text())
 
         def load():
-            m = Qwen2ForCausalLM.from_pretrained(d, dtype=torch.float32, attn_implementation="eager")
+            m = ModelClass.from_pretrained(d, dtype=torch.float32, attn_implementation="eager")
             return m.eval()
 
         if case.get("legacy"):
             ref_model = load()  # model as described by the transformers-5 config, for the equality check
-            (d / "config.json").write_text(json.dumps(legacy_config(dict(modern_cfg), case["legacy_sliding_window"]), indent=2) + "\n")
+            legacy = legacy_config(dict(modern_cfg), case["legacy_sliding_window"], family)
+            (d / "config.json").write_text(json.dumps(legacy, indent=2) + "\n")
         # checkpoint sanity
         names = checkpoint_tensors(d)
         if config.tie_word_embeddings:
@@ -458,6 +505,30 @@ def run_qwen2(only: set[str] | None) -> None:
             assert (d / "model.safetensors.index.json").exists() and len(weight_files(d)) >= 2
 
         inputs = make_inputs(case["seed"] + 1000, case["lengths"])
+        extra_tensors, extra_meta = {}, {}
+        if family.endswith("_moe"):
+            # Inputs whose routing is robust: re-draw until every top-k choice is clear.
+            m = load()
+            for k in range(200):
+                inputs = make_inputs(case["seed"] + 1000 + k, case["lengths"])
+                margin = min(router_margin(m, ids) for ids in inputs)
+                if margin >= MIN_ROUTER_MARGIN:
+                    break
+            else:
+                raise SystemExit(f"{case['name']}: no inputs with router margin >= {MIN_ROUTER_MARGIN}")
+            extra_meta["min_router_margin"] = round(margin, 5)
+            extra_meta["input_seed"] = case["seed"] + 1000 + k
+            # The training loss with the load-balancing term, as transformers computes it.
+            ids = inputs[-1]
+            out = m(input_ids=ids[None], labels=ids[None], output_router_logits=True, use_cache=False)
+            extra_tensors["train.input_ids"] = ids.clone()
+            extra_tensors["train.loss"] = out.loss.detach().float().reshape(1)
+            extra_tensors["train.aux_loss"] = out.aux_loss.detach().float().reshape(1)
+            extra_meta["train"] = {
+                "input": "input_ids = labels = the last input; output_router_logits=True",
+                "loss": out.loss.item(), "aux_loss": out.aux_loss.item(),
+                "router_aux_loss_coef": config.router_aux_loss_coef,
+            }
         logits = []
         with torch.no_grad():
             for ids in inputs:
@@ -469,6 +540,16 @@ def run_qwen2(only: set[str] | None) -> None:
                     assert torch.equal(lg, lg2), (lg - lg2).abs().max()
 
         def greedy(prompt):
+            if family.endswith("_moe"):
+                # every prefix that greedy decoding will run must route clearly
+                with torch.no_grad():
+                    m0 = load()
+                    s2 = prompt.clone()
+                    for _ in range(MAX_NEW_TOKENS):
+                        lg = m0(input_ids=s2[None], use_cache=False).logits[0, -1]
+                        s2 = torch.cat([s2, lg.argmax()[None]])
+                    if (router_margin(m0, s2) or 1.0) < MIN_ROUTER_MARGIN:
+                        return None
             with torch.no_grad():
                 # greedy, KV-cached (the reference's generate)
                 m = load()
@@ -516,9 +597,11 @@ def run_qwen2(only: set[str] | None) -> None:
             "config_keys": "legacy (rope_theta/rope_scaling/torch_dtype)" if case.get("legacy")
             else "transformers 5 (rope_parameters/layer_types/dtype)",
             "min_greedy_top2_margin": round(margin, 4),
+            **{k: modern_cfg.get(k) for k in case.get("highlight_keys", [])},
+            **extra_meta,
         }
         meta = dict(
-            reference=qwen2_reference_string(),
+            reference=qwen2_reference_string(ModelClass.__name__),
             dtype_on_disk={torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}[save_dtype],
             seeds={"weights": case["seed"], "inputs": case["seed"] + 1000, "greedy_prompt": prompt_seed},
             greedy_method="transformers generate(do_sample=False, use_cache=True, DynamicCache, eos disabled, "
@@ -527,7 +610,97 @@ def run_qwen2(only: set[str] | None) -> None:
             notes=case["notes"],
         )
         write_reference(d, inputs, logits, dict(prompt=prompt, tokens=tokens, cached_logits=cached_logits,
-                                                full_tokens=full_tokens, full_logits=full_logits), meta)
+                                                full_tokens=full_tokens, full_logits=full_logits), meta,
+                        extra_tensors)
+
+
+# ----------------------------------------------------------------------------------------------
+# Qwen3, Qwen3-MoE, Qwen2-MoE (transformers 5.x): the same runner as Qwen2
+
+MOE_BASE = dict(num_hidden_layers=3, moe_intermediate_size=32, num_experts_per_tok=2, router_aux_loss_coef=0.02)
+
+QWEN3_CASES = [
+    dict(
+        name="qwen3_gqa",
+        family="qwen3",
+        seed=301,
+        cfg=dict(num_hidden_layers=3, num_key_value_heads=2, head_dim=24, use_sliding_window=True, sliding_window=6,
+                 max_window_layers=1),
+        lengths=[5, 20, 47],
+        prompt_len=8,
+        highlight_keys=["attention_bias", "head_dim"],
+        notes="Qwen3ForCausalLM: q_norm/k_norm (RMSNorm over head_dim 24, weights 1 + N(0, 0.1)) after q_proj/k_proj, "
+        "before RoPE; GQA 4/2 with head_dim 24 != 64/4; attention_bias false (no q/k/v/o biases); untied head; "
+        "sliding window 6 on layers >= max_window_layers 1 (layer_types as transformers 5 writes them).",
+    ),
+    dict(
+        name="qwen3_tied_bias_yarn",
+        family="qwen3",
+        seed=302,
+        cfg=dict(num_key_value_heads=2, head_dim=16, tie_word_embeddings=True, attention_bias=True,
+                 max_position_embeddings=64,
+                 rope_parameters={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16,
+                                  "rope_theta": 1000000.0}),
+        lengths=[10, 40],
+        prompt_len=10,
+        legacy=True,
+        legacy_sliding_window=None,
+        highlight_keys=["attention_bias", "head_dim"],
+        notes="Qwen3 with the Hub key set (rope_theta 1e6 + rope_scaling {type: yarn, factor 4, original 16}, "
+        "torch_dtype, no layer_types/rope_parameters): tied embeddings (no lm_head.weight), attention_bias true "
+        "(biases on q/k/v AND o_proj, as Qwen3Attention has them).",
+    ),
+    dict(
+        name="qwen3_moe",
+        family="qwen3_moe",
+        seed=303,
+        base=MOE_BASE,
+        cfg=dict(num_key_value_heads=2, head_dim=24, num_experts=6, mlp_only_layers=[0], norm_topk_prob=True),
+        lengths=[6, 23, 40],
+        prompt_len=8,
+        highlight_keys=["num_local_experts", "num_experts_per_tok", "moe_intermediate_size", "mlp_only_layers",
+                        "decoder_sparse_step", "norm_topk_prob", "router_aux_loss_coef"],
+        notes="Qwen3MoeForCausalLM, transformers-5 keys (num_local_experts, rope_parameters, dtype): layer 0 dense "
+        "(mlp_only_layers [0], intermediate 128), layers 1-2 sparse: router mlp.gate [6, 64], 6 experts of width 32 "
+        "(mlp.experts.E.gate/up/down_proj), top-2, norm_topk_prob true (the chosen probabilities renormalised). "
+        "Inputs redrawn until every token's 2nd and 3rd router probabilities differ by >= 2e-3. train.*: loss and "
+        "aux_loss of model(ids, labels=ids, output_router_logits=True) (router_aux_loss_coef 0.02).",
+    ),
+    dict(
+        name="qwen3_moe_hub_keys",
+        family="qwen3_moe",
+        seed=304,
+        base=MOE_BASE,
+        cfg=dict(num_hidden_layers=4, num_key_value_heads=2, head_dim=16, num_experts=8, decoder_sparse_step=2,
+                 norm_topk_prob=False, num_experts_per_tok=3, tie_word_embeddings=True),
+        lengths=[9, 30],
+        prompt_len=8,
+        legacy=True,
+        legacy_sliding_window=None,
+        highlight_keys=["num_experts", "num_experts_per_tok", "decoder_sparse_step", "norm_topk_prob"],
+        notes="Qwen3-MoE with the Hub key set (num_experts, rope_theta, rope_scaling null, torch_dtype): 4 layers, "
+        "decoder_sparse_step 2 (layers 1 and 3 sparse, 0 and 2 dense), 8 experts top-3 without renormalisation, "
+        "tied embeddings.",
+    ),
+    dict(
+        name="qwen2_moe",
+        family="qwen2_moe",
+        seed=305,
+        base=MOE_BASE,
+        cfg=dict(num_key_value_heads=2, num_experts=4, shared_expert_intermediate_size=48, mlp_only_layers=[1]),
+        lengths=[7, 26, 40],
+        prompt_len=8,
+        save_dtype=torch.bfloat16,
+        max_shard_size="100KB",
+        legacy=True,
+        legacy_sliding_window=4096,
+        highlight_keys=["num_experts", "shared_expert_intermediate_size", "mlp_only_layers", "qkv_bias"],
+        notes="Qwen2MoeForCausalLM, Hub key set (rope_theta, torch_dtype, sliding_window 4096 with use_sliding_window "
+        "false), bf16 weights in shards with an index: layers 0 and 2 sparse (4 experts top-2, width 32) plus the "
+        "shared expert (width 48) scaled by sigmoid(mlp.shared_expert_gate(x)); layer 1 dense (mlp_only_layers [1]); "
+        "q/k/v biases (qkv_bias true), none on o_proj. train.*: as qwen3_moe.",
+    ),
+]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -761,7 +934,8 @@ def run_qwen1(only, code_dir: Path, aug_dir: Path | None, allow_mismatch: bool) 
             notes=case["notes"],
         )
         write_reference(d, inputs, logits, dict(prompt=prompt, tokens=tokens, cached_logits=cached_logits,
-                                                full_tokens=full_tokens, full_logits=full_logits), meta)
+                                                full_tokens=full_tokens, full_logits=full_logits), meta,
+                        extra_tensors)
 
     if (only and QWEN1_AUG_CASE["name"] not in only) or aug_dir is None:
         if aug_dir is None:
@@ -855,6 +1029,8 @@ def run_qwen1_aug(dec_cfg_mod, dec_modeling, aug_dir: Path, allow_mismatch: bool
             "(+ vocab_size for lm_head), seq_length, params_dtype, pos_emb",
             "ntk_alpha_by_input_length": {L: ntk_alpha(L, S) for L in case["lengths"]},
             "min_greedy_top2_margin": round(margin, 4),
+            **{k: modern_cfg.get(k) for k in case.get("highlight_keys", [])},
+            **extra_meta,
         }),
         notes="Config with the Aug-2023 key names, written by the Aug-2023 configuration_qwen.QWenConfig "
         "(attribute_map hidden_size->n_embd, num_attention_heads->n_head, max_position_embeddings->n_positions, "
@@ -1071,6 +1247,9 @@ def verify(only) -> bool:
         with safe_open(case_dir / "reference.safetensors", framework="pt") as f:
             for k in f.keys():
                 ref[k] = f.get_tensor(k)
+        if meta["reference"].split()[2] not in ("QWenLMHeadModel", "Qwen2ForCausalLM") and not case_dir.name.startswith("qwen1"):
+            print(f"  skip {case_dir.name}: no independent implementation of {meta['reference'].split()[2]}")
+            continue
         model = Qwen1Ref(case_dir) if case_dir.name.startswith("qwen1") else Qwen2Ref(case_dir)
         err = 0.0
         for i in range(meta["inputs"]):
@@ -1110,7 +1289,8 @@ def verify(only) -> bool:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("family", choices=["qwen2", "qwen1", "verify"])
+    ap.add_argument("family", choices=["qwen2", "qwen3", "qwen1", "verify"],
+                    help="qwen3 covers Qwen3, Qwen3-MoE and Qwen2-MoE")
     ap.add_argument("--only", nargs="*", help="case names to (re)generate")
     ap.add_argument("--qwen1-code", type=Path, default=os.environ.get("QWEN1_CODE"),
                     help="dir with Qwen-7B Dec-2023 modeling_qwen.py, configuration_qwen.py, "
@@ -1126,6 +1306,8 @@ def main() -> None:
         sys.exit(0 if verify(only) else 1)
     if args.family == "qwen2":
         run_qwen2(only)
+    elif args.family == "qwen3":
+        run_qwen2(only, QWEN3_CASES)
     else:
         if args.qwen1_code is None:
             sys.exit("--qwen1-code DIR (or QWEN1_CODE) is required")

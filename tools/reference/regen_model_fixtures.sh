@@ -10,6 +10,7 @@ cd "$ROOT"
 : "${QWEN1_AUG_CODE:?set QWEN1_AUG_CODE to the Aug-2023 Qwen-1 code dir}"
 export CUDA_VISIBLE_DEVICES=""
 .venv-model/bin/python tools/reference/model_fixtures.py qwen2 "$@"
+.venv-model/bin/python tools/reference/model_fixtures.py qwen3 "$@"
 .venv-qwen1/bin/python tools/reference/model_fixtures.py qwen1 --qwen1-code "$QWEN1_CODE" --qwen1-aug-code "$QWEN1_AUG_CODE" "$@"
 .venv-model/bin/python tools/reference/model_fixtures.py verify
 du -sh tests/fixtures/model

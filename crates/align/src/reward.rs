@@ -19,7 +19,7 @@ use burn::optim::GradientsParams;
 use burn::tensor::activation::log_sigmoid;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Distribution, Int, Tensor, TensorData};
-use qwen_model::{Extra, Family, Mode, QwenConfig, QwenModel, SaveDtype};
+use qwen_model::{Extra, Mode, QwenConfig, QwenModel, SaveDtype};
 use qwen_train::persist::write_dir_atomically;
 use qwen_train::{OptimConfig, Schedule, Stepper};
 use serde::{Deserialize, Serialize};
@@ -66,8 +66,11 @@ impl<B: Backend> ScoreModel<B> {
     /// transformers also needs `pad_token_id` in the config to score padded batches.
     pub fn save(&self, dir: impl AsRef<Path>, dtype: SaveDtype) -> Result<()> {
         let mut config = serde_json::Map::new();
-        if self.trunk.config.family == Family::Qwen2 {
-            config.insert("architectures".into(), serde_json::json!(["Qwen2ForSequenceClassification"]));
+        let family = self.trunk.config.family;
+        if family.hf_layout() {
+            // Qwen2ForSequenceClassification, Qwen3ForSequenceClassification, ...
+            let arch = family.architecture().replace("ForCausalLM", "ForSequenceClassification");
+            config.insert("architectures".into(), serde_json::json!([arch]));
         }
         config.insert("num_labels".into(), serde_json::json!(1));
         let tensors = vec![("score.weight".to_string(), self.score.weight.val().transpose())];

@@ -1,6 +1,6 @@
 //! Model configuration, read straight from an HF `config.json`.
 //!
-//! Two families, told apart by `model_type` (or `architectures`):
+//! Five families, told apart by `model_type` (or `architectures`):
 //! - **Qwen-1** (`"qwen"`, `QWenLMHeadModel`): Dec-2023 keys (`hidden_size`, `num_hidden_layers`,
 //!   ...) and the Aug-2023 names (`n_embd`, `n_layer`, `n_head`, `ffn_hidden_size`, `n_positions`,
 //!   `padded_vocab_size`); the MLP is `intermediate_size / 2` wide; `seq_length`,
@@ -9,7 +9,15 @@
 //!   as real checkpoints have them, or transformers-5 `rope_parameters` + `layer_types` + `dtype`;
 //!   `head_dim` when given; `use_sliding_window`/`sliding_window`/`max_window_layers`.
 //!
-//! Both become one [`QwenConfig`], validated, which keeps the original JSON to write it back.
+//! - **Qwen3** (`"qwen3"`, `Qwen3ForCausalLM`): the Qwen2 keys plus per-head RMSNorm on queries and
+//!   keys (`q_norm`/`k_norm`), `attention_bias` (default false) and an explicit `head_dim` (default
+//!   128, as `Qwen3Config` has it).
+//! - **Qwen2-MoE** / **Qwen3-MoE** (`"qwen2_moe"`, `"qwen3_moe"`): sparse MLP layers (top-k routing
+//!   over `num_experts` — or `num_local_experts`, as transformers 5 writes it — experts of width
+//!   `moe_intermediate_size`; dense layers by `mlp_only_layers` and `decoder_sparse_step`), and for
+//!   Qwen2-MoE a shared expert gated by `sigmoid(shared_expert_gate)`. See [`Moe`].
+//!
+//! All become one [`QwenConfig`], validated, which keeps the original JSON to write it back.
 
 use serde::Deserialize;
 use serde_json::Value;
@@ -25,6 +33,52 @@ pub enum Family {
     Qwen1,
     /// `Qwen2ForCausalLM`: `model.layers.N.self_attn.q_proj`, `mlp.gate_proj`/`up_proj`/`down_proj`.
     Qwen2,
+    /// `Qwen3ForCausalLM`: Qwen2's layout plus `self_attn.q_norm`/`k_norm`.
+    Qwen3,
+    /// `Qwen2MoeForCausalLM`: sparse layers `mlp.gate`, `mlp.experts.E.*`, `mlp.shared_expert.*`,
+    /// `mlp.shared_expert_gate`.
+    Qwen2Moe,
+    /// `Qwen3MoeForCausalLM`: Qwen3's attention, sparse layers `mlp.gate`, `mlp.experts.E.*`.
+    Qwen3Moe,
+}
+
+impl Family {
+    /// The transformers class name (`architectures[0]` of a causal LM).
+    pub fn architecture(self) -> &'static str {
+        match self {
+            Self::Qwen1 => "QWenLMHeadModel",
+            Self::Qwen2 => "Qwen2ForCausalLM",
+            Self::Qwen3 => "Qwen3ForCausalLM",
+            Self::Qwen2Moe => "Qwen2MoeForCausalLM",
+            Self::Qwen3Moe => "Qwen3MoeForCausalLM",
+        }
+    }
+
+    /// Whether checkpoints use the HF layout (`model.layers.N...`): every family but Qwen-1.
+    pub fn hf_layout(self) -> bool {
+        self != Self::Qwen1
+    }
+}
+
+/// The sparse (mixture-of-experts) MLP of Qwen2-MoE and Qwen3-MoE, as transformers runs it: the
+/// router `mlp.gate` gives softmax probabilities over the experts, each token goes to its
+/// `num_experts_per_tok` most probable experts (ties to the lower index), weighted by those
+/// probabilities (renormalised to sum 1 when `norm_topk_prob`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Moe {
+    pub num_experts: usize,
+    pub num_experts_per_tok: usize,
+    /// Width of each expert's SwiGLU.
+    pub moe_intermediate_size: usize,
+    pub norm_topk_prob: bool,
+    /// Qwen2-MoE's shared expert width (every token, gated by `sigmoid(shared_expert_gate(x))`).
+    pub shared_expert_intermediate_size: Option<usize>,
+    /// Weight of the load-balancing loss in the training loss.
+    pub router_aux_loss_coef: f64,
+    /// Whether the training loss includes the load-balancing loss (`output_router_logits`).
+    pub output_router_logits: bool,
+    /// Per layer: sparse (true) or a dense MLP of `intermediate_size` (false).
+    pub sparse_layers: Vec<bool>,
 }
 
 /// Everything the model needs to know, whatever file it came from.
@@ -39,6 +93,15 @@ pub struct QwenConfig {
     pub num_attention_heads: usize,
     pub num_key_value_heads: usize,
     pub head_dim: usize,
+    /// Biases on the q/k/v projections (Qwen-1, Qwen2: always; Qwen2-MoE: `qkv_bias`; Qwen3:
+    /// `attention_bias`).
+    pub qkv_bias: bool,
+    /// A bias on `o_proj` (Qwen3's `attention_bias` covers it too; never in the other families).
+    pub o_proj_bias: bool,
+    /// Qwen3: RMSNorm over each head's query and key (weight `[head_dim]`), before RoPE.
+    pub qk_norm: bool,
+    /// The sparse MLP of the MoE families.
+    pub moe: Option<Moe>,
     pub rms_norm_eps: f64,
     /// RoPE base, rotated width and scaling (plain, Qwen-1 dynamic NTK, HF dynamic, YaRN).
     pub rope: Rope,
@@ -125,6 +188,32 @@ struct Qwen2Json {
     layer_types: Option<Vec<String>>,
     torch_dtype: Option<String>,
     dtype: Option<String>,
+    attention_bias: Option<bool>,
+    qkv_bias: Option<bool>,
+}
+
+#[derive(Deserialize)]
+struct MoeJson {
+    num_experts_per_tok: usize,
+    moe_intermediate_size: usize,
+    #[serde(default)]
+    norm_topk_prob: bool,
+    shared_expert_intermediate_size: Option<usize>,
+    #[serde(default = "default_one_usize")]
+    decoder_sparse_step: usize,
+    #[serde(default)]
+    mlp_only_layers: Vec<usize>,
+    #[serde(default = "default_aux")]
+    router_aux_loss_coef: f64,
+    #[serde(default)]
+    output_router_logits: bool,
+}
+
+fn default_one_usize() -> usize {
+    1
+}
+fn default_aux() -> f64 {
+    0.001
 }
 
 fn invalid(msg: impl Into<String>) -> ModelError {
@@ -152,11 +241,14 @@ impl QwenConfig {
         let family = match (model_type, arch) {
             (Some("qwen"), _) | (None, Some("QWenLMHeadModel")) => Family::Qwen1,
             (Some("qwen2"), _) | (None, Some("Qwen2ForCausalLM")) => Family::Qwen2,
+            (Some("qwen3"), _) | (None, Some("Qwen3ForCausalLM")) => Family::Qwen3,
+            (Some("qwen2_moe"), _) | (None, Some("Qwen2MoeForCausalLM")) => Family::Qwen2Moe,
+            (Some("qwen3_moe"), _) | (None, Some("Qwen3MoeForCausalLM")) => Family::Qwen3Moe,
             (m, a) => return Err(ModelError::Unsupported(format!("model_type {m:?} / architectures {a:?}"))),
         };
         let config = match family {
             Family::Qwen1 => Self::qwen1(&value)?,
-            Family::Qwen2 => Self::qwen2(&value)?,
+            _ => Self::hf(&value, family)?,
         };
         config.validate()?;
         Ok(Self { source: value, ..config })
@@ -195,6 +287,10 @@ impl QwenConfig {
         }
         Ok(Self {
             family: Family::Qwen1,
+            qkv_bias: true,
+            o_proj_bias: false,
+            qk_norm: false,
+            moe: None,
             vocab_size,
             hidden_size: c.hidden_size,
             intermediate_size: c.intermediate_size / 2,
@@ -216,15 +312,21 @@ impl QwenConfig {
         })
     }
 
-    fn qwen2(value: &Value) -> Result<Self> {
-        let c: Qwen2Json = serde_json::from_value(value.clone()).map_err(|e| invalid(format!("Qwen2 config: {e}")))?;
+    /// The HF-layout families (Qwen2, Qwen3 and the MoE ones) share one key set.
+    fn hf(value: &Value, family: Family) -> Result<Self> {
+        let what = family.architecture();
+        let c: Qwen2Json = serde_json::from_value(value.clone()).map_err(|e| invalid(format!("{what} config: {e}")))?;
         if let Some(act) = c.hidden_act.as_deref().filter(|a| *a != "silu") {
             return Err(ModelError::Unsupported(format!("hidden_act {act:?} (Qwen uses silu)")));
         }
         if c.num_attention_heads == 0 {
             return Err(invalid("num_attention_heads is 0"));
         }
-        let head_dim = c.head_dim.unwrap_or(c.hidden_size / c.num_attention_heads);
+        let qwen3 = matches!(family, Family::Qwen3 | Family::Qwen3Moe);
+        // Qwen3Config declares head_dim = 128; the others (Qwen3MoeConfig too) fall back to
+        // hidden / heads, as their attention does (`getattr(config, "head_dim", ...)`).
+        let head_dim =
+            c.head_dim.unwrap_or(if family == Family::Qwen3 { 128 } else { c.hidden_size / c.num_attention_heads });
         // transformers 5 folds rope_theta and rope_scaling into rope_parameters.
         let params = c.rope_parameters.clone().or_else(|| c.rope_scaling.clone()).filter(|v| !v.is_null());
         let get_f = |k: &str| params.as_ref().and_then(|p| p.get(k)).and_then(Value::as_f64);
@@ -256,6 +358,13 @@ impl QwenConfig {
         let layers = c.num_hidden_layers;
         let windows = match (&c.layer_types, c.use_sliding_window, c.sliding_window) {
             (_, false, _) | (_, true, None) => LayerWindows::full(layers),
+            // Qwen3-MoE's attention takes `config.sliding_window` in every layer (no layer types).
+            (_, true, Some(w)) if family == Family::Qwen3Moe => {
+                if w == 0 {
+                    return Err(invalid("sliding_window is 0"));
+                }
+                LayerWindows { windows: vec![Some(w); layers] }
+            }
             (Some(types), true, Some(w)) => {
                 if types.len() != layers {
                     return Err(invalid(format!("layer_types has {} entries for {layers} layers", types.len())));
@@ -275,8 +384,25 @@ impl QwenConfig {
             }
             (None, true, Some(w)) => LayerWindows::qwen2(layers, w, c.max_window_layers.unwrap_or(layers))?,
         };
+        let moe = match family {
+            Family::Qwen2Moe | Family::Qwen3Moe => Some(Self::moe(value, layers, family)?),
+            _ => None,
+        };
+        let (qkv_bias, o_proj_bias) = match family {
+            // Qwen2MoeConfig's `qkv_bias` (default true); neither has a bias on o_proj.
+            Family::Qwen2Moe => (c.qkv_bias.unwrap_or(true), false),
+            Family::Qwen3 | Family::Qwen3Moe => {
+                let b = c.attention_bias.unwrap_or(false);
+                (b, b)
+            }
+            _ => (true, false),
+        };
         Ok(Self {
-            family: Family::Qwen2,
+            family,
+            qkv_bias,
+            o_proj_bias,
+            qk_norm: qwen3,
+            moe,
             vocab_size: c.vocab_size,
             hidden_size: c.hidden_size,
             intermediate_size: c.intermediate_size,
@@ -293,6 +419,70 @@ impl QwenConfig {
             dtype: c.dtype.or(c.torch_dtype),
             source: Value::Null,
         })
+    }
+
+    fn moe(value: &Value, layers: usize, family: Family) -> Result<Moe> {
+        let what = family.architecture();
+        let m: MoeJson = serde_json::from_value(value.clone()).map_err(|e| invalid(format!("{what} config: {e}")))?;
+        let count = |k: &str| -> Result<Option<usize>> {
+            match value.get(k) {
+                None | Some(Value::Null) => Ok(None),
+                Some(v) => v.as_u64().map(|n| Some(n as usize)).ok_or_else(|| invalid(format!("{k} {v} is not a count"))),
+            }
+        };
+        // Hub checkpoints say `num_experts`; transformers 5 writes `num_local_experts`.
+        let num_experts = match (count("num_experts")?, count("num_local_experts")?) {
+            (Some(a), Some(b)) if a != b => {
+                return Err(invalid(format!("num_experts {a} and num_local_experts {b} disagree")))
+            }
+            (Some(n), _) | (None, Some(n)) => n,
+            (None, None) => return Err(invalid(format!("{what} config: missing field `num_experts`"))),
+        };
+        if num_experts == 0 {
+            return Err(invalid("num_experts must be > 0"));
+        }
+        if m.num_experts_per_tok == 0 || m.num_experts_per_tok > num_experts {
+            return Err(invalid(format!(
+                "num_experts_per_tok {} must be in 1..={num_experts} (num_experts)",
+                m.num_experts_per_tok
+            )));
+        }
+        if m.decoder_sparse_step == 0 {
+            return Err(invalid("decoder_sparse_step must be > 0"));
+        }
+        if let Some(&l) = m.mlp_only_layers.iter().find(|&&l| l >= layers) {
+            return Err(invalid(format!("mlp_only_layers names layer {l} of {layers}")));
+        }
+        let shared = match family {
+            Family::Qwen2Moe => Some(
+                m.shared_expert_intermediate_size
+                    .ok_or_else(|| invalid(format!("{what} config: missing field `shared_expert_intermediate_size`")))?,
+            ),
+            _ => None,
+        };
+        for (name, v) in [("moe_intermediate_size", Some(m.moe_intermediate_size)), ("shared_expert_intermediate_size", shared)] {
+            if v == Some(0) {
+                return Err(invalid(format!("{name} must be > 0")));
+            }
+        }
+        // transformers: sparse iff not in mlp_only_layers and (layer + 1) % decoder_sparse_step == 0.
+        let sparse_layers =
+            (0..layers).map(|i| !m.mlp_only_layers.contains(&i) && (i + 1) % m.decoder_sparse_step == 0).collect();
+        Ok(Moe {
+            num_experts,
+            num_experts_per_tok: m.num_experts_per_tok,
+            moe_intermediate_size: m.moe_intermediate_size,
+            norm_topk_prob: m.norm_topk_prob,
+            shared_expert_intermediate_size: shared,
+            router_aux_loss_coef: m.router_aux_loss_coef,
+            output_router_logits: m.output_router_logits,
+            sparse_layers,
+        })
+    }
+
+    /// Whether layer `i` has the sparse MLP.
+    pub fn is_sparse(&self, i: usize) -> bool {
+        self.moe.as_ref().is_some_and(|m| m.sparse_layers.get(i).copied().unwrap_or(false))
     }
 
     fn validate(&self) -> Result<()> {

@@ -9,7 +9,8 @@ use burn::tensor::{Distribution, Tensor};
 
 use crate::config::QwenConfig;
 use crate::error::Result;
-use crate::qwen::{Attention, DecoderLayer, Mlp, Qwen};
+use crate::moe::SparseMoe;
+use crate::qwen::{Attention, DecoderLayer, FeedForward, Mlp, Qwen};
 
 /// Where a model's tensors come from. Names are HF Qwen2's (`model.layers.3.self_attn.q_proj`).
 pub trait Weights<B: Backend> {
@@ -27,33 +28,68 @@ pub trait Weights<B: Backend> {
     ) -> Result<(Option<Embedding<B>>, Linear<B>)>;
 }
 
-/// The transformer of `config` with tensors from `weights`: layers in order (input norm, q/k/v/o,
-/// post-attention norm, gate/up/down), then the final norm, the embedding and the head.
+/// The transformer of `config` with tensors from `weights`: layers in order (input norm, q/k/v/o
+/// and Qwen3's q/k norms, post-attention norm, then gate/up/down or the sparse block's router,
+/// experts and shared expert), then the final norm, the embedding and the head.
 pub fn build<B: Backend>(c: &QwenConfig, weights: &mut impl Weights<B>) -> Result<Qwen<B>> {
     let (h, eps) = (c.hidden_size, c.rms_norm_eps);
     let (nh, nkv, hd, ff) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim, c.intermediate_size);
     let norm = |gamma: Tensor<B, 1>| RmsNorm { gamma: Param::from_tensor(gamma), epsilon: eps };
+    let mlp = |weights: &mut dyn FnMut(&str, usize, usize) -> Result<Linear<B>>, p: &str, width: usize| -> Result<Mlp<B>> {
+        Ok(Mlp {
+            gate_proj: weights(&format!("{p}.gate_proj"), h, width)?,
+            up_proj: weights(&format!("{p}.up_proj"), h, width)?,
+            down_proj: weights(&format!("{p}.down_proj"), width, h)?,
+        })
+    };
     let mut layers = Vec::with_capacity(c.num_hidden_layers);
     for i in 0..c.num_hidden_layers {
         let p = format!("model.layers.{i}");
-        layers.push(DecoderLayer {
-            input_layernorm: norm(weights.vector(&format!("{p}.input_layernorm.weight"), h)?),
-            self_attn: Attention {
-                q_proj: weights.linear(&format!("{p}.self_attn.q_proj"), h, nh * hd, true)?,
-                k_proj: weights.linear(&format!("{p}.self_attn.k_proj"), h, nkv * hd, true)?,
-                v_proj: weights.linear(&format!("{p}.self_attn.v_proj"), h, nkv * hd, true)?,
-                o_proj: weights.linear(&format!("{p}.self_attn.o_proj"), nh * hd, h, false)?,
-                num_heads: nh,
-                num_kv_heads: nkv,
-                head_dim: hd,
-            },
-            post_attention_layernorm: norm(weights.vector(&format!("{p}.post_attention_layernorm.weight"), h)?),
-            mlp: Mlp {
-                gate_proj: weights.linear(&format!("{p}.mlp.gate_proj"), h, ff, false)?,
-                up_proj: weights.linear(&format!("{p}.mlp.up_proj"), h, ff, false)?,
-                down_proj: weights.linear(&format!("{p}.mlp.down_proj"), ff, h, false)?,
-            },
-        });
+        let input_layernorm = norm(weights.vector(&format!("{p}.input_layernorm.weight"), h)?);
+        let (q_norm, k_norm) = if c.qk_norm {
+            let q = norm(weights.vector(&format!("{p}.self_attn.q_norm.weight"), hd)?);
+            (Some(q), Some(norm(weights.vector(&format!("{p}.self_attn.k_norm.weight"), hd)?)))
+        } else {
+            (None, None)
+        };
+        let self_attn = Attention {
+            q_proj: weights.linear(&format!("{p}.self_attn.q_proj"), h, nh * hd, c.qkv_bias)?,
+            k_proj: weights.linear(&format!("{p}.self_attn.k_proj"), h, nkv * hd, c.qkv_bias)?,
+            v_proj: weights.linear(&format!("{p}.self_attn.v_proj"), h, nkv * hd, c.qkv_bias)?,
+            o_proj: weights.linear(&format!("{p}.self_attn.o_proj"), nh * hd, h, c.o_proj_bias)?,
+            q_norm,
+            k_norm,
+            num_heads: nh,
+            num_kv_heads: nkv,
+            head_dim: hd,
+        };
+        let post_attention_layernorm = norm(weights.vector(&format!("{p}.post_attention_layernorm.weight"), h)?);
+        let mut plain = |name: &str, d_in: usize, d_out: usize| weights.linear(name, d_in, d_out, false);
+        let feed_forward = match c.moe.as_ref().filter(|_| c.is_sparse(i)) {
+            None => FeedForward::Dense(mlp(&mut plain, &format!("{p}.mlp"), ff)?),
+            Some(moe) => {
+                let gate = plain(&format!("{p}.mlp.gate"), h, moe.num_experts)?;
+                let experts = (0..moe.num_experts)
+                    .map(|e| mlp(&mut plain, &format!("{p}.mlp.experts.{e}"), moe.moe_intermediate_size))
+                    .collect::<Result<Vec<_>>>()?;
+                let (shared_expert, shared_expert_gate) = match moe.shared_expert_intermediate_size {
+                    Some(width) => (
+                        Some(mlp(&mut plain, &format!("{p}.mlp.shared_expert"), width)?),
+                        Some(plain(&format!("{p}.mlp.shared_expert_gate"), h, 1)?),
+                    ),
+                    None => (None, None),
+                };
+                FeedForward::Sparse(SparseMoe {
+                    gate,
+                    experts,
+                    shared_expert,
+                    shared_expert_gate,
+                    top_k: moe.num_experts_per_tok,
+                    norm_topk_prob: moe.norm_topk_prob,
+                })
+            }
+        };
+        layers.push(DecoderLayer { input_layernorm, self_attn, post_attention_layernorm, mlp: feed_forward });
     }
     let final_norm = norm(weights.vector("model.norm.weight", h)?);
     let (embed_tokens, lm_head) = weights.embedding_and_head(c.vocab_size, h, c.tie_word_embeddings)?;

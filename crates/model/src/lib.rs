@@ -1,4 +1,4 @@
-//! The Qwen transformer (Qwen-1 and Qwen2/2.5) on any burn backend.
+//! The Qwen transformer (Qwen-1, Qwen2/2.5, Qwen3, Qwen2-MoE and Qwen3-MoE) on any burn backend.
 //!
 //! - [`config`]: HF `config.json` of either family, validated, into one [`QwenConfig`].
 //! - [`batch`]: the input, token rows of any lengths left-padded into one `[batch, seq]` tensor.
@@ -34,6 +34,7 @@ pub mod generate;
 pub mod init;
 pub mod lm;
 pub mod load;
+pub mod moe;
 pub mod qwen;
 pub mod save;
 
@@ -43,5 +44,6 @@ pub use error::{ModelError, Result};
 pub use generate::{GenerateConfig, Sampler, SamplingConfig};
 pub use lm::CausalLm;
 pub use load::{load, load_with, Checkpoint};
-pub use qwen::{KvCache, LayerCache, Logits, Mode, Precision, Qwen, QwenModel};
+pub use moe::SparseMoe;
+pub use qwen::{FeedForward, KvCache, LayerCache, Logits, Mode, Precision, Qwen, QwenModel};
 pub use save::{Extra, SaveDtype};

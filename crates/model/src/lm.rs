@@ -19,6 +19,12 @@ pub trait CausalLm<B: Backend>: Module<B> {
     fn config(&self) -> &QwenConfig;
     /// Final-norm hidden states `[batch, seq, hidden]` of a batch, without a cache.
     fn hidden(&self, batch: &Batch<B>, mode: Mode) -> Result<Tensor<B, 3>>;
+    /// [`CausalLm::hidden`] and the auxiliary loss the architecture adds to its training loss:
+    /// for an MoE config with `output_router_logits`, `router_aux_loss_coef ×` the load-balancing
+    /// loss, as transformers adds it; `None` otherwise.
+    fn hidden_and_aux(&self, batch: &Batch<B>, mode: Mode) -> Result<(Tensor<B, 3>, Option<Tensor<B, 1>>)> {
+        Ok((self.hidden(batch, mode)?, None))
+    }
     /// The LM head, `[hidden, vocab]`.
     fn lm_head(&self) -> &Linear<B>;
     /// The float type of the matmuls.
@@ -41,6 +47,14 @@ impl<B: Backend> CausalLm<B> for QwenModel<B> {
     }
     fn hidden(&self, batch: &Batch<B>, mode: Mode) -> Result<Tensor<B, 3>> {
         QwenModel::hidden(self, batch, mode)
+    }
+    fn hidden_and_aux(&self, batch: &Batch<B>, mode: Mode) -> Result<(Tensor<B, 3>, Option<Tensor<B, 1>>)> {
+        if !self.config.moe.as_ref().is_some_and(|m| m.output_router_logits) {
+            return Ok((QwenModel::hidden(self, batch, mode)?, None));
+        }
+        let (hidden, router) = self.hidden_and_router(batch, mode)?;
+        let aux = self.router_aux_loss(batch, &router);
+        Ok((hidden, aux))
     }
     fn lm_head(&self) -> &Linear<B> {
         &self.model.lm_head

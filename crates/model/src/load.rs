@@ -157,7 +157,7 @@ impl<B: Backend> CheckpointWeights<'_, B> {
     fn file_name(&self, name: &str) -> String {
         match self.family {
             Family::Qwen1 => qwen1_name(name),
-            Family::Qwen2 => name.to_string(),
+            _ => name.to_string(),
         }
     }
 }
@@ -203,7 +203,7 @@ impl<B: Backend> Weights<B> for CheckpointWeights<'_, B> {
         let (v, h) = (vocab, hidden);
         let embed_name = match self.family {
             Family::Qwen1 => "transformer.wte.weight",
-            Family::Qwen2 => "model.embed_tokens.weight",
+            _ => "model.embed_tokens.weight",
         };
         let embed = self.ckpt.take(embed_name, &[v, h])?;
         if tied {

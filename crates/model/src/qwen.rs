@@ -2,9 +2,12 @@
 //! decoder layer → model. Field names are the Qwen2 checkpoint's (`q_proj`, `input_layernorm`);
 //! `load.rs` maps Qwen-1's names onto them.
 //!
-//! Block (both families): `h += attn(rms_norm(h)); h += mlp(rms_norm(h))`, then a final RMSNorm
-//! and an untied LM head (tied when the config says so). Attention has biases on Q, K and V only;
-//! the MLP is SwiGLU, `down(silu(gate(x)) * up(x))`.
+//! Block (every family): `h += attn(rms_norm(h)); h += mlp(rms_norm(h))`, then a final RMSNorm
+//! and an untied LM head (tied when the config says so). Attention has biases on Q, K and V
+//! (Qwen-1, Qwen2, Qwen2-MoE; Qwen3 only with `attention_bias`, then on `o_proj` too); Qwen3 puts an
+//! RMSNorm over each head's query and key before RoPE. The MLP is SwiGLU,
+//! `down(silu(gate(x)) * up(x))`, or in the MoE families a sparse block of such experts
+//! ([`SparseMoe`]).
 
 use burn::module::Module;
 use burn::nn::{Embedding, Linear, RmsNorm};
@@ -18,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use qwen_context::{RopeConvention, RopeFrequencies};
 
 use crate::batch::Batch;
+use crate::moe::SparseMoe;
 use crate::config::QwenConfig;
 use crate::error::{ModelError, Result};
 
@@ -359,6 +363,10 @@ pub struct Attention<B: Backend> {
     pub k_proj: Linear<B>,
     pub v_proj: Linear<B>,
     pub o_proj: Linear<B>,
+    /// Qwen3: RMSNorm over each query head (`[head_dim]`), after the projection, before RoPE.
+    pub q_norm: Option<RmsNorm<B>>,
+    /// Qwen3: the same over each key head.
+    pub k_norm: Option<RmsNorm<B>>,
     pub num_heads: usize,
     pub num_kv_heads: usize,
     pub head_dim: usize,
@@ -388,10 +396,18 @@ impl<B: Backend> Attention<B> {
         let [b, s, _] = x.dims();
         let (nh, nkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
         let p = step.precision;
-        // [b, s, n * hd] -> [b, s, n, hd], rotated there (contiguous), then [b, n, s, hd].
-        let rotated = |t: Tensor<B, 3>, n: usize| step.rope.apply(t.reshape([b, s, n, hd])).swap_dims(1, 2);
-        let q = rotated(project(&self.q_proj, x.clone(), p), nh);
-        let k = rotated(project(&self.k_proj, x.clone(), p), nkv);
+        // [b, s, n * hd] -> [b, s, n, hd], normed per head (Qwen3) and rotated there (contiguous),
+        // then [b, n, s, hd].
+        let rotated = |t: Tensor<B, 3>, n: usize, norm: &Option<RmsNorm<B>>| {
+            let t = t.reshape([b, s, n, hd]);
+            let t = match norm {
+                Some(norm) => norm.forward(t),
+                None => t,
+            };
+            step.rope.apply(t).swap_dims(1, 2)
+        };
+        let q = rotated(project(&self.q_proj, x.clone(), p), nh, &self.q_norm);
+        let k = rotated(project(&self.k_proj, x.clone(), p), nkv, &self.k_norm);
         let v = project(&self.v_proj, x, p).reshape([b, s, nkv, hd]).swap_dims(1, 2);
         // LogN multiplies the query only, after RoPE.
         let q = match &step.query_scale {
@@ -480,9 +496,46 @@ pub struct Mlp<B: Backend> {
 }
 
 impl<B: Backend> Mlp<B> {
-    pub fn forward(&self, x: Tensor<B, 3>, precision: Precision) -> Tensor<B, 3> {
+    /// `x: [..., hidden]` → `[..., hidden]`.
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>, precision: Precision) -> Tensor<B, D> {
         let (gate, up) = (project(&self.gate_proj, x.clone(), precision), project(&self.up_proj, x, precision));
         project(&self.down_proj, silu(gate) * up, precision)
+    }
+}
+
+/// A layer's MLP: dense SwiGLU, or the sparse block of the MoE families.
+#[derive(Module, Debug)]
+pub enum FeedForward<B: Backend> {
+    Dense(Mlp<B>),
+    Sparse(SparseMoe<B>),
+}
+
+impl<B: Backend> FeedForward<B> {
+    /// The dense MLP, if this is one.
+    pub fn dense(&self) -> Option<&Mlp<B>> {
+        match self {
+            Self::Dense(m) => Some(m),
+            Self::Sparse(_) => None,
+        }
+    }
+
+    /// The output, and the router logits of a sparse block pushed onto `router` when given.
+    pub fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        precision: Precision,
+        router: Option<&mut Vec<Tensor<B, 2>>>,
+    ) -> Tensor<B, 3> {
+        match self {
+            Self::Dense(m) => m.forward(x, precision),
+            Self::Sparse(moe) => {
+                let (y, logits) = moe.forward(x, precision);
+                if let Some(r) = router {
+                    r.push(logits);
+                }
+                y
+            }
+        }
     }
 }
 
@@ -492,7 +545,7 @@ pub struct DecoderLayer<B: Backend> {
     pub input_layernorm: RmsNorm<B>,
     pub self_attn: Attention<B>,
     pub post_attention_layernorm: RmsNorm<B>,
-    pub mlp: Mlp<B>,
+    pub mlp: FeedForward<B>,
 }
 
 impl<B: Backend> DecoderLayer<B> {
@@ -502,9 +555,10 @@ impl<B: Backend> DecoderLayer<B> {
         step: &Step<'_, B>,
         window: Option<usize>,
         cache: Option<&mut LayerCache<B>>,
+        router: Option<&mut Vec<Tensor<B, 2>>>,
     ) -> Tensor<B, 3> {
         let h = h.clone() + self.self_attn.forward(self.input_layernorm.forward(h), step, window, cache);
-        h.clone() + self.mlp.forward(self.post_attention_layernorm.forward(h), step.precision)
+        h.clone() + self.mlp.forward(self.post_attention_layernorm.forward(h), step.precision, router)
     }
 }
 
@@ -634,7 +688,26 @@ impl<B: Backend> QwenModel<B> {
 
     /// Final-norm hidden states of a batch, without a cache.
     pub fn hidden(&self, batch: &Batch<B>, mode: Mode) -> Result<Tensor<B, 3>> {
-        self.run_hidden(batch, mode, None, Logits::All)
+        self.run_hidden(batch, mode, None, Logits::All, None)
+    }
+
+    /// [`QwenModel::hidden`] and each sparse layer's router logits `[batch * seq, experts]`
+    /// (none for a dense model): what the MoE load-balancing loss reads.
+    pub fn hidden_and_router(&self, batch: &Batch<B>, mode: Mode) -> Result<(Tensor<B, 3>, Vec<Tensor<B, 2>>)> {
+        let mut router = Vec::new();
+        let h = self.run_hidden(batch, mode, None, Logits::All, Some(&mut router))?;
+        Ok((h, router))
+    }
+
+    /// `router_aux_loss_coef ×` the load-balancing loss ([`crate::moe::load_balancing_loss`]) of
+    /// `batch`'s router logits, padding left out: what transformers adds to an MoE model's
+    /// training loss when its config has `output_router_logits`. `None` for a dense model.
+    pub fn router_aux_loss(&self, batch: &Batch<B>, router_logits: &[Tensor<B, 2>]) -> Option<Tensor<B, 1>> {
+        let moe = self.config.moe.as_ref()?;
+        let [_, s] = batch.dims();
+        let valid: Vec<bool> = batch.left_pad.iter().flat_map(|&p| (0..s).map(move |c| c >= p)).collect();
+        let loss = crate::moe::load_balancing_loss(router_logits, moe.num_experts_per_tok, Some(&valid))?;
+        Some(loss * moe.router_aux_loss_coef as f32)
     }
 
     /// The LM head on hidden states.
@@ -646,7 +719,7 @@ impl<B: Backend> QwenModel<B> {
     /// first call (prefill) may be left-padded and fixes each row's padding; later calls append
     /// the same number of tokens to every row, without padding.
     pub fn decode(&self, batch: &Batch<B>, cache: &mut KvCache<B>, logits: Logits) -> Result<Tensor<B, 3>> {
-        Ok(self.head(self.run_hidden(batch, Mode::Inference, Some(cache), logits)?))
+        Ok(self.head(self.run_hidden(batch, Mode::Inference, Some(cache), logits, None)?))
     }
 
     /// Logits for `ids` appended to what `cache` holds; fills the cache.
@@ -672,6 +745,7 @@ impl<B: Backend> QwenModel<B> {
         mode: Mode,
         mut cache: Option<&mut KvCache<B>>,
         logits: Logits,
+        mut router: Option<&mut Vec<Tensor<B, 2>>>,
     ) -> Result<Tensor<B, 3>> {
         let [b, s] = batch.ids.dims();
         if b == 0 || s == 0 {
@@ -744,7 +818,7 @@ impl<B: Backend> QwenModel<B> {
         for (i, layer) in self.model.layers.iter().enumerate() {
             let window = self.config.windows.window(i);
             let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[i]);
-            h = layer.forward(h, &step, window, layer_cache);
+            h = layer.forward(h, &step, window, layer_cache, router.as_deref_mut());
         }
         if let Some(c) = cache {
             c.len = end;

@@ -1,6 +1,7 @@
-//! Writing a model back in HF layout: `config.json` + `model.safetensors` with the names of its
-//! family, so transformers (Qwen2) or Qwen-1's own code loads what this crate writes. Both files
-//! are written to temporary names and renamed into place.
+//! Writing a model back in HF layout: `config.json` + `model.safetensors` (or the Hub's shards and
+//! index) with the names of its family, so transformers (Qwen2, Qwen3, the MoE families) or
+//! Qwen-1's own code loads what this crate writes. Every file is written to a temporary name and
+//! renamed into place.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -9,9 +10,8 @@ use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 use safetensors::{Dtype, View};
 
-use crate::config::Family;
 use crate::error::{ModelError, Result};
-use crate::qwen::QwenModel;
+use crate::qwen::{FeedForward, QwenModel};
 
 /// On-disk float type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,6 +60,65 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     std::fs::rename(&tmp, path).map_err(err)
 }
 
+/// The weight files: one `model.safetensors`, or shards and their index. Files of the other layout
+/// left by an earlier save are removed, so a folder never holds two disagreeing checkpoints.
+fn write_weights(dir: &Path, tensors: &[(String, Raw)], max_shard_bytes: Option<usize>) -> Result<()> {
+    let serialize = |part: &[(String, Raw)], path: &Path| -> Result<()> {
+        let views: Vec<(String, &Raw)> = part.iter().map(|(n, r)| (n.clone(), r)).collect();
+        let metadata: HashMap<String, String> = [("format".to_string(), "pt".to_string())].into();
+        let bytes = safetensors::serialize(views, Some(metadata))
+            .map_err(|e| ModelError::Safetensors { path: path.to_path_buf(), reason: e.to_string() })?;
+        write_atomic(path, &bytes)
+    };
+    let single = dir.join("model.safetensors");
+    let index = dir.join("model.safetensors.index.json");
+    let stale_shards = || -> Result<()> {
+        let entries = std::fs::read_dir(dir).map_err(|source| ModelError::Io { path: dir.to_path_buf(), source })?;
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            if name.starts_with("model-") && name.contains("-of-") && name.ends_with(".safetensors") {
+                std::fs::remove_file(e.path()).map_err(|source| ModelError::Write { path: e.path(), source })?;
+            }
+        }
+        Ok(())
+    };
+    let remove = |p: &Path| match std::fs::remove_file(p) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(ModelError::Write { path: p.to_path_buf(), source: e }),
+        _ => Ok(()),
+    };
+    let Some(max) = max_shard_bytes else {
+        serialize(tensors, &single)?;
+        remove(&index)?;
+        return stale_shards();
+    };
+    // Greedy in order, as transformers' `max_shard_size` does.
+    let mut shards: Vec<std::ops::Range<usize>> = Vec::new();
+    let (mut start, mut size) = (0, 0);
+    for (i, (_, r)) in tensors.iter().enumerate() {
+        if i > start && size + r.bytes.len() > max {
+            shards.push(start..i);
+            (start, size) = (i, 0);
+        }
+        size += r.bytes.len();
+    }
+    shards.push(start..tensors.len());
+    remove(&index)?;
+    stale_shards()?;
+    remove(&single)?;
+    let n = shards.len();
+    let mut weight_map = serde_json::Map::new();
+    for (k, range) in shards.into_iter().enumerate() {
+        let file = format!("model-{:05}-of-{n:05}.safetensors", k + 1);
+        for (name, _) in &tensors[range.clone()] {
+            weight_map.insert(name.clone(), file.clone().into());
+        }
+        serialize(&tensors[range], &dir.join(&file))?;
+    }
+    let total: usize = tensors.iter().map(|(_, r)| r.bytes.len()).sum();
+    let doc = serde_json::json!({ "metadata": { "total_size": total }, "weight_map": weight_map });
+    write_atomic(&index, serde_json::to_string_pretty(&doc).expect("JSON value serializes").as_bytes())
+}
+
 /// What a checkpoint holds besides the transformer, for models built on its trunk (e.g. a reward
 /// model saved as HF `Qwen2ForSequenceClassification`: no `lm_head`, a `score.weight`).
 #[derive(Debug, Clone)]
@@ -88,7 +147,17 @@ impl<B: Backend> QwenModel<B> {
     /// [`QwenModel::save`] with `extra` tensors and config entries, and without the LM head if
     /// `extra.lm_head` is false.
     pub fn save_with(&self, dir: impl AsRef<Path>, dtype: SaveDtype, extra: Extra<B>) -> Result<()> {
-        let dir = dir.as_ref();
+        self.write(dir.as_ref(), dtype, extra, None)
+    }
+
+    /// [`QwenModel::save`] in the Hub's sharded layout: `model-0000k-of-0000n.safetensors` files
+    /// of at most `max_shard_bytes` each (a tensor larger than that gets a shard of its own), and
+    /// `model.safetensors.index.json` naming each tensor's file, written last.
+    pub fn save_sharded(&self, dir: impl AsRef<Path>, dtype: SaveDtype, max_shard_bytes: usize) -> Result<()> {
+        self.write(dir.as_ref(), dtype, Extra::default(), Some(max_shard_bytes))
+    }
+
+    fn write(&self, dir: &Path, dtype: SaveDtype, extra: Extra<B>, shard: Option<usize>) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|source| ModelError::Write { path: dir.to_path_buf(), source })?;
         let c = &self.config;
         let m = &self.model;
@@ -97,24 +166,47 @@ impl<B: Backend> QwenModel<B> {
         // burn Linear weights are [in, out]; HF stores [out, in].
         let w = |l: &burn::nn::Linear<B>| l.weight.val().transpose();
         let mut vectors: Vec<(String, Tensor<B, 1>)> = Vec::new();
-        match c.family {
-            Family::Qwen2 => {
+        if c.family.hf_layout() {
+            {
                 put2("model.embed_tokens.weight".into(), m.embedding_matrix());
                 for (i, l) in m.layers.iter().enumerate() {
                     let p = format!("model.layers.{i}");
                     let a = &l.self_attn;
+                    let mut linear = |name: String, lin: &burn::nn::Linear<B>| {
+                        put2(format!("{name}.weight"), w(lin));
+                        if let Some(b) = &lin.bias {
+                            vectors.push((format!("{name}.bias"), b.val()));
+                        }
+                    };
                     for (n, lin) in
                         [("q_proj", &a.q_proj), ("k_proj", &a.k_proj), ("v_proj", &a.v_proj), ("o_proj", &a.o_proj)]
                     {
-                        put2(format!("{p}.self_attn.{n}.weight"), w(lin));
-                        if let Some(b) = &lin.bias {
-                            vectors.push((format!("{p}.self_attn.{n}.bias"), b.val()));
+                        linear(format!("{p}.self_attn.{n}"), lin);
+                    }
+                    let mut mlp = |prefix: String, mlp: &crate::qwen::Mlp<B>| {
+                        for (n, lin) in [("gate_proj", &mlp.gate_proj), ("up_proj", &mlp.up_proj), ("down_proj", &mlp.down_proj)] {
+                            linear(format!("{prefix}.{n}"), lin);
+                        }
+                    };
+                    match &l.mlp {
+                        FeedForward::Dense(d) => mlp(format!("{p}.mlp"), d),
+                        FeedForward::Sparse(moe) => {
+                            for (e, expert) in moe.experts.iter().enumerate() {
+                                mlp(format!("{p}.mlp.experts.{e}"), expert);
+                            }
+                            if let Some(shared) = &moe.shared_expert {
+                                mlp(format!("{p}.mlp.shared_expert"), shared);
+                            }
+                            linear(format!("{p}.mlp.gate"), &moe.gate);
+                            if let Some(g) = &moe.shared_expert_gate {
+                                linear(format!("{p}.mlp.shared_expert_gate"), g);
+                            }
                         }
                     }
-                    for (n, lin) in
-                        [("gate_proj", &l.mlp.gate_proj), ("up_proj", &l.mlp.up_proj), ("down_proj", &l.mlp.down_proj)]
-                    {
-                        put2(format!("{p}.mlp.{n}.weight"), w(lin));
+                    for (n, norm) in [("q_norm", &a.q_norm), ("k_norm", &a.k_norm)] {
+                        if let Some(norm) = norm {
+                            vectors.push((format!("{p}.self_attn.{n}.weight"), norm.gamma.val()));
+                        }
                     }
                     vectors.push((format!("{p}.input_layernorm.weight"), l.input_layernorm.gamma.val()));
                     vectors
@@ -122,11 +214,13 @@ impl<B: Backend> QwenModel<B> {
                 }
                 vectors.push(("model.norm.weight".into(), m.norm.gamma.val()));
             }
-            Family::Qwen1 => {
+        } else {
+            {
                 put2("transformer.wte.weight".into(), m.embedding_matrix());
                 for (i, l) in m.layers.iter().enumerate() {
                     let p = format!("transformer.h.{i}");
                     let a = &l.self_attn;
+                    let mlp = l.mlp.dense().ok_or_else(|| ModelError::Unsupported("Qwen-1 with a sparse MLP".into()))?;
                     put2(
                         format!("{p}.attn.c_attn.weight"),
                         Tensor::cat(vec![w(&a.q_proj), w(&a.k_proj), w(&a.v_proj)], 0),
@@ -137,9 +231,9 @@ impl<B: Backend> QwenModel<B> {
                         Tensor::cat(vec![bias(&a.q_proj), bias(&a.k_proj), bias(&a.v_proj)], 0),
                     ));
                     put2(format!("{p}.attn.c_proj.weight"), w(&a.o_proj));
-                    put2(format!("{p}.mlp.w1.weight"), w(&l.mlp.up_proj));
-                    put2(format!("{p}.mlp.w2.weight"), w(&l.mlp.gate_proj));
-                    put2(format!("{p}.mlp.c_proj.weight"), w(&l.mlp.down_proj));
+                    put2(format!("{p}.mlp.w1.weight"), w(&mlp.up_proj));
+                    put2(format!("{p}.mlp.w2.weight"), w(&mlp.gate_proj));
+                    put2(format!("{p}.mlp.c_proj.weight"), w(&mlp.down_proj));
                     vectors.push((format!("{p}.ln_1.weight"), l.input_layernorm.gamma.val()));
                     vectors.push((format!("{p}.ln_2.weight"), l.post_attention_layernorm.gamma.val()));
                 }
@@ -153,11 +247,7 @@ impl<B: Backend> QwenModel<B> {
             put2(name, t);
         }
         tensors.extend(vectors.into_iter().map(|(n, t)| (n, raw(t, dtype))));
-        let views: Vec<(String, &Raw)> = tensors.iter().map(|(n, r)| (n.clone(), r)).collect();
-        let metadata: HashMap<String, String> = [("format".to_string(), "pt".to_string())].into();
-        let bytes = safetensors::serialize(views, Some(metadata))
-            .map_err(|e| ModelError::Safetensors { path: dir.join("model.safetensors"), reason: e.to_string() })?;
-        write_atomic(&dir.join("model.safetensors"), &bytes)?;
+        write_weights(dir, &tensors, shard)?;
         let mut config = c.source.clone();
         if let Some(o) = config.as_object_mut() {
             let name = match dtype {
@@ -165,15 +255,12 @@ impl<B: Backend> QwenModel<B> {
                 SaveDtype::BF16 => "bfloat16",
                 SaveDtype::F16 => "float16",
             };
-            match c.family {
-                Family::Qwen2 => {
-                    let key = if o.contains_key("dtype") { "dtype" } else { "torch_dtype" };
-                    o.insert(key.into(), name.into());
-                }
-                Family::Qwen1 => {
-                    for (k, on) in [("fp32", SaveDtype::F32), ("bf16", SaveDtype::BF16), ("fp16", SaveDtype::F16)] {
-                        o.insert(k.into(), (on == dtype).into());
-                    }
+            if c.family.hf_layout() {
+                let key = if o.contains_key("dtype") { "dtype" } else { "torch_dtype" };
+                o.insert(key.into(), name.into());
+            } else {
+                for (k, on) in [("fp32", SaveDtype::F32), ("bf16", SaveDtype::BF16), ("fp16", SaveDtype::F16)] {
+                    o.insert(k.into(), (on == dtype).into());
                 }
             }
         }

@@ -184,10 +184,16 @@ pub fn lm_nll_and_grads<B: AutodiffBackend, M: CausalLm<B> + AutodiffModule<B>>(
     let scale = 1.0 / normalizer as f64;
     for b in batches {
         let rows: Vec<Vec<u32>> = (0..b.batch).map(|i| b.input_row(i).to_vec()).collect();
-        let hidden = model.hidden(&model.batch(&rows)?, Mode::Training)?;
+        let (hidden, aux) = model.hidden_and_aux(&model.batch(&rows)?, Mode::Training)?;
         let fused = head_cross_entropy_fused(hidden, model.lm_head(), &b.targets, scale, model.precision())?;
         nll += fused.nll_sum;
-        let mut grads = GradientsParams::from_grads(fused.surrogate.backward(), model);
+        // An MoE model's load-balancing term, weighted by this micro-batch's share of the tokens
+        // (one batch: the mean NLL plus the term, as transformers' loss is).
+        let surrogate = match aux {
+            Some(aux) => fused.surrogate.clone() + aux * (fused.count as f64 * scale) as f32,
+            None => fused.surrogate.clone(),
+        };
+        let mut grads = GradientsParams::from_grads(surrogate.backward(), model);
         fused.add_to(model.lm_head(), &mut grads);
         acc.accumulate(model, grads);
     }

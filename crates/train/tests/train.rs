@@ -299,7 +299,7 @@ fn mixed_precision_keeps_f32_master_weights_and_trains() {
         last = t.train_step(std::slice::from_ref(&b)).unwrap();
     }
     assert!(last.loss < 0.5 * first.loss, "{} -> {}", first.loss, last.loss);
-    let dtype = t.model().model.layers[0].mlp.up_proj.weight.val().dtype();
+    let dtype = t.model().model.layers[0].mlp.dense().unwrap().up_proj.weight.val().dtype();
     assert_eq!(dtype, burn::tensor::DType::F32);
     assert_eq!(t.valid_model().precision, Precision::Bf16);
 }
