@@ -395,3 +395,26 @@ fn the_trainer_steps_on_the_aux_loss() {
     assert!(d < 1e-6, "router gradient: {d:e} from plain + aux");
     assert!(g_aux.iter().any(|&x| x != 0.0));
 }
+
+/// Each case carries its config in the other key style too (`config.hub.json`: `rope_theta`,
+/// `rope_scaling`, `torch_dtype`, `num_experts`; `config.transformers5.json`: `rope_parameters`,
+/// `layer_types`, `dtype`, `num_local_experts`), which transformers reads to identical logits: so
+/// does this crate.
+#[test]
+fn both_key_styles_give_identical_logits() {
+    let device = Default::default();
+    let tmp = std::env::temp_dir().join(format!("qwen-families-keys-{}", std::process::id()));
+    for (name, _) in CASES {
+        let dir = fixture(name);
+        let alt = ["config.hub.json", "config.transformers5.json"].into_iter().find(|f| dir.join(f).is_file());
+        let alt = alt.unwrap_or_else(|| panic!("{name}: no config in the other key style"));
+        let copy = tmp.join(name);
+        copy_case(name, &copy);
+        std::fs::copy(dir.join(alt), copy.join("config.json")).unwrap();
+        let ids = vec![(0..23).map(|i| (i * 53 % 256) as u32).collect::<Vec<u32>>()];
+        let a: QwenModel<B> = qwen_model::load(&dir, &device).unwrap();
+        let b: QwenModel<B> = qwen_model::load(&copy, &device).unwrap();
+        assert_eq!(floats(a.forward(&ids).unwrap()), floats(b.forward(&ids).unwrap()), "{name} with {alt}");
+    }
+    std::fs::remove_dir_all(&tmp).ok();
+}

@@ -493,6 +493,14 @@ def run_qwen2(only: set[str] | None, cases=None) -> None:
             ref_model = load()  # model as described by the transformers-5 config, for the equality check
             legacy = legacy_config(dict(modern_cfg), case["legacy_sliding_window"], family)
             (d / "config.json").write_text(json.dumps(legacy, indent=2) + "\n")
+        # The newer families carry the other key style too (checked below to give identical logits).
+        alt_name = None
+        if family != "qwen2":
+            if case.get("legacy"):
+                alt_name, alt = "config.transformers5.json", modern_cfg
+            else:
+                alt_name, alt = "config.hub.json", legacy_config(dict(modern_cfg), modern_cfg.get("sliding_window"), family)
+            (d / alt_name).write_text(json.dumps(alt, indent=2) + "\n")
         # checkpoint sanity
         names = checkpoint_tensors(d)
         if config.tie_word_embeddings:
@@ -538,6 +546,18 @@ def run_qwen2(only: set[str] | None, cases=None) -> None:
                 if case.get("legacy"):
                     lg2 = ref_model(input_ids=ids[None], use_cache=False).logits[0].float()
                     assert torch.equal(lg, lg2), (lg - lg2).abs().max()
+        if alt_name:
+            import tempfile
+            with tempfile.TemporaryDirectory() as tmp:
+                for f in d.iterdir():
+                    shutil.copy(f, Path(tmp) / f.name)
+                shutil.copy(d / alt_name, Path(tmp) / "config.json")
+                alt_model = ModelClass.from_pretrained(tmp, dtype=torch.float32, attn_implementation="eager").eval()
+                with torch.no_grad():
+                    for ids, lg in zip(inputs, logits):
+                        lg2 = alt_model(input_ids=ids[None], use_cache=False).logits[0].float()
+                        assert torch.equal(lg, lg2), f"{alt_name}: {(lg - lg2).abs().max()}"
+            extra_meta["other_key_style"] = f"{alt_name} (transformers gives identical logits with it)"
 
         def greedy(prompt):
             if family.endswith("_moe"):
