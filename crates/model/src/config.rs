@@ -216,6 +216,13 @@ fn default_aux() -> f64 {
     0.001
 }
 
+/// The most elements one weight matrix may have (2^36: 256 GiB of f32, past any published
+/// checkpoint's largest matrix by far). Configs asking for more are refused before anything is
+/// built.
+pub const MAX_TENSOR_ELEMENTS: usize = 1 << 36;
+/// The most decoder layers a config may ask for.
+pub const MAX_LAYERS: usize = 4096;
+
 fn invalid(msg: impl Into<String>) -> ModelError {
     ModelError::Config(msg.into())
 }
@@ -511,6 +518,35 @@ impl QwenConfig {
         if !(self.rms_norm_eps > 0.0 && self.rms_norm_eps < 1.0) {
             return Err(invalid(format!("rms_norm_eps {} must be in (0, 1)", self.rms_norm_eps)));
         }
+        self.check_sizes()
+    }
+
+    /// Every weight matrix's element count fits [`MAX_TENSOR_ELEMENTS`] (no product of untrusted
+    /// sizes overflows, and nothing is allocated from a number no checkpoint could back).
+    fn check_sizes(&self) -> Result<()> {
+        let (h, hd) = (self.hidden_size, self.head_dim);
+        let mut shapes = vec![
+            ("vocab_size × hidden_size", self.vocab_size, h),
+            ("num_attention_heads × head_dim × hidden_size", self.num_attention_heads.saturating_mul(hd), h),
+            ("num_key_value_heads × head_dim × hidden_size", self.num_key_value_heads.saturating_mul(hd), h),
+            ("intermediate_size × hidden_size", self.intermediate_size, h),
+            ("max_position_embeddings × head_dim", self.max_position_embeddings, hd),
+        ];
+        if let Some(m) = &self.moe {
+            shapes.push(("moe_intermediate_size × hidden_size", m.moe_intermediate_size, h));
+            shapes.push(("num_experts × hidden_size", m.num_experts, h));
+            if let Some(w) = m.shared_expert_intermediate_size {
+                shapes.push(("shared_expert_intermediate_size × hidden_size", w, h));
+            }
+        }
+        for (what, a, b) in shapes {
+            if a.checked_mul(b).is_none_or(|n| n > MAX_TENSOR_ELEMENTS) {
+                return Err(invalid(format!("{what} = {a} × {b} exceeds {MAX_TENSOR_ELEMENTS} elements")));
+            }
+        }
+        if self.num_hidden_layers > MAX_LAYERS {
+            return Err(invalid(format!("num_hidden_layers {} exceeds {MAX_LAYERS}", self.num_hidden_layers)));
+        }
         Ok(())
     }
 
@@ -697,6 +733,12 @@ mod tests {
             Err(ModelError::Unsupported(_))
         ));
         assert!(matches!(with("model_type", "llama".into()), Err(ModelError::Unsupported(_))));
+        // Sizes whose products overflow or could never be backed by a file.
+        assert!(matches!(with("vocab_size", (u64::MAX / 2).into()), Err(ModelError::Config(_))));
+        assert!(matches!(with("intermediate_size", (1u64 << 40).into()), Err(ModelError::Config(_))));
+        assert!(matches!(with("num_hidden_layers", 1_000_000.into()), Err(ModelError::Config(_))));
+        assert!(matches!(with("max_position_embeddings", (1u64 << 62).into()), Err(ModelError::Config(_))));
+        assert!(matches!(with("hidden_size", (-64).into()), Err(ModelError::Config(_))));
         assert!(matches!(QwenConfig::from_json_str("{"), Err(ModelError::Config(_))));
         let mut no_hidden = qwen2();
         no_hidden.as_object_mut().unwrap().remove("hidden_size");
