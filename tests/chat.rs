@@ -6,7 +6,7 @@
 //! message that cannot fit is a typed error. Then the `chat` example reads the same folder.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 use burn::backend::Flex;

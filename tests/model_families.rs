@@ -8,9 +8,11 @@ use std::path::{Path, PathBuf};
 use burn::backend::{Autodiff, Flex};
 use burn::tensor::Tensor;
 use qwen_model::{CausalLm, Family, KvCache, Mode, ModelError, QwenConfig, QwenModel, SaveDtype};
-use safetensors::{Dtype, SafeTensors};
+use safetensors::SafeTensors;
 
 mod common;
+
+use common::{max_diff, Reference};
 
 type B = Flex;
 
@@ -29,32 +31,6 @@ const CASES: [(&str, Family); 5] = [
 ];
 
 const MOE_CASES: [&str; 3] = ["qwen3_moe", "qwen3_moe_hub_keys", "qwen2_moe"];
-
-/// Float and int64 tensors of a case's `reference.safetensors`, by name.
-struct Reference(Vec<u8>);
-
-impl Reference {
-    fn open(dir: &Path) -> Self {
-        Self(std::fs::read(dir.join("reference.safetensors")).unwrap())
-    }
-    fn floats(&self, name: &str) -> Vec<f32> {
-        let st = SafeTensors::deserialize(&self.0).unwrap();
-        let t = st.tensor(name).unwrap_or_else(|e| panic!("{name}: {e}"));
-        assert_eq!(t.dtype(), Dtype::F32, "{name}");
-        t.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
-    }
-    fn ids(&self, name: &str) -> Vec<u32> {
-        let st = SafeTensors::deserialize(&self.0).unwrap();
-        let t = st.tensor(name).unwrap_or_else(|e| panic!("{name}: {e}"));
-        assert_eq!(t.dtype(), Dtype::I64, "{name}");
-        t.data().chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()) as u32).collect()
-    }
-}
-
-fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
-}
 
 fn floats<BB: burn::tensor::backend::Backend, const D: usize>(t: Tensor<BB, D>) -> Vec<f32> {
     t.into_data().to_vec().unwrap()
@@ -101,9 +77,9 @@ fn cached_decode_logits_match_transformers() {
         let dir = fixture(name);
         let model: QwenModel<B> = qwen_model::load(&dir, &device).unwrap();
         let r = Reference::open(&dir);
-        let prompt = r.ids("greedy.prompt");
-        let tokens = r.ids("greedy.tokens");
-        let want = r.floats("greedy.cached_logits");
+        let prompt = r.ids("greedy.prompt").unwrap();
+        let tokens = r.ids("greedy.tokens").unwrap();
+        let want = r.floats("greedy.cached_logits").unwrap();
         let v = model.config.vocab_size;
         let mut cache = KvCache::new(&model.config, 1, prompt.len() + tokens.len(), &device);
         let mut got = floats(model.forward_cached_last(&[prompt.clone()], &mut cache).unwrap());
@@ -185,8 +161,8 @@ fn moe_training_loss_and_aux_loss_match_transformers() {
         let dir = fixture(name);
         let model: QwenModel<Autodiff<B>> = qwen_model::load(&dir, &device).unwrap();
         let r = Reference::open(&dir);
-        let ids = r.ids("train.input_ids");
-        let (want_loss, want_aux) = (r.floats("train.loss")[0], r.floats("train.aux_loss")[0]);
+        let ids = r.ids("train.input_ids").unwrap();
+        let (want_loss, want_aux) = (r.floats("train.loss").unwrap()[0], r.floats("train.aux_loss").unwrap()[0]);
         let coef = model.config.moe.as_ref().unwrap().router_aux_loss_coef as f32;
         let batch = model.batch(&[ids.clone()]).unwrap();
         let (hidden, router) = model.hidden_and_router(&batch, Mode::Training).unwrap();
@@ -338,8 +314,8 @@ fn the_logits_example_matches_transformers() {
     for (name, _) in CASES {
         let dir = fixture(name);
         let r = Reference::open(&dir);
-        let ids = r.ids("input_ids.1");
-        let want = r.floats("logits.1");
+        let ids = r.ids("input_ids.1").unwrap();
+        let want = r.floats("logits.1").unwrap();
         let mut child = std::process::Command::new(common::example("logits"))
             .arg("--model")
             .arg(&dir)

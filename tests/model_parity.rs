@@ -8,7 +8,10 @@ use std::path::{Path, PathBuf};
 
 use burn::backend::Flex;
 use qwen_model::{GenerateConfig, QwenModel, SamplingConfig};
-use safetensors::{Dtype, SafeTensors};
+
+mod common;
+
+use common::{max_diff, Reference};
 
 type B = Flex;
 
@@ -24,38 +27,6 @@ fn cases() -> Vec<PathBuf> {
         .collect();
     v.sort();
     v
-}
-
-struct Reference {
-    bytes: Vec<u8>,
-}
-
-impl Reference {
-    fn open(dir: &Path) -> Self {
-        Self { bytes: std::fs::read(dir.join("reference.safetensors")).unwrap() }
-    }
-    fn get(&self, name: &str) -> Option<(Vec<usize>, Vec<f32>, Vec<i64>)> {
-        let st = SafeTensors::deserialize(&self.bytes).unwrap();
-        let t = st.tensor(name).ok()?;
-        let d = t.data();
-        let (f, i) = match t.dtype() {
-            Dtype::F32 => (d.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect(), vec![]),
-            Dtype::I64 => (vec![], d.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect()),
-            other => panic!("{name}: unexpected dtype {other:?}"),
-        };
-        Some((t.shape().to_vec(), f, i))
-    }
-    fn ids(&self, name: &str) -> Option<Vec<u32>> {
-        self.get(name).map(|(_, _, i)| i.into_iter().map(|x| x as u32).collect())
-    }
-    fn floats(&self, name: &str) -> Option<Vec<f32>> {
-        self.get(name).map(|(_, f, _)| f)
-    }
-}
-
-fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len(), "length");
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
 
 fn meta(dir: &Path) -> serde_json::Value {

@@ -6,7 +6,7 @@
 //! and gives the same perplexity. Then one small smoke run of each example binary: `long_context`
 //! on that run (the table has every row and length) and `pretrain` on part of the corpus.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 use qwen::backend::{device, optimizer_update, TrainBackend};

@@ -51,3 +51,37 @@ pub fn fixture(name: &str) -> Vec<serde_json::Value> {
 pub fn ids(v: &serde_json::Value) -> Vec<u32> {
     v.as_array().expect("ids array").iter().map(|x| x.as_u64().expect("id") as u32).collect()
 }
+
+/// The tensors of a model fixture's `reference.safetensors` (`tools/reference/model_fixtures.py`).
+pub struct Reference {
+    bytes: Vec<u8>,
+}
+
+impl Reference {
+    pub fn open(dir: &std::path::Path) -> Self {
+        Self { bytes: std::fs::read(dir.join("reference.safetensors")).unwrap() }
+    }
+    pub fn get(&self, name: &str) -> Option<(Vec<usize>, Vec<f32>, Vec<i64>)> {
+        let st = safetensors::SafeTensors::deserialize(&self.bytes).unwrap();
+        let t = st.tensor(name).ok()?;
+        let d = t.data();
+        let (f, i) = match t.dtype() {
+            safetensors::Dtype::F32 => (d.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect(), vec![]),
+            safetensors::Dtype::I64 => (vec![], d.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect()),
+            other => panic!("{name}: unexpected dtype {other:?}"),
+        };
+        Some((t.shape().to_vec(), f, i))
+    }
+    pub fn ids(&self, name: &str) -> Option<Vec<u32>> {
+        self.get(name).map(|(_, _, i)| i.into_iter().map(|x| x as u32).collect())
+    }
+    pub fn floats(&self, name: &str) -> Option<Vec<f32>> {
+        self.get(name).map(|(_, f, _)| f)
+    }
+}
+
+/// Max |a - b| over two equally long slices.
+pub fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "length");
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}

@@ -167,78 +167,74 @@ impl<B: Backend> QwenModel<B> {
         let w = |l: &burn::nn::Linear<B>| l.weight.val().transpose();
         let mut vectors: Vec<(String, Tensor<B, 1>)> = Vec::new();
         if c.family.hf_layout() {
-            {
-                put2("model.embed_tokens.weight".into(), m.embedding_matrix());
-                for (i, l) in m.layers.iter().enumerate() {
-                    let p = format!("model.layers.{i}");
-                    let a = &l.self_attn;
-                    let mut linear = |name: String, lin: &burn::nn::Linear<B>| {
-                        put2(format!("{name}.weight"), w(lin));
-                        if let Some(b) = &lin.bias {
-                            vectors.push((format!("{name}.bias"), b.val()));
-                        }
-                    };
-                    for (n, lin) in
-                        [("q_proj", &a.q_proj), ("k_proj", &a.k_proj), ("v_proj", &a.v_proj), ("o_proj", &a.o_proj)]
-                    {
-                        linear(format!("{p}.self_attn.{n}"), lin);
+            put2("model.embed_tokens.weight".into(), m.embedding_matrix());
+            for (i, l) in m.layers.iter().enumerate() {
+                let p = format!("model.layers.{i}");
+                let a = &l.self_attn;
+                let mut linear = |name: String, lin: &burn::nn::Linear<B>| {
+                    put2(format!("{name}.weight"), w(lin));
+                    if let Some(b) = &lin.bias {
+                        vectors.push((format!("{name}.bias"), b.val()));
                     }
-                    let mut mlp = |prefix: String, mlp: &crate::qwen::Mlp<B>| {
-                        for (n, lin) in [("gate_proj", &mlp.gate_proj), ("up_proj", &mlp.up_proj), ("down_proj", &mlp.down_proj)] {
-                            linear(format!("{prefix}.{n}"), lin);
-                        }
-                    };
-                    match &l.mlp {
-                        FeedForward::Dense(d) => mlp(format!("{p}.mlp"), d),
-                        FeedForward::Sparse(moe) => {
-                            for (e, expert) in moe.experts.iter().enumerate() {
-                                mlp(format!("{p}.mlp.experts.{e}"), expert);
-                            }
-                            if let Some(shared) = &moe.shared_expert {
-                                mlp(format!("{p}.mlp.shared_expert"), shared);
-                            }
-                            linear(format!("{p}.mlp.gate"), &moe.gate);
-                            if let Some(g) = &moe.shared_expert_gate {
-                                linear(format!("{p}.mlp.shared_expert_gate"), g);
-                            }
-                        }
-                    }
-                    for (n, norm) in [("q_norm", &a.q_norm), ("k_norm", &a.k_norm)] {
-                        if let Some(norm) = norm {
-                            vectors.push((format!("{p}.self_attn.{n}.weight"), norm.gamma.val()));
-                        }
-                    }
-                    vectors.push((format!("{p}.input_layernorm.weight"), l.input_layernorm.gamma.val()));
-                    vectors
-                        .push((format!("{p}.post_attention_layernorm.weight"), l.post_attention_layernorm.gamma.val()));
+                };
+                for (n, lin) in
+                    [("q_proj", &a.q_proj), ("k_proj", &a.k_proj), ("v_proj", &a.v_proj), ("o_proj", &a.o_proj)]
+                {
+                    linear(format!("{p}.self_attn.{n}"), lin);
                 }
-                vectors.push(("model.norm.weight".into(), m.norm.gamma.val()));
+                let mut mlp = |prefix: String, mlp: &crate::qwen::Mlp<B>| {
+                    for (n, lin) in [("gate_proj", &mlp.gate_proj), ("up_proj", &mlp.up_proj), ("down_proj", &mlp.down_proj)] {
+                        linear(format!("{prefix}.{n}"), lin);
+                    }
+                };
+                match &l.mlp {
+                    FeedForward::Dense(d) => mlp(format!("{p}.mlp"), d),
+                    FeedForward::Sparse(moe) => {
+                        for (e, expert) in moe.experts.iter().enumerate() {
+                            mlp(format!("{p}.mlp.experts.{e}"), expert);
+                        }
+                        if let Some(shared) = &moe.shared_expert {
+                            mlp(format!("{p}.mlp.shared_expert"), shared);
+                        }
+                        linear(format!("{p}.mlp.gate"), &moe.gate);
+                        if let Some(g) = &moe.shared_expert_gate {
+                            linear(format!("{p}.mlp.shared_expert_gate"), g);
+                        }
+                    }
+                }
+                for (n, norm) in [("q_norm", &a.q_norm), ("k_norm", &a.k_norm)] {
+                    if let Some(norm) = norm {
+                        vectors.push((format!("{p}.self_attn.{n}.weight"), norm.gamma.val()));
+                    }
+                }
+                vectors.push((format!("{p}.input_layernorm.weight"), l.input_layernorm.gamma.val()));
+                vectors
+                    .push((format!("{p}.post_attention_layernorm.weight"), l.post_attention_layernorm.gamma.val()));
             }
+            vectors.push(("model.norm.weight".into(), m.norm.gamma.val()));
         } else {
-            {
-                put2("transformer.wte.weight".into(), m.embedding_matrix());
-                for (i, l) in m.layers.iter().enumerate() {
-                    let p = format!("transformer.h.{i}");
-                    let a = &l.self_attn;
-                    let mlp = l.mlp.dense().ok_or_else(|| ModelError::Unsupported("Qwen-1 with a sparse MLP".into()))?;
-                    put2(
-                        format!("{p}.attn.c_attn.weight"),
-                        Tensor::cat(vec![w(&a.q_proj), w(&a.k_proj), w(&a.v_proj)], 0),
-                    );
-                    let bias = |lin: &burn::nn::Linear<B>| lin.bias.as_ref().expect("Qwen-1 q/k/v have biases").val();
-                    vectors.push((
-                        format!("{p}.attn.c_attn.bias"),
-                        Tensor::cat(vec![bias(&a.q_proj), bias(&a.k_proj), bias(&a.v_proj)], 0),
-                    ));
-                    put2(format!("{p}.attn.c_proj.weight"), w(&a.o_proj));
-                    put2(format!("{p}.mlp.w1.weight"), w(&mlp.up_proj));
-                    put2(format!("{p}.mlp.w2.weight"), w(&mlp.gate_proj));
-                    put2(format!("{p}.mlp.c_proj.weight"), w(&mlp.down_proj));
-                    vectors.push((format!("{p}.ln_1.weight"), l.input_layernorm.gamma.val()));
-                    vectors.push((format!("{p}.ln_2.weight"), l.post_attention_layernorm.gamma.val()));
-                }
-                vectors.push(("transformer.ln_f.weight".into(), m.norm.gamma.val()));
+            put2("transformer.wte.weight".into(), m.embedding_matrix());
+            for (i, l) in m.layers.iter().enumerate() {
+                let p = format!("transformer.h.{i}");
+                let a = &l.self_attn;
+                let mlp = l.mlp.dense().ok_or_else(|| ModelError::Unsupported("Qwen-1 with a sparse MLP".into()))?;
+                put2(
+                    format!("{p}.attn.c_attn.weight"),
+                    Tensor::cat(vec![w(&a.q_proj), w(&a.k_proj), w(&a.v_proj)], 0),
+                );
+                let bias = |lin: &burn::nn::Linear<B>| lin.bias.as_ref().expect("Qwen-1 q/k/v have biases").val();
+                vectors.push((
+                    format!("{p}.attn.c_attn.bias"),
+                    Tensor::cat(vec![bias(&a.q_proj), bias(&a.k_proj), bias(&a.v_proj)], 0),
+                ));
+                put2(format!("{p}.attn.c_proj.weight"), w(&a.o_proj));
+                put2(format!("{p}.mlp.w1.weight"), w(&mlp.up_proj));
+                put2(format!("{p}.mlp.w2.weight"), w(&mlp.gate_proj));
+                put2(format!("{p}.mlp.c_proj.weight"), w(&mlp.down_proj));
+                vectors.push((format!("{p}.ln_1.weight"), l.input_layernorm.gamma.val()));
+                vectors.push((format!("{p}.ln_2.weight"), l.post_attention_layernorm.gamma.val()));
             }
+            vectors.push(("transformer.ln_f.weight".into(), m.norm.gamma.val()));
         }
         if !c.tie_word_embeddings && extra.lm_head {
             put2("lm_head.weight".into(), w(&m.lm_head));

@@ -189,10 +189,10 @@ pub fn lm_nll_and_grads<B: AutodiffBackend, M: CausalLm<B> + AutodiffModule<B>>(
         nll += fused.nll_sum;
         // An MoE model's load-balancing term, weighted by this micro-batch's share of the tokens
         // (one batch: the mean NLL plus the term, as transformers' loss is).
-        let surrogate = match aux {
-            Some(aux) => fused.surrogate.clone() + aux * (fused.count as f64 * scale) as f32,
-            None => fused.surrogate.clone(),
-        };
+        let mut surrogate = fused.surrogate.clone();
+        if let Some(aux) = aux {
+            surrogate = surrogate + aux * (fused.count as f64 * scale) as f32;
+        }
         let mut grads = GradientsParams::from_grads(surrogate.backward(), model);
         fused.add_to(model.lm_head(), &mut grads);
         acc.accumulate(model, grads);
