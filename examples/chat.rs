@@ -1,7 +1,7 @@
 //! An interactive multi-turn chat in the terminal, on [`qwen::chat::Chat`].
 //!
 //! ```text
-//! cargo run --release --example chat -- --model DIR [--system TEXT]
+//! cargo run --release --example chat -- --model DIR [--system TEXT] [--enable-thinking false]
 //! ```
 //!
 //! Type a message and press Enter; the reply streams as it is generated. `/reset` forgets the
@@ -25,9 +25,14 @@ struct Args {
     /// Model folder.
     #[arg(long)]
     model: PathBuf,
-    /// The system prompt (default: the tokenizer crate's "You are a helpful assistant.").
+    /// The system prompt (default: the chat template's own; Qwen-1 ChatML's "You are a helpful
+    /// assistant.").
     #[arg(long)]
     system: Option<String>,
+    /// Qwen3's `enable_thinking` (false: replies start with an empty <think> block and answer at
+    /// once; default: the template's, which thinks).
+    #[arg(long)]
+    enable_thinking: Option<bool>,
     /// Most tokens per reply (default: generation_config.json's `max_new_tokens`, else 512).
     #[arg(long)]
     max_new_tokens: Option<usize>,
@@ -57,6 +62,9 @@ fn main() -> anyhow::Result<()> {
     }
     if let Some(s) = &args.system {
         chat.set_system(s.clone());
+    }
+    if let Some(enable) = args.enable_thinking {
+        chat = chat.with_thinking(enable);
     }
     let interactive = std::io::stdin().is_terminal();
     if interactive {

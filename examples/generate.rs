@@ -12,6 +12,7 @@ use anyhow::Context;
 use clap::Parser;
 use qwen::backend::{device, Backend};
 use qwen_model::{GenerateConfig, SamplingConfig};
+use qwen_tokenizer::template::{ChatTemplate, RenderOptions};
 use qwen_tokenizer::{AllowedSpecial, ChatMl, Normalization, StreamDecoder, Tokenizer, DEFAULT_SYSTEM};
 
 /// Generates text with a Qwen checkpoint, streaming it to stdout; tokens/s go to stderr.
@@ -24,12 +25,16 @@ struct Args {
     /// `.tiktoken` (Qwen-1) or `tokenizer.json` (Qwen2) file.
     #[arg(long)]
     tokenizer: PathBuf,
-    /// Render the prompt as a ChatML conversation (with `--system`) and stop at <|im_end|>.
+    /// Render the prompt as a chat turn (with `--system`): the model folder's chat template when it
+    /// has one (as transformers' `apply_chat_template` does), else Qwen-1 ChatML; stop at <|im_end|>.
     #[arg(long)]
     chat: bool,
-    /// The system prompt of `--chat`.
-    #[arg(long, default_value = DEFAULT_SYSTEM)]
-    system: String,
+    /// The system prompt of `--chat` (default: the template's own; ChatML's "You are a helpful assistant.").
+    #[arg(long)]
+    system: Option<String>,
+    /// Qwen3's `enable_thinking` for `--chat` templates (false: answer without a <think> block).
+    #[arg(long)]
+    enable_thinking: Option<bool>,
     #[arg(long, default_value = "Once upon a time")]
     prompt: String,
     #[arg(long, default_value_t = 64)]
@@ -57,8 +62,23 @@ fn main() -> anyhow::Result<()> {
         .with_context(|| format!("loading {}", args.model.display()))?;
     let (prompt, mut stop_ids) = if args.chat {
         let chat = ChatMl::new(&tok)?;
-        let ctx = chat.make_context(&args.system, &[] as &[(String, String)], &args.prompt, 6144)?;
-        (ctx.ids, chat.stop_ids())
+        let ids = match ChatTemplate::from_model_dir(&args.model)? {
+            Some(template) => {
+                let mut messages = Vec::new();
+                if let Some(system) = &args.system {
+                    messages.push(serde_json::json!({"role": "system", "content": system}));
+                }
+                messages.push(serde_json::json!({"role": "user", "content": args.prompt}));
+                let mut options = RenderOptions::generation();
+                options.enable_thinking = args.enable_thinking;
+                template.encode(&tok, &messages, &options)?.ids
+            }
+            None => {
+                let system = args.system.as_deref().unwrap_or(DEFAULT_SYSTEM);
+                chat.make_context(system, &[] as &[(String, String)], &args.prompt, 6144)?.ids
+            }
+        };
+        (ids, chat.stop_ids())
     } else {
         (tok.encode(&args.prompt, &AllowedSpecial::None)?, Vec::new())
     };

@@ -3,10 +3,13 @@
 //! [`Chat::load`] finds what an HF model folder holds: `config.json` and the safetensors weights,
 //! the tokenizer (`tokenizer.json`, or a `.tiktoken` file such as Qwen-1's `qwen.tiktoken`) and,
 //! when present, `generation_config.json` (its stop ids, sampling defaults and Qwen-1's
-//! `max_window_size`). Each [`Chat::send`] renders the conversation with Qwen-1's `make_context`
-//! rules (system message, then as many of the newest turns as fit in the window, the oldest dropped
-//! first), streams the reply through a callback that may cancel, and returns its text, ids and why
-//! it stopped.
+//! `max_window_size`) and the folder's chat template (`chat_template.jinja` or
+//! `tokenizer_config.json`'s `chat_template`, see [`qwen_tokenizer::template`]). Each
+//! [`Chat::send`] renders the conversation, with the folder's template as transformers'
+//! `apply_chat_template(..., add_generation_prompt=True)` does, or with Qwen-1's `make_context`
+//! when the folder has none (Qwen-1 itself), keeping as many of the newest turns as fit in the
+//! window (the oldest dropped first); streams the reply through a callback that may cancel; and
+//! returns its text, ids and why it stopped. Qwen3's thinking switch is [`Chat::with_thinking`].
 //!
 //! ```no_run
 //! use qwen::chat::{Chat, Flow};
@@ -25,6 +28,7 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::backend::Backend;
 use qwen_model::{GenerateConfig, ModelError, QwenModel, SamplingConfig};
+use qwen_tokenizer::template::{ChatTemplate, RenderOptions};
 use qwen_tokenizer::{
     ChatMl, Normalization, StreamDecoder, Tokenizer, TokenizerError, DEFAULT_MAX_WINDOW, DEFAULT_SYSTEM,
 };
@@ -163,7 +167,11 @@ pub fn find_tokenizer(dir: &Path) -> Result<PathBuf> {
 pub struct Chat<B: Backend> {
     model: QwenModel<B>,
     tokenizer: Tokenizer,
-    system: String,
+    /// The folder's chat template; `None`: Qwen-1 ChatML.
+    template: Option<ChatTemplate>,
+    /// `None` until set: then ChatML uses [`DEFAULT_SYSTEM`] and a template its own default.
+    system: Option<String>,
+    enable_thinking: Option<bool>,
     /// Finished turns, oldest first: (user, assistant).
     history: Vec<(String, String)>,
     max_window: usize,
@@ -173,8 +181,8 @@ pub struct Chat<B: Backend> {
 }
 
 impl<B: Backend> Chat<B> {
-    /// A chat with a loaded model and tokenizer (ChatML stop ids, the default system prompt,
-    /// greedy, up to 512 new tokens, Qwen-1's 6144-token window).
+    /// A chat with a loaded model and tokenizer, rendered as Qwen-1 ChatML (its stop ids, the
+    /// default system prompt, greedy, up to 512 new tokens, Qwen-1's 6144-token window).
     ///
     /// # Errors
     /// [`ChatError::Tokenizer`] when the vocabulary has no ChatML tokens.
@@ -183,7 +191,9 @@ impl<B: Backend> Chat<B> {
         Ok(Self {
             model,
             tokenizer,
-            system: DEFAULT_SYSTEM.to_string(),
+            template: None,
+            system: None,
+            enable_thinking: None,
             history: Vec::new(),
             max_window: DEFAULT_MAX_WINDOW,
             stop_ids,
@@ -198,6 +208,7 @@ impl<B: Backend> Chat<B> {
         let tokenizer = Tokenizer::from_file(find_tokenizer(dir)?)?.with_normalization(Normalization::Nfc);
         let model = qwen_model::load::<B>(dir, device)?;
         let mut chat = Self::new(model, tokenizer)?;
+        chat.template = ChatTemplate::from_model_dir(dir)?;
         let gen = dir.join("generation_config.json");
         if gen.is_file() {
             let d = GenerationDefaults::from_file(&gen)?;
@@ -214,8 +225,27 @@ impl<B: Backend> Chat<B> {
     }
 
     pub fn with_system(mut self, system: impl Into<String>) -> Self {
-        self.system = system.into();
+        self.system = Some(system.into());
         self
+    }
+
+    /// Renders with this chat template instead of the folder's (or ChatML).
+    pub fn with_template(mut self, template: ChatTemplate) -> Self {
+        self.template = Some(template);
+        self
+    }
+
+    /// Qwen3's `enable_thinking`: `false` starts every reply with an empty `<think>` block, so the
+    /// model answers at once; `true` (the template's default) lets it reason first. Only templates
+    /// that read the variable change.
+    pub fn with_thinking(mut self, enable: bool) -> Self {
+        self.enable_thinking = Some(enable);
+        self
+    }
+
+    /// The chat template in use, if any (else Qwen-1 ChatML).
+    pub fn template(&self) -> Option<&ChatTemplate> {
+        self.template.as_ref()
     }
 
     pub fn with_sampling(mut self, sampling: SamplingConfig) -> Self {
@@ -235,11 +265,13 @@ impl<B: Backend> Chat<B> {
 
     /// Replaces the system prompt (the history stays).
     pub fn set_system(&mut self, system: impl Into<String>) {
-        self.system = system.into();
+        self.system = Some(system.into());
     }
 
-    pub fn system(&self) -> &str {
-        &self.system
+    /// The system prompt set, if any (ChatML renders [`DEFAULT_SYSTEM`] without one; a template
+    /// its own default, or none).
+    pub fn system(&self) -> Option<&str> {
+        self.system.as_deref()
     }
 
     /// Forgets every turn.
@@ -267,12 +299,43 @@ impl<B: Backend> Chat<B> {
 
     /// The prompt ids [`Chat::send`] would run for `user` now.
     pub fn prompt(&self, user: &str) -> Result<Vec<u32>> {
-        let chat = ChatMl::new(&self.tokenizer)?;
-        let ids = chat.make_context(&self.system, &self.history, user, self.max_window)?.ids;
+        let ids = match &self.template {
+            None => {
+                let chat = ChatMl::new(&self.tokenizer)?;
+                let system = self.system.as_deref().unwrap_or(DEFAULT_SYSTEM);
+                chat.make_context(system, &self.history, user, self.max_window)?.ids
+            }
+            Some(template) => self.templated_prompt(template, user)?,
+        };
         if ids.len() >= self.max_window {
             return Err(ChatError::TooLong { len: ids.len(), window: self.max_window });
         }
         Ok(ids)
+    }
+
+    /// The newest turns that fit in the window, rendered by the template (as `make_context` keeps
+    /// them for ChatML: the oldest turn goes first).
+    fn templated_prompt(&self, template: &ChatTemplate, user: &str) -> Result<Vec<u32>> {
+        let message = |role: &str, content: &str| serde_json::json!({"role": role, "content": content});
+        let mut options = RenderOptions::generation();
+        options.enable_thinking = self.enable_thinking;
+        let mut first_turn = 0;
+        loop {
+            let mut messages = Vec::with_capacity(2 * (self.history.len() - first_turn) + 2);
+            if let Some(system) = &self.system {
+                messages.push(message("system", system));
+            }
+            for (q, a) in &self.history[first_turn..] {
+                messages.push(message("user", q));
+                messages.push(message("assistant", a));
+            }
+            messages.push(message("user", user));
+            let ids = template.encode(&self.tokenizer, &messages, &options)?.ids;
+            if ids.len() < self.max_window || first_turn == self.history.len() {
+                return Ok(ids);
+            }
+            first_turn += 1;
+        }
     }
 
     /// Sends a user message and streams the reply: `on_text` gets each piece of text as soon as

@@ -172,3 +172,43 @@ fn chat_example_answers_piped_messages() {
     assert_eq!(stdout, format!("{reply}\n{reply}\n"), "the same reply twice (the second after /reset)");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A Qwen3-style folder: its `tokenizer_config.json` carries the real Qwen3 chat template. The
+/// prompt is the template's rendering of the conversation (transformers' `apply_chat_template`,
+/// verified against transformers in tests/chat_template.rs), `enable_thinking=false` opens an
+/// empty think block, and the window drops the oldest turns first.
+#[test]
+fn a_folder_with_a_chat_template_renders_with_it() {
+    use qwen_tokenizer::template::{ChatTemplate, RenderOptions};
+    let dir = model_dir("template");
+    let source = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/chat_template/templates/qwen3.jinja"),
+    )
+    .unwrap();
+    let config = serde_json::json!({"chat_template": source, "eos_token": "<|im_end|>"});
+    std::fs::write(dir.join("tokenizer_config.json"), config.to_string()).unwrap();
+    let mut chat = Chat::<B>::load(&dir, &Default::default()).unwrap().with_thinking(false);
+    assert!(chat.template().is_some());
+    assert_eq!(chat.system(), None);
+    let template = ChatTemplate::new(source).unwrap();
+    let tok = chat.tokenizer().clone();
+    let user = |c: &str| serde_json::json!({"role": "user", "content": c});
+    let options = RenderOptions::generation().with_thinking(false);
+
+    let first_prompt = chat.prompt("Hi <|im_end|>").unwrap();
+    assert_eq!(first_prompt, template.encode(&tok, &[user("Hi <|im_end|>")], &options).unwrap().ids);
+    assert_eq!(&first_prompt[first_prompt.len() - 4..], &[151667, 271, 151668, 271]);
+    let first = chat.send("Hi <|im_end|>", |_| Flow::Continue).unwrap();
+
+    let second_prompt = chat.prompt("More?").unwrap();
+    let history = [user("Hi <|im_end|>"), serde_json::json!({"role": "assistant", "content": first.text}), user("More?")];
+    assert_eq!(second_prompt, template.encode(&tok, &history, &options).unwrap().ids);
+
+    // A window that fits the newest message but not the history drops the first turn.
+    let alone = template.encode(&tok, &[user("More?")], &options).unwrap().ids;
+    let narrow = Chat::<B>::load(&dir, &Default::default()).unwrap().with_thinking(false);
+    let mut narrow = narrow.with_max_window(alone.len() + 1);
+    narrow.send("A", |_| Flow::Cancel).unwrap();
+    assert_eq!(narrow.prompt("More?").unwrap(), alone);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -39,6 +39,10 @@ pub enum TokenizerError {
     /// BPE training was asked for something it cannot do.
     #[error("BPE training: {0}")]
     Training(String),
+    /// A chat template does not compile or render, or a `tokenizer_config.json` holds a
+    /// malformed one.
+    #[error("chat template: {0}")]
+    Template(String),
     /// Writing a file failed.
     #[error("cannot write {path}: {source}")]
     Write {

@@ -6,6 +6,8 @@
 //!   pre-tokenizer for Qwen's split pattern, and a byte-pair encoder ([`bpe`]).
 //! - [`StreamDecoder`] decodes generated ids without ever splitting a character.
 //! - [`chat`] renders ChatML exactly as Qwen-1's `make_context`, tagging each token's role.
+//! - [`template`] renders a model folder's HF Jinja chat template as transformers does (Qwen2.5,
+//!   Qwen3's `enable_thinking`, tools) and tokenizes it with message text kept plain.
 //! - [`train`] learns new merges on a corpus, from bytes or on top of an existing vocabulary,
 //!   and writes `.tiktoken` and `tokenizer.json` files.
 //!
@@ -25,6 +27,7 @@ mod hf;
 pub mod pretokenize;
 pub mod special;
 mod stream;
+pub mod template;
 pub mod tiktoken;
 mod tokenizer;
 pub mod train;
@@ -34,6 +37,7 @@ pub use error::{Result, TokenizerError};
 pub use pretokenize::{Pretokenizer, QWEN_PATTERN};
 pub use special::{AllowedSpecial, SpecialTokens};
 pub use stream::StreamDecoder;
+pub use template::{ChatTemplate, Prompt, RenderOptions};
 pub use tokenizer::{Normalization, Tokenizer};
 
 /// What the rest of the stack needs from a tokenizer: data pipelines, alignment and examples take

@@ -131,6 +131,18 @@ impl SpecialTokens {
         &self,
         text: &'t str,
         allowed: &AllowedSpecial,
+        f: impl FnMut(Segment<'t>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        self.split_outside(text, allowed, &[], f)
+    }
+
+    /// [`SpecialTokens::split`], except that a special token overlapping one of the `literal` byte
+    /// ranges (sorted, disjoint) is plain text: a chat prompt whose messages spell `<|im_end|>`.
+    pub fn split_outside<'t, E>(
+        &self,
+        text: &'t str,
+        allowed: &AllowedSpecial,
+        literal: &[std::ops::Range<usize>],
         mut f: impl FnMut(Segment<'t>) -> Result<(), E>,
     ) -> Result<(), E> {
         let matcher = match (&self.matcher, allowed) {
@@ -142,7 +154,11 @@ impl SpecialTokens {
         let mut find_from = 0;
         while let Some(m) = matcher.find(aho_corasick::Input::new(text).span(find_from..text.len())) {
             let i = m.pattern().as_usize();
-            if allowed.allows(&self.names[i]) {
+            // Literal ranges are few (one per message) and sorted: the first that ends after the
+            // match start is the only one that can overlap it.
+            let first_after = literal.partition_point(|r| r.end <= m.start());
+            let in_literal = literal.get(first_after).is_some_and(|r| r.start < m.end());
+            if allowed.allows(&self.names[i]) && !in_literal {
                 if start < m.start() {
                     f(Segment::Text(&text[start..m.start()]))?;
                 }

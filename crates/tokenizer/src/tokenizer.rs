@@ -118,8 +118,21 @@ impl Tokenizer {
     /// other special-token strings are encoded as plain text.
     pub fn encode(&self, text: &str, allowed: &AllowedSpecial) -> Result<Vec<u32>> {
         let text = self.normalization.apply(text);
-        let mut out = Vec::with_capacity(text.len() / 3 + 1);
-        self.specials.split(&text, allowed, |segment| match segment {
+        self.encode_normalized_with_literals(&text, allowed, &[])
+    }
+
+    /// Encodes text that is already normalized ([`Normalization::apply`]), as
+    /// [`Tokenizer::encode`] does, except that no special token is produced inside the `literal`
+    /// byte ranges (sorted, disjoint): they are plain text, encoded together with the text around
+    /// them exactly as if the special-token strings in them were ordinary text.
+    pub fn encode_normalized_with_literals(
+        &self,
+        normalized: &str,
+        allowed: &AllowedSpecial,
+        literal: &[std::ops::Range<usize>],
+    ) -> Result<Vec<u32>> {
+        let mut out = Vec::with_capacity(normalized.len() / 3 + 1);
+        self.specials.split_outside(normalized, allowed, literal, |segment| match segment {
             Segment::Text(chunk) => self.encode_chunk(chunk, &mut out),
             Segment::Special(id) => {
                 out.push(id);
