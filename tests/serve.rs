@@ -439,6 +439,25 @@ async fn a_client_that_disconnects_mid_stream_frees_its_row() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_slow_reader_does_not_hold_up_the_others() {
+    let (model, tok) = model();
+    let s = Server::start(&model, &tok, Options { max_batch: 2, max_queue: 4, stop_ids: false, ..Options::default() })
+        .await;
+    // A stream nobody reads: its text piles up in its own channel (and socket), not in the engine.
+    let body = json!({"messages": user("Talk forever"), "max_tokens": 3000, "temperature": 0, "stream": true});
+    let slow = s.call("POST", "/v1/chat/completions", None, Some(body.to_string())).await;
+    assert_eq!(slow.status(), 200);
+    for _ in 0..3 {
+        let (code, r) = s.post("/v1/chat/completions", &json!({"messages": user("hi"), "max_tokens": 16})).await;
+        assert_eq!((code, r["usage"]["completion_tokens"].as_u64()), (200, Some(16)), "{r}");
+    }
+    assert_eq!(s.get("/health").await.1["running"], 1, "the unread stream is still decoding");
+    drop(slow);
+    wait_idle(&s).await;
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_requests_get_exactly_what_they_get_alone() {
     let (model, tok) = model();
     let s = Server::start(&model, &tok, Options::default()).await;
