@@ -300,6 +300,165 @@ impl<B: Backend> KvCache<B> {
         self.batch = rows.len();
         Ok(())
     }
+
+    /// Appends `other`'s rows after this cache's (continuous batching: requests prefilled on their
+    /// own join a running batch). The shorter side is shifted right, its rows gaining left padding,
+    /// so every row keeps its positions: column `c` of a row still holds position `c - left_pad`.
+    /// Each side keeps the room it had after its last column, so the capacity is the larger of the
+    /// two. Layers whose window kind differs between the two sides (one cache was made short
+    /// enough to hold every key) become full layers; masking hides what the window hides either way.
+    ///
+    /// # Errors
+    /// [`ModelError::Config`] when the caches belong to different model shapes, or one of them has
+    /// rows but was never prefilled.
+    pub fn join(&mut self, other: KvCache<B>) -> Result<()> {
+        if other.batch == 0 {
+            return Ok(());
+        }
+        if self.batch == 0 {
+            *self = other;
+            return Ok(());
+        }
+        if self.layers.len() != other.layers.len() || self.row != other.row {
+            return Err(ModelError::Config("joining the KV caches of two different model shapes".into()));
+        }
+        if self.prefill_freqs.is_empty() || other.prefill_freqs.is_empty() {
+            return Err(ModelError::Config("only prefilled KV caches can be joined".into()));
+        }
+        let empty = |c: &KvCache<B>| c.layers.iter().any(|l| matches!(l, LayerCache::Window { kv: None, .. }));
+        if empty(self) || empty(&other) {
+            // A window of one key keeps nothing between steps.
+            return Err(ModelError::Config("a layer that keeps no keys cannot be joined".into()));
+        }
+        let len = self.len.max(other.len);
+        let (shift_a, shift_b) = (len - self.len, len - other.len);
+        let capacity = (self.capacity + shift_a).max(other.capacity + shift_b);
+        let (len_a, len_b) = (self.len, other.len);
+        // Both sides' columns `from..to` of the joined column space, one side's rows after the other's.
+        let stack = |(a, first_a): (Tensor<B, 4>, usize), (b, first_b): (Tensor<B, 4>, usize), from, to| {
+            Tensor::cat(vec![span(a, first_a + shift_a, from, to), span(b, first_b + shift_b, from, to)], 0)
+        };
+        for (a, b) in self.layers.iter_mut().zip(other.layers) {
+            *a = match (std::mem::replace(a, LayerCache::Window { window: 0, kv: None, start: 0 }), b) {
+                (
+                    LayerCache::Window { window, kv: Some((ka, va)), start: sa },
+                    LayerCache::Window { window: wb, kv: Some((kb, vb)), start: sb },
+                ) if window == wb => {
+                    let start = (sa + shift_a).min(sb + shift_b);
+                    let k = stack((ka, sa), (kb, sb), start, len);
+                    let v = stack((va, sa), (vb, sb), start, len);
+                    LayerCache::Window { window, kv: Some((k, v)), start }
+                }
+                (a, b) => {
+                    let (ka, va, sa) = a.keys(len_a)?;
+                    let (kb, vb, sb) = b.keys(len_b)?;
+                    LayerCache::Full {
+                        k: stack((ka, sa), (kb, sb), 0, capacity),
+                        v: stack((va, sa), (vb, sb), 0, capacity),
+                    }
+                }
+            };
+        }
+        self.left_pad =
+            self.left_pad.iter().map(|p| p + shift_a).chain(other.left_pad.iter().map(|p| p + shift_b)).collect();
+        self.prefill_freqs.extend(other.prefill_freqs);
+        self.batch += other.batch;
+        self.len = len;
+        self.capacity = capacity;
+        Ok(())
+    }
+
+    /// Drops the columns that are padding in every row (after the longest rows left, the rest
+    /// share leading padding): each row keeps its positions and the room after its last column,
+    /// and attention stops reading keys nobody can see.
+    pub fn compact(&mut self) {
+        let drop = self.left_pad.iter().copied().min().unwrap_or(0);
+        if drop == 0 {
+            return;
+        }
+        for layer in &mut self.layers {
+            match layer {
+                LayerCache::Full { k, v } => {
+                    let cols = k.dims()[2] - drop;
+                    *k = k.clone().narrow(2, drop, cols);
+                    *v = v.clone().narrow(2, drop, cols);
+                }
+                LayerCache::Window { kv, start, .. } => {
+                    if let Some((k, v)) = kv.take() {
+                        let cut = drop.saturating_sub(*start).min(k.dims()[2]);
+                        let cols = k.dims()[2] - cut;
+                        if cols > 0 {
+                            *kv = Some((k.narrow(2, cut, cols), v.narrow(2, cut, cols)));
+                        }
+                    }
+                    *start = start.saturating_sub(drop);
+                }
+            }
+        }
+        self.left_pad.iter_mut().for_each(|p| *p -= drop);
+        self.len -= drop;
+        self.capacity -= drop;
+    }
+
+    /// Makes room for `columns` columns in all (growing the preallocated layers with zeros), so a
+    /// cache can start at the prompt's length and grow as its rows decode.
+    pub fn reserve(&mut self, columns: usize) {
+        if columns <= self.capacity {
+            return;
+        }
+        for layer in &mut self.layers {
+            if let LayerCache::Full { k, v } = layer {
+                *k = span(k.clone(), 0, 0, columns);
+                *v = span(v.clone(), 0, 0, columns);
+            }
+        }
+        self.capacity = columns;
+    }
+
+    /// Left padding of each row (columns before its first token).
+    pub fn left_pad(&self) -> &[usize] {
+        &self.left_pad
+    }
+}
+
+impl<B: Backend> LayerCache<B> {
+    /// The cached keys and values of a layer whose rows are `len` columns long, with the column
+    /// of the first one.
+    fn keys(self, len: usize) -> Result<(Tensor<B, 4>, Tensor<B, 4>, usize)> {
+        match self {
+            Self::Full { k, v } => Ok((k.narrow(2, 0, len), v.narrow(2, 0, len), 0)),
+            Self::Window { kv: Some((k, v)), start, .. } => Ok((k, v, start)),
+            // A window of one key keeps nothing between steps.
+            Self::Window { kv: None, .. } => {
+                Err(ModelError::Config("a layer that keeps no keys cannot be joined".into()))
+            }
+        }
+    }
+}
+
+/// Columns `from..to` of `t: [b, n, l, d]`, whose first column is column `first`: zeros where `t`
+/// has nothing.
+fn span<B: Backend>(t: Tensor<B, 4>, first: usize, from: usize, to: usize) -> Tensor<B, 4> {
+    let [b, n, l, d] = t.dims();
+    let (lo, hi) = (first.max(from), (first + l).min(to));
+    let device = t.device();
+    let zeros = |cols: usize| Tensor::<B, 4>::zeros([b, n, cols, d], &device);
+    if hi <= lo {
+        return zeros(to - from);
+    }
+    let mut parts = Vec::with_capacity(3);
+    if lo > from {
+        parts.push(zeros(lo - from));
+    }
+    parts.push(t.narrow(2, lo - first, hi - lo));
+    if to > hi {
+        parts.push(zeros(to - hi));
+    }
+    if parts.len() == 1 {
+        parts.pop().expect("one part")
+    } else {
+        Tensor::cat(parts, 2)
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
