@@ -139,7 +139,7 @@ fn main() -> Result<()> {
     eprintln!("backend: {}; output: {}", qwen::backend::name(), out.display());
     if args.resume {
         let ckpt = RunFiles::in_dir(out).checkpoint;
-        ensure!(ckpt.exists(), "--resume: no checkpoint in {}", ckpt.display());
+        ensure!(qwen_train::persist::has_checkpoint(&ckpt), "--resume: no checkpoint in {}", ckpt.display());
     } else {
         for s in &config.corpus.sources {
             let p = &s.path;

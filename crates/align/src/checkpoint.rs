@@ -1,8 +1,10 @@
 //! What the alignment trainers' checkpoints are made of: a trained model (a policy in HF Qwen2
 //! layout, or a score model in HF sequence-classification layout, both f32 so that resuming is
-//! exact), its optimizer record and a state file with the update count, the parameter ids the
-//! record is keyed by, the RoPE convention and the precision. Built on `qwen_train::persist` (the
-//! same pieces as the pretraining checkpoints); the trainers write whole checkpoints atomically.
+//! exact), its optimizer record (in the module's visiting order, independent of burn's parameter
+//! ids) and a state file with the update count, the RoPE convention and the precision. Built on
+//! `qwen_train::persist` (the same pieces as the pretraining checkpoints); the trainers write whole
+//! checkpoints atomically, with `checksums.json`, and load only intact ones
+//! ([`qwen_train::persist::resume_dir`]).
 
 use std::path::Path;
 
@@ -10,7 +12,7 @@ use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 use qwen_context::RopeConvention;
 use qwen_model::{Precision, Qwen, QwenModel, SaveDtype};
-use qwen_train::persist::{load_trainable, read_json, with_param_ids, write_json};
+use qwen_train::persist::{load_trainable, read_json, with_stable_ids, write_json};
 use qwen_train::{OptimConfig, Schedule, Stepper, StepperState};
 use serde::{Deserialize, Serialize};
 
@@ -58,8 +60,8 @@ pub(crate) fn save_score_model<B: AutodiffBackend>(
     save_state(model, stepper, model.trunk.convention, model.trunk.precision, &dir)
 }
 
-/// What [`save_score_model`] wrote: the model trainable, with its parameter ids and optimizer
-/// state back.
+/// What [`save_score_model`] wrote: the model trainable, with stable parameter ids and its
+/// optimizer state back.
 pub(crate) fn load_score_model<B: AutodiffBackend>(
     dir: &Path,
     sub: &str,
@@ -70,10 +72,10 @@ pub(crate) fn load_score_model<B: AutodiffBackend>(
     let dir = dir.join(sub);
     let state: ModelState = read_json(dir.join(STATE_FILE))?;
     let inner = ScoreModel::<B::InnerBackend>::load(&dir, device)?;
-    let mut model = with_param_ids::<B, _>(ScoreModel::<B>::from_inner(inner), &state.stepper.param_ids)?;
+    let mut model = with_stable_ids::<B, _>(ScoreModel::<B>::from_inner(inner));
     model.trunk.convention = state.convention;
     model.trunk.precision = state.precision;
-    let stepper = Stepper::load(optim, schedule, &state.stepper, dir.join(OPTIMIZER_FILE), device)?;
+    let stepper = Stepper::load(optim, schedule, &state.stepper, dir.join(OPTIMIZER_FILE), &model, device)?;
     Ok((model, stepper))
 }
 
@@ -89,7 +91,8 @@ pub(crate) fn save_policy<B: AutodiffBackend>(
     save_state(&policy.model, stepper, policy.convention, policy.precision, &dir)
 }
 
-/// What [`save_policy`] wrote: the policy trainable, with its parameter ids and optimizer state back.
+/// What [`save_policy`] wrote: the policy trainable, with stable parameter ids and its optimizer
+/// state back.
 pub(crate) fn load_policy<B: AutodiffBackend>(
     dir: &Path,
     sub: &str,
@@ -99,7 +102,7 @@ pub(crate) fn load_policy<B: AutodiffBackend>(
 ) -> Result<TrainedPolicy<B>> {
     let dir = dir.join(sub);
     let state: ModelState = read_json(dir.join(STATE_FILE))?;
-    let policy = load_trainable::<B>(&dir, device, &state.stepper.param_ids, state.convention, state.precision)?;
-    let stepper = Stepper::load(optim, schedule, &state.stepper, dir.join(OPTIMIZER_FILE), device)?;
+    let policy = load_trainable::<B>(&dir, device, state.convention, state.precision)?;
+    let stepper = Stepper::load(optim, schedule, &state.stepper, dir.join(OPTIMIZER_FILE), &policy.model, device)?;
     Ok((policy, stepper))
 }

@@ -161,7 +161,8 @@ impl<B: AutodiffBackend> DpoTrainer<B> {
         device: &B::Device,
     ) -> Result<Self> {
         config.validate()?;
-        let (policy, stepper) = load_policy(dir.as_ref(), "", optim, schedule, device)?;
+        let dir = qwen_train::persist::resume_dir(dir)?;
+        let (policy, stepper) = load_policy(&dir, "", optim, schedule, device)?;
         Ok(Self { policy, reference, config, stepper })
     }
 

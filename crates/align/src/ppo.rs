@@ -494,7 +494,7 @@ impl<B: AutodiffBackend> PpoTrainer<B> {
         pad_id: u32,
         device: &B::Device,
     ) -> Result<Self> {
-        let dir = dir.as_ref();
+        let dir = &qwen_train::persist::resume_dir(dir)?;
         let state: PpoState = read_json(dir.join(PPO_STATE_FILE))?;
         let (policy, policy_step) = load_policy(dir, "policy", optim.optim, optim.policy, device)?;
         let (value, value_step) = load_score_model(dir, "value", optim.optim, optim.value, device)?;

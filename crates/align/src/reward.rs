@@ -222,7 +222,8 @@ impl<B: AutodiffBackend> RewardTrainer<B> {
     /// The trainer [`RewardTrainer::save_checkpoint`] wrote to `dir`, with the run's optimizer
     /// settings and schedule.
     pub fn resume(dir: impl AsRef<Path>, optim: OptimConfig, schedule: Schedule, device: &B::Device) -> Result<Self> {
-        let (model, stepper) = load_score_model(dir.as_ref(), "", optim, schedule, device)?;
+        let dir = qwen_train::persist::resume_dir(dir)?;
+        let (model, stepper) = load_score_model(&dir, "", optim, schedule, device)?;
         Ok(Self { model, stepper })
     }
 }

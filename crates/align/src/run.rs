@@ -161,7 +161,7 @@ fn prepare<C: RunConfig>(out: &Path, config: &C) -> Result<Option<PathBuf>> {
     std::fs::create_dir_all(out).map_err(|source| qwen_train::TrainError::Io { path: out.into(), source })?;
     let checkpoint = out.join(CHECKPOINT_DIR);
     let config_path = out.join(CONFIG_FILE);
-    if checkpoint.is_dir() {
+    if qwen_train::persist::has_checkpoint(&checkpoint) {
         let saved: C = read_json(&config_path)?;
         if saved != *config {
             return Err(AlignError::Config(format!(

@@ -465,8 +465,8 @@ fn tmp(name: &str) -> std::path::PathBuf {
     d
 }
 
-/// Every file under `dir` but burn's binary optimizer records (a hash map, serialized in its
-/// iteration order), by relative path.
+/// Every file under `dir` (optimizer records and checksums included: nothing in a checkpoint
+/// depends on burn's per-process parameter ids or hash-map order), by relative path.
 fn files(dir: &std::path::Path) -> Vec<(String, Vec<u8>)> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
@@ -475,7 +475,7 @@ fn files(dir: &std::path::Path) -> Vec<(String, Vec<u8>)> {
             let p = e.unwrap().path();
             if p.is_dir() {
                 stack.push(p);
-            } else if p.extension().is_none_or(|x| x != "bin") {
+            } else {
                 out.push((p.strip_prefix(dir).unwrap().display().to_string(), std::fs::read(&p).unwrap()));
             }
         }

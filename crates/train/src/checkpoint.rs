@@ -3,19 +3,20 @@
 //! A checkpoint directory holds:
 //! - `config.json` + `model.safetensors`: the model in HF layout, f32 (so resuming is exact), via
 //!   `QwenModel::save` on the inner backend;
-//! - `optimizer.bin`: burn's AdamW record (moments and per-parameter time) through
-//!   `BinFileRecorder<FullPrecisionSettings>`;
+//! - `optimizer.bin`: the AdamW state (moments and per-parameter time) of each parameter in the
+//!   module's visiting order ([`Stepper::save`]) through `BinFileRecorder<FullPrecisionSettings>`;
 //! - `trainer_state.json`: step, [`TrainConfig`] (schedule, optimizer settings, seed), the data
-//!   loader's [`LoaderState`], the RoPE convention, and the parameter ids in visiting order.
+//!   loader's [`LoaderState`], the RoPE convention, the parameter count;
+//! - `checksums.json`: sha256 and size of every other file, written last.
 //!
-//! burn's optimizer record is keyed by parameter id, and a model loaded from safetensors gets
-//! fresh ids, so [`Trainer::resume`] gives the loaded parameters back their saved ids (in the
-//! module's deterministic visiting order) before loading the record.
+//! Nothing in it depends on burn's parameter ids (random per process) or on hash-map order: a run
+//! resumed any number of times writes the same bytes as one that never stopped.
 //!
-//! Atomicity: everything is written into `DIR.tmp-<pid>`; then an existing `DIR` is renamed to
-//! `DIR.old-<pid>`, the new one renamed to `DIR`, and the old one removed. A crash leaves either
-//! the old or the new checkpoint under `DIR` (or, between the two renames, the old one under
-//! `DIR.old-<pid>`).
+//! Atomicity: everything is written into `DIR.tmp-<pid>` and synced; then an existing `DIR` is
+//! renamed to `DIR.old-<pid>`, the new one renamed to `DIR`, and the old one removed. A crash
+//! leaves either the old or the new checkpoint under `DIR` (or, between the two renames, the old
+//! one under `DIR.old-<pid>`). [`Trainer::resume`] loads only a checkpoint whose checksums verify,
+//! falling back to an intact `DIR.old-*` ([`crate::persist::intact_checkpoint`]).
 
 use std::path::Path;
 
@@ -27,7 +28,7 @@ use qwen_data::LoaderState;
 use qwen_model::SaveDtype;
 
 use crate::error::{Result, TrainError};
-use crate::persist::{load_trainable, read_json, write_dir_atomically, write_json};
+use crate::persist::{fault_point, load_trainable, read_json, resume_dir, write_dir_atomically, write_json};
 use crate::step::{Stepper, StepperState};
 use crate::trainer::{TrainConfig, Trainer};
 
@@ -35,7 +36,7 @@ use crate::trainer::{TrainConfig, Trainer};
 pub const STATE_FILE: &str = "trainer_state.json";
 /// File stem of the optimizer record (the recorder adds `.bin`).
 pub const OPTIMIZER_FILE: &str = "optimizer";
-const FORMAT_VERSION: u32 = 1;
+const FORMAT_VERSION: u32 = 2;
 
 /// Contents of `trainer_state.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -47,8 +48,8 @@ pub struct TrainerState {
     /// Where the data loader stands, if the caller gave it.
     pub loader: Option<LoaderState>,
     pub convention: RopeConvention,
-    /// Parameter ids in the module's visiting order (keys of the optimizer record).
-    pub param_ids: Vec<u64>,
+    /// The optimizer record's parameter count and layout.
+    pub optimizer: StepperState,
 }
 
 impl<B: AutodiffBackend> Trainer<B> {
@@ -56,32 +57,45 @@ impl<B: AutodiffBackend> Trainer<B> {
     pub fn save_checkpoint(&self, dir: impl AsRef<Path>, loader: Option<LoaderState>) -> Result<()> {
         write_dir_atomically(dir, |tmp| {
             self.valid_model().save(tmp, SaveDtype::F32)?;
+            fault_point("model-written");
             let saved = self.stepper.save(&self.model.model, tmp.join(OPTIMIZER_FILE))?;
+            fault_point("optimizer-written");
             let state = TrainerState {
                 format_version: FORMAT_VERSION,
                 step: saved.step,
                 config: self.config,
                 loader,
                 convention: self.model.convention,
-                param_ids: saved.param_ids,
+                optimizer: saved,
             };
             write_json(tmp.join(STATE_FILE), &state)
         })
     }
 
     /// Rebuilds the trainer saved in `dir`: model, optimizer state, step, config; also returns
-    /// the saved data-loader state.
+    /// the saved data-loader state. Only a checkpoint whose checksums verify is loaded: `dir`, or
+    /// the intact previous one an interrupted write left beside it
+    /// ([`crate::persist::intact_checkpoint`]).
+    ///
+    /// # Errors
+    /// [`TrainError::Corrupt`] when no intact checkpoint is there, [`TrainError::Config`] when
+    /// there is none at all, [`TrainError::Mismatch`] for another format.
     pub fn resume(dir: impl AsRef<Path>, device: &B::Device) -> Result<(Self, Option<LoaderState>)> {
-        let dir = dir.as_ref();
-        let state: TrainerState = read_json(dir.join(STATE_FILE))?;
-        if state.format_version != FORMAT_VERSION {
-            return Err(TrainError::Mismatch(format!("trainer state format {}", state.format_version)));
+        let dir = &resume_dir(dir)?;
+        let path = dir.join(STATE_FILE);
+        let value: serde_json::Value = read_json(&path)?;
+        let format = value.get("format_version").and_then(serde_json::Value::as_u64);
+        if format != Some(FORMAT_VERSION.into()) {
+            return Err(TrainError::Mismatch(format!(
+                "trainer state format {format:?} (this build reads {FORMAT_VERSION})"
+            )));
         }
+        let state: TrainerState =
+            serde_json::from_value(value).map_err(|source| TrainError::State { path: path.clone(), source })?;
         state.config.validate()?;
-        let model = load_trainable::<B>(dir, device, &state.param_ids, state.convention, state.config.precision)?;
-        let saved = StepperState { step: state.step, param_ids: state.param_ids };
-        let stepper =
-            Stepper::load(state.config.optim, state.config.schedule, &saved, dir.join(OPTIMIZER_FILE), device)?;
+        let model = load_trainable::<B>(dir, device, state.convention, state.config.precision)?;
+        let (optim, schedule) = (state.config.optim, state.config.schedule);
+        let stepper = Stepper::load(optim, schedule, &state.optimizer, dir.join(OPTIMIZER_FILE), &model.model, device)?;
         Ok((Self { model, stepper, config: state.config }, state.loader))
     }
 }

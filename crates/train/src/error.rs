@@ -42,6 +42,11 @@ pub enum TrainError {
     /// A chart could not be drawn or written.
     #[error("plot: {0}")]
     Plot(String),
+    /// A checkpoint file is missing, truncated or changed since it was written (its sha256 or size
+    /// differs from the folder's `checksums.json`), or the checksums file itself is missing or
+    /// unreadable: the checkpoint was not loaded.
+    #[error("damaged checkpoint {path}: {file}: {reason}")]
+    Corrupt { path: PathBuf, file: String, reason: String },
     /// The checkpoint does not match the model it is loaded into.
     #[error("checkpoint mismatch: {0}")]
     Mismatch(String),

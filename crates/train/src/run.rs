@@ -10,8 +10,11 @@
 //!   a PNG (feature `plot`) and the [`RunSummary`] (which holds the [`RunConfig`]).
 //! - Resume: with `resume`, the trainer, its optimizer state and the data loader continue from
 //!   the checkpoint exactly (the schedule, hence the step count, is the checkpoint's; batch,
-//!   accumulation, devices and cadences are the config's), metrics are appended, and "before" is
-//!   the step-0 evaluation read back from `metrics.jsonl`. Resuming a finished run trains nothing.
+//!   accumulation, devices and cadences are the config's; only a checkpoint whose checksums verify
+//!   is loaded), the metrics logged after that checkpoint are dropped and the rest appended to, and
+//!   "before" is the step-0 evaluation read back from `metrics.jsonl`. A run killed at any moment
+//!   and resumed ends with the files of an uninterrupted one (`tests/crash_safety.rs`). Resuming a
+//!   finished run trains nothing.
 //! - Progress goes to a [`RunObserver`]; `()` ignores it, [`crate::progress::Progress`] (feature
 //!   `progress`) draws a bar on a terminal and prints plain lines otherwise.
 //!
@@ -526,13 +529,14 @@ fn train_on<B: AutodiffBackend>(
     // The model and trainer: fresh, or resumed with the loader where it stood.
     let dev = &devices[0];
     let (mut trainer, mut loader, mut metrics, resumed) = if resume {
-        if !files.checkpoint.exists() {
-            return Err(TrainError::Config(format!("resume: no checkpoint in {}", files.checkpoint.display())));
-        }
         let (trainer, state) = Trainer::<B>::resume(&files.checkpoint, dev)?;
         let state = state.ok_or_else(|| TrainError::Mismatch("the checkpoint has no data-loader state".into()))?;
         let loader = ShardLoader::from_state(vec![train_reader], config.seq_len, state)?;
-        (trainer, loader, MetricsLog::append(&files.metrics)?, Some(state))
+        // What was logged after the checkpoint (steps a kill interrupted) is dropped: those steps
+        // run again, and the log reads as one uninterrupted run.
+        let at = trainer.step();
+        let metrics = MetricsLog::resume(&files.metrics, |r| r["step"].as_u64().is_some_and(|s| s <= at))?;
+        (trainer, loader, metrics, Some(state))
     } else {
         let model_config = config.model.config(vocab)?;
         B::seed(dev, config.seed);
@@ -624,7 +628,7 @@ fn train_on<B: AutodiffBackend>(
     };
     let json = serde_json::to_vec_pretty(&summary)
         .map_err(|source| TrainError::State { path: files.run_json.clone(), source })?;
-    std::fs::write(&files.run_json, json).map_err(io(&files.run_json))?;
+    crate::persist::write_file_atomically(&files.run_json, &json)?;
     Ok(RunOutcome { summary, model, plot_has_text })
 }
 

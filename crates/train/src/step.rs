@@ -7,22 +7,48 @@
 //! counter advances. A refused update leaves the module, the optimizer state and the counter as they
 //! were ([`TrainError::NonFinite`]).
 //!
-//! [`Stepper::save`] / [`Stepper::load`] persist the optimizer state together with the module's
-//! parameter ids it is keyed by (see [`crate::persist`]).
+//! [`Stepper::save`] / [`Stepper::load`] persist the optimizer state in the module's visiting
+//! order, not keyed by burn's parameter ids (random per process, and burn's record is a hash map,
+//! whose order differs per process too): the file is a function of the training state alone, the
+//! same bytes whether the run was resumed or not, and it loads onto any copy of the module.
 
 use std::path::Path;
 
-use burn::module::AutodiffModule;
+use burn::module::{AutodiffModule, ModuleVisitor, Param, ParamId};
 use burn::optim::adaptor::OptimizerAdaptor;
+use burn::optim::record::AdaptorRecord;
 use burn::optim::{GradientsParams, Optimizer};
 use burn::record::{BinFileRecorder, FullPrecisionSettings, Recorder};
-use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, TrainError};
 use crate::optim::{clip_global_norm, global_norm, OptimConfig, QwenAdamW};
-use crate::persist::param_ids;
 use crate::schedule::Schedule;
+
+/// burn's optimizer record: per-parameter state keyed by id.
+type KeyedRecord<B, M> = <OptimizerAdaptor<QwenAdamW, M, B> as Optimizer<M, B>>::Record;
+/// What [`Stepper::save`] writes: the state of each parameter in visiting order (`None` for one
+/// that has had no update yet).
+type OrderedRecord<B> = Vec<Option<AdaptorRecord<QwenAdamW, B>>>;
+
+/// Version of the saved optimizer record's layout ([`StepperState::format`]).
+const RECORD_FORMAT: u32 = 2;
+
+struct Ids(Vec<ParamId>);
+
+impl<B: Backend> ModuleVisitor<B> for Ids {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        self.0.push(param.id);
+    }
+}
+
+fn ids_of<B: AutodiffBackend, M: AutodiffModule<B>>(module: &M) -> Vec<ParamId> {
+    let mut ids = Ids(Vec::new());
+    module.visit(&mut ids);
+    ids.0
+}
 
 /// What one update did.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -41,8 +67,11 @@ pub struct Applied {
 pub struct StepperState {
     /// Updates taken.
     pub step: u64,
-    /// The module's parameter ids in visiting order (the keys of the optimizer record).
-    pub param_ids: Vec<u64>,
+    /// Parameters (tensors) of the module, the length of the optimizer record.
+    pub params: usize,
+    /// Layout of the optimizer record (2: in visiting order; 1, keyed by parameter id, is refused).
+    #[serde(default)]
+    pub format: u32,
 }
 
 /// AdamW ([`QwenAdamW`], the report's settings unless changed) with a schedule, global-norm
@@ -102,33 +131,73 @@ impl<B: AutodiffBackend, M: AutodiffModule<B>> Stepper<B, M> {
         Ok(Applied { step: self.step, lr, grad_norm: norm as f32 })
     }
 
-    /// Writes the optimizer record to `path` (the recorder adds `.bin`) and returns the counter and
-    /// `module`'s parameter ids, which [`Stepper::load`] needs.
+    /// Writes the optimizer state to `path` (the recorder adds `.bin`), each parameter's in
+    /// `module`'s visiting order, and returns the counter and the parameter count, which
+    /// [`Stepper::load`] needs.
     pub fn save(&self, module: &M, path: impl AsRef<Path>) -> Result<StepperState> {
         let path = path.as_ref().to_path_buf();
+        let mut keyed = self.optim.to_record();
+        let ids = ids_of::<B, M>(module);
+        let ordered: OrderedRecord<B> = ids.iter().map(|id| keyed.remove(id)).collect();
+        if !keyed.is_empty() {
+            return Err(TrainError::Mismatch(format!(
+                "the optimizer holds state for {} parameters the module does not have",
+                keyed.len()
+            )));
+        }
         BinFileRecorder::<FullPrecisionSettings>::new()
-            .record(self.optim.to_record(), path.clone())
+            .record(ordered, path.clone())
             .map_err(|e| TrainError::Record { path, reason: e.to_string() })?;
-        Ok(StepperState { step: self.step, param_ids: param_ids::<B, M>(module) })
+        Ok(StepperState { step: self.step, params: ids.len(), format: RECORD_FORMAT })
     }
 
-    /// The stepper [`Stepper::save`] wrote to `path`, at the saved update count. `config` and
-    /// `schedule` are the run's (they are not in the record). The module it steps must have the
-    /// saved parameter ids back ([`crate::persist::with_param_ids`], [`crate::persist::load_trainable`]): a module
-    /// loaded from weights gets fresh ones, and the record is keyed by id.
+    /// The stepper [`Stepper::save`] wrote to `path`, at the saved update count, for `module` (any
+    /// copy of the saved module, whatever its parameter ids: the state is matched to them by
+    /// visiting order). `config` and `schedule` are the run's (they are not in the record).
+    ///
+    /// # Errors
+    /// [`TrainError::Mismatch`] for another record layout or parameter count,
+    /// [`TrainError::Record`] when the file cannot be read.
     pub fn load(
         config: OptimConfig,
         schedule: Schedule,
         state: &StepperState,
         path: impl AsRef<Path>,
+        module: &M,
         device: &B::Device,
     ) -> Result<Self> {
+        if state.format != RECORD_FORMAT {
+            return Err(TrainError::Mismatch(format!(
+                "optimizer record format {} (this build reads {RECORD_FORMAT})",
+                state.format
+            )));
+        }
+        let ids = ids_of::<B, M>(module);
+        if ids.len() != state.params {
+            return Err(TrainError::Mismatch(format!(
+                "the model has {} parameters, the optimizer record {}",
+                ids.len(),
+                state.params
+            )));
+        }
         let mut stepper = Self::new(config, schedule)?;
         let path = path.as_ref().to_path_buf();
-        let record = BinFileRecorder::<FullPrecisionSettings>::new()
+        let ordered: OrderedRecord<B> = BinFileRecorder::<FullPrecisionSettings>::new()
             .load(path.clone(), device)
-            .map_err(|e| TrainError::Record { path, reason: e.to_string() })?;
-        stepper.optim = stepper.optim.load_record(record);
+            .map_err(|e| TrainError::Record { path: path.clone(), reason: e.to_string() })?;
+        if ordered.len() != ids.len() {
+            return Err(TrainError::Record {
+                path,
+                reason: format!("{} parameters' state, {} expected", ordered.len(), ids.len()),
+            });
+        }
+        let mut keyed = KeyedRecord::<B, M>::default();
+        for (id, record) in ids.into_iter().zip(ordered) {
+            if let Some(record) = record {
+                keyed.insert(id, record);
+            }
+        }
+        stepper.optim = stepper.optim.load_record(keyed);
         stepper.step = state.step;
         Ok(stepper)
     }

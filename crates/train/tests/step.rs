@@ -9,7 +9,7 @@ use burn::optim::GradientsParams;
 use burn::tensor::{Tensor, TensorData};
 use qwen_data::TokenBatch;
 use qwen_model::QwenModel;
-use qwen_train::persist::{param_ids, with_param_ids};
+use qwen_train::persist::{param_ids, stable_ids, with_param_ids, with_stable_ids};
 use qwen_train::{constant, OptimConfig, Schedule, Stepper, TrainConfig, TrainError, Trainer};
 
 mod common;
@@ -117,8 +117,9 @@ fn the_trainer_updates_through_the_stepper() {
     }
 }
 
-/// A stepper saved with its module's ids and loaded onto the module reloaded with those ids
-/// continues exactly as the one that never stopped.
+/// A stepper saved and loaded onto a copy of the module with other parameter ids (as loading from
+/// safetensors gives) continues exactly as the one that never stopped; the saved record does not
+/// depend on the ids (the same bytes from either copy).
 #[test]
 fn a_saved_stepper_continues_exactly() {
     let dir = std::env::temp_dir().join(format!("qwen-train-stepper-{}", std::process::id()));
@@ -131,16 +132,19 @@ fn a_saved_stepper_continues_exactly() {
         straight.apply(&mut a, loss, grads).unwrap();
     }
     let state = straight.save(&a, dir.join("optimizer")).unwrap();
-    assert_eq!((state.step, state.param_ids.clone()), (2, param_ids::<B, _>(&a)));
-    // A copy of the weights with fresh ids (as loading from safetensors gives), ids restored.
+    assert_eq!((state.step, state.params), (2, 2));
+    // A copy of the weights with the ids a loaded module gets (not the original's).
     let values = |t: Tensor<Flex, 2>| t.into_data().to_vec::<f32>().unwrap();
     let bias = a.valid().bias.unwrap().val().into_data().to_vec::<f32>().unwrap();
-    let fresh = linear_with(values(a.valid().weight.val()), bias);
-    assert_ne!(param_ids::<B, _>(&fresh), state.param_ids);
-    let mut b = with_param_ids::<B, _>(fresh, &state.param_ids).unwrap();
+    let mut b = with_stable_ids::<B, _>(linear_with(values(a.valid().weight.val()), bias));
+    assert_eq!(param_ids::<B, _>(&b), stable_ids(2));
+    assert_ne!(param_ids::<B, _>(&b), param_ids::<B, _>(&a));
     let mut resumed =
-        Stepper::<B, Linear<B>>::load(optim, schedule, &state, dir.join("optimizer"), &Default::default()).unwrap();
+        Stepper::<B, Linear<B>>::load(optim, schedule, &state, dir.join("optimizer"), &b, &Default::default()).unwrap();
     assert_eq!(resumed.step(), 2);
+    // The record saved from the copy is byte for byte the original's.
+    resumed.save(&b, dir.join("again")).unwrap();
+    assert_eq!(std::fs::read(dir.join("optimizer.bin")).unwrap(), std::fs::read(dir.join("again.bin")).unwrap());
     for _ in 0..3 {
         let (loss, grads) = loss_and_grads(&a);
         straight.apply(&mut a, loss, grads).unwrap();
@@ -148,6 +152,13 @@ fn a_saved_stepper_continues_exactly() {
         resumed.apply(&mut b, loss, grads).unwrap();
         assert_eq!(weights(&a), weights(&b));
     }
+    // Another parameter count or record layout is refused.
+    let wrong = qwen_train::StepperState { params: 3, ..state.clone() };
+    let load = |s: &qwen_train::StepperState| {
+        Stepper::<B, Linear<B>>::load(optim, schedule, s, dir.join("optimizer"), &b, &Default::default())
+    };
+    assert!(matches!(load(&wrong), Err(TrainError::Mismatch(_))));
+    assert!(matches!(load(&qwen_train::StepperState { format: 1, ..state }), Err(TrainError::Mismatch(_))));
     assert!(matches!(with_param_ids::<B, _>(linear(), &[1, 2, 3]), Err(TrainError::Mismatch(_))));
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -192,6 +192,77 @@ fn resume_is_bit_exact() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// Every file of a checkpoint folder by relative name.
+fn files_of(dir: &std::path::Path) -> Vec<(String, Vec<u8>)> {
+    let mut out: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read(&p).unwrap()))
+        .collect();
+    out.sort();
+    out
+}
+
+/// A checkpoint resumed and saved again is the same bytes (nothing depends on burn's per-process
+/// parameter ids or hash-map order); a damaged one (a flipped byte, a truncated or a missing file)
+/// is refused with [`TrainError::Corrupt`] naming the file, and the intact previous checkpoint a
+/// crash left beside it is loaded instead.
+#[test]
+fn checkpoints_are_checksummed_and_resaved_identically() {
+    let device = Default::default();
+    let cfg = train_config(5e-3, 2, 6);
+    let mut trainer = Trainer::new(QwenModel::<B>::random(config(), 0.05, &device), cfg).unwrap();
+    for s in 0..2 {
+        trainer.train_step(&micro_batches(s)).unwrap();
+    }
+    let (dir, again) = (tmp("checksummed"), tmp("checksummed-again"));
+    let loader = LoaderState { epoch: 0, position: 6, seed: 9 };
+    trainer.save_checkpoint(&dir, Some(loader)).unwrap();
+    let (resumed, _) = Trainer::<B>::resume(&dir, &device).unwrap();
+    resumed.save_checkpoint(&again, Some(loader)).unwrap();
+    let saved = files_of(&dir);
+    let names: Vec<&str> = saved.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["checksums.json", "config.json", "model.safetensors", "optimizer.bin", "trainer_state.json"]);
+    assert!(saved == files_of(&again), "a resumed trainer saves other bytes");
+
+    let damage: [(&str, &dyn Fn(&mut Vec<u8>)); 3] = [
+        ("model.safetensors", &|b| *b.last_mut().unwrap() ^= 1),
+        ("optimizer.bin", &|b| b.truncate(b.len() / 2)),
+        ("trainer_state.json", &|b| b.clear()),
+    ];
+    for (file, hurt) in damage {
+        let path = dir.join(file);
+        let good = std::fs::read(&path).unwrap();
+        let mut bad = good.clone();
+        hurt(&mut bad);
+        if bad.is_empty() {
+            std::fs::remove_file(&path).unwrap();
+        } else {
+            std::fs::write(&path, &bad).unwrap();
+        }
+        match Trainer::<B>::resume(&dir, &device) {
+            Err(TrainError::Corrupt { file: f, .. }) => assert_eq!(f, file),
+            Err(e) => panic!("{file}: {e}"),
+            Ok(_) => panic!("{file}: a damaged checkpoint was loaded"),
+        }
+        std::fs::write(&path, &good).unwrap();
+    }
+    Trainer::<B>::resume(&dir, &device).unwrap();
+
+    // Damaged, with the previous checkpoint left beside it by a crash: that one is loaded.
+    let previous = dir.with_file_name(format!("{}.old-1", dir.file_name().unwrap().to_string_lossy()));
+    std::fs::rename(&again, &previous).unwrap();
+    let mut older = Trainer::new(QwenModel::<B>::random(config(), 0.05, &device), cfg).unwrap();
+    older.train_step(&micro_batches(0)).unwrap();
+    let _ = std::fs::remove_dir_all(&previous);
+    older.save_checkpoint(&previous, None).unwrap();
+    std::fs::write(dir.join("optimizer.bin"), b"garbage").unwrap();
+    let (fallback, state) = Trainer::<B>::resume(&dir, &device).unwrap();
+    assert_eq!((fallback.step(), state), (1, None));
+    std::fs::remove_dir_all(&dir).unwrap();
+    std::fs::remove_dir_all(&previous).unwrap();
+}
+
 #[test]
 fn non_finite_loss_is_reported_and_nothing_changes() {
     let model = QwenModel::<B>::random(config(), 0.1, &Default::default());

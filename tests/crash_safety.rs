@@ -1,0 +1,380 @@
+//! Crash safety of pretraining, measured on the `pretrain` binary: a run killed with SIGKILL at
+//! seeded random moments and at every step of a checkpoint write (the binary pauses there when
+//! `QWEN_FAULT_PAUSE_MS` is set), resumed after each kill, ends with the same bytes as an
+//! uninterrupted run: checkpoint (weights, optimizer state, trainer state, checksums) and the
+//! metrics log's loss sequence. A run whose checkpoint write hits a file-size limit
+//! (`RLIMIT_FSIZE`, as a full disk) exits with a typed error, not a panic, leaves the previous
+//! checkpoint intact, and resumes to the same result. `docs/reliability.md` has the numbers.
+//!
+//! Needs the `pretrain` example built (`cargo test` builds it; with `--test crash_safety` alone,
+//! `cargo build --example pretrain` first) and the corpus from `tools/setup.sh`.
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use qwen::data::rng::SplitMix64;
+use qwen::train::persist::{has_checkpoint, intact_checkpoint, verify_checksums, FAULT_PAUSE_ENV};
+
+mod common;
+
+/// 12 steps of the tiny model on S = 16, a checkpoint every 2 steps, on three folders of the
+/// docutils documentation (~200 kB).
+const ARGS: [&str; 18] = [
+    "--steps",
+    "12",
+    "--seq-len",
+    "16",
+    "--batch",
+    "4",
+    "--vocab-size",
+    "300",
+    "--eval-every",
+    "4",
+    "--save-every",
+    "2",
+    "--min-ppl-drop",
+    "0",
+    "--heldout",
+    "0.2",
+    "--seed",
+    "7",
+];
+/// Milliseconds the binary pauses at each fault point of a checkpoint write in the crash runs.
+const PAUSE_MS: u64 = 150;
+
+/// The tests share the two cores: one at a time (and the reference run once).
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn tmp(tag: &str) -> PathBuf {
+    let out = std::env::temp_dir().join(format!("qwen-crash-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    out
+}
+
+fn command(out: &Path, resume: bool) -> Command {
+    let mut c = Command::new(common::example("pretrain"));
+    for d in ["howto", "api", "peps"] {
+        let p = common::root().join("corpus/docutils").join(d);
+        assert!(p.is_dir(), "{} is missing: run `bash tools/setup.sh` first", p.display());
+        c.arg("--data").arg(p);
+    }
+    c.args(ARGS).arg("--out").arg(out).env("RUST_BACKTRACE", "0").env_remove(FAULT_PAUSE_ENV);
+    if resume {
+        c.arg("--resume");
+    }
+    c
+}
+
+/// A running `pretrain` with its stderr lines arriving on a channel.
+struct Running {
+    child: Child,
+    lines: Receiver<String>,
+    stderr: Vec<String>,
+}
+
+impl Running {
+    fn spawn(mut cmd: Command) -> Self {
+        let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("pretrain starts");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self { child, lines, stderr: Vec::new() }
+    }
+
+    /// Waits until `until` says stop (given each stderr line) or `deadline` passes, then kills
+    /// with SIGKILL. Returns `None` when it was killed, else how it exited by itself first.
+    fn kill_when(&mut self, deadline: Option<Instant>, mut until: impl FnMut(&str) -> bool) -> Option<ExitStatus> {
+        loop {
+            let wait = deadline.map_or(Duration::from_millis(50), |d| {
+                d.saturating_duration_since(Instant::now()).min(Duration::from_millis(50))
+            });
+            match self.lines.recv_timeout(wait) {
+                Ok(line) => {
+                    let stop = until(&line);
+                    self.stderr.push(line);
+                    if stop {
+                        break;
+                    }
+                }
+                Err(RecvTimeoutError::Disconnected) => return Some(self.child.wait().unwrap()),
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+            if let Some(status) = self.child.try_wait().unwrap() {
+                self.stderr.extend(self.lines.try_iter());
+                return Some(status);
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                break;
+            }
+        }
+        self.child.kill().unwrap(); // SIGKILL
+        let status = self.child.wait().unwrap();
+        assert_eq!(status.signal(), Some(libc::SIGKILL), "killed by SIGKILL");
+        None
+    }
+
+    fn finish(mut self) -> (ExitStatus, String) {
+        let status = self.child.wait().unwrap();
+        self.stderr.extend(self.lines.iter());
+        (status, self.stderr.join("\n"))
+    }
+}
+
+/// Every file under `dir`, by relative path.
+fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push((p.strip_prefix(dir).unwrap().display().to_string(), std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// `metrics.jsonl` without the timings: the loss sequence (and lr, grad norm, tokens, epochs,
+/// held-out evaluations) of the run.
+fn metrics(out: &Path) -> Vec<serde_json::Value> {
+    let mut recs = qwen::train::read_metrics(out.join("metrics.jsonl")).unwrap();
+    for r in &mut recs {
+        let map = r.as_object_mut().unwrap();
+        map.remove("elapsed_s");
+        map.remove("tokens_per_s");
+    }
+    recs
+}
+
+/// Names in `out` of folders that interrupted checkpoint writes left (`checkpoint.tmp-*`, `.old-*`).
+fn leftovers(out: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(out) else { return Vec::new() };
+    let mut names: Vec<String> = entries
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("checkpoint."))
+        .collect();
+    names.sort();
+    names
+}
+
+fn checkpoint_step(dir: &Path) -> u64 {
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("trainer_state.json")).unwrap()).unwrap();
+    state["step"].as_u64().unwrap()
+}
+
+/// The uninterrupted run (once) and its wall time.
+fn reference() -> &'static (PathBuf, Duration) {
+    static REF: OnceLock<(PathBuf, Duration)> = OnceLock::new();
+    REF.get_or_init(|| {
+        let out = tmp("reference");
+        let t = Instant::now();
+        let (status, stderr) = Running::spawn(command(&out, false)).finish();
+        assert!(status.success(), "reference run failed:\n{stderr}");
+        (out, t.elapsed())
+    })
+}
+
+/// The final state of `out` is the reference's, byte for byte, and nothing partial is left.
+fn assert_same_as_reference(out: &Path) {
+    let (reference, _) = reference();
+    let (a, b) = (files(&reference.join("checkpoint")), files(&out.join("checkpoint")));
+    let names: Vec<&str> = a.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["checksums.json", "config.json", "model.safetensors", "optimizer.bin", "trainer_state.json"]);
+    for ((name, x), (other, y)) in a.iter().zip(&b) {
+        assert_eq!(name, other);
+        assert!(x == y, "checkpoint/{name} differs from the uninterrupted run's");
+    }
+    assert_eq!(a.len(), b.len());
+    let (m, n) = (metrics(reference), metrics(out));
+    assert_eq!(m.iter().filter(|r| r.get("loss").is_some()).count(), 12);
+    assert_eq!(m, n, "metrics.jsonl (without timings) differs from the uninterrupted run's");
+    for f in ["tokenizer.json", "data/train.qwtk", "data/heldout.qwtk"] {
+        assert!(std::fs::read(reference.join(f)).unwrap() == std::fs::read(out.join(f)).unwrap(), "{f} differs");
+    }
+    let summary = |dir: &Path| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(dir.join("run.json")).unwrap()).unwrap()
+    };
+    let (s, t) = (summary(reference), summary(out));
+    for key in ["ppl_before", "ppl_after", "loss_before", "loss_after", "steps", "params"] {
+        assert_eq!(s[key], t[key], "run.json {key}");
+    }
+    assert_eq!(leftovers(out), Vec::<String>::new(), "partial checkpoints left behind");
+}
+
+/// Where a planned kill falls.
+#[derive(Debug, Clone, Copy)]
+enum Kill {
+    /// This many milliseconds after the start.
+    After(u64),
+    /// At the `n`-th (from 1) pause at this fault point of a checkpoint write in this process.
+    At(&'static str, usize),
+}
+
+#[test]
+fn sigkill_anywhere_then_resume_is_bit_identical() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let (_, reference_time) = reference();
+    let t0 = Instant::now();
+    let out = tmp("killed");
+    // Every fault point of a checkpoint write (the first and a later checkpoint of a process),
+    // interleaved with kills at seeded random times over about one uninterrupted run's length.
+    let points =
+        ["model-written", "optimizer-written", "files-written", "checksums-written", "old-moved-aside", "new-in-place"];
+    let mut rng = SplitMix64::new(0x5eed_c0de);
+    let span = (reference_time.as_millis() as u64 * 5 / 4).max(500);
+    let mut plan = Vec::new();
+    for (i, p) in points.iter().enumerate() {
+        plan.push(Kill::At(p, 1 + i % 2));
+        plan.push(Kill::After(rng.below(span)));
+    }
+    plan.push(Kill::After(30)); // during start-up
+    plan.push(Kill::At("new-in-place", 3));
+
+    let mut log = Vec::new();
+    let (mut kills, mut partial, mut launches) = (0, 0, 0);
+    for kill in plan.iter().copied().map(Some).chain(std::iter::once(None)) {
+        // Resume when there is a checkpoint (intact or previous), else start over.
+        let resume = has_checkpoint(out.join("checkpoint"));
+        let resumed_from = if resume {
+            let dir = intact_checkpoint(out.join("checkpoint")).expect("a kill never leaves only damaged checkpoints");
+            Some(checkpoint_step(&dir.unwrap()))
+        } else {
+            None
+        };
+        let mut cmd = command(&out, resume);
+        cmd.env(FAULT_PAUSE_ENV, PAUSE_MS.to_string());
+        let mut run = Running::spawn(cmd);
+        launches += 1;
+        let start = Instant::now();
+        let exited = match kill {
+            Some(Kill::After(ms)) => run.kill_when(Some(start + Duration::from_millis(ms)), |_| false),
+            Some(Kill::At(point, n)) => {
+                let mut seen = 0;
+                let marker = format!("fault-point {point}");
+                run.kill_when(None, |line| {
+                    seen += (line == marker) as usize;
+                    seen == n
+                })
+            }
+            None => Some(run.child.wait().unwrap()),
+        };
+        match exited {
+            None => {
+                kills += 1;
+                let left = leftovers(&out);
+                partial += !left.is_empty() as usize;
+                log.push(format!("kill {kill:?} (resumed from {resumed_from:?}): left {left:?}"));
+            }
+            Some(status) => {
+                let (_, stderr) = run.finish();
+                assert!(status.success(), "run ended by itself but failed ({status:?}):\n{stderr}");
+                log.push(format!("{kill:?} (resumed from {resumed_from:?}): the run finished first"));
+                if kill.is_some() {
+                    // Finished before the planned kill: the rest of the plan has nothing to do.
+                    break;
+                }
+            }
+        }
+    }
+    let elapsed = t0.elapsed();
+    assert_same_as_reference(&out);
+    eprintln!(
+        "crash safety: {kills} SIGKILLs ({partial} left a partial checkpoint write behind), {launches} launches, \
+         bit-identical; {:.1} s (uninterrupted run {:.1} s)\n{}",
+        elapsed.as_secs_f64(),
+        reference_time.as_secs_f64(),
+        log.join("\n")
+    );
+    assert!(kills >= 12, "only {kills} kills landed");
+    assert!(partial >= 4, "only {partial} kills landed inside a checkpoint write");
+    std::fs::remove_dir_all(&out).unwrap();
+}
+
+/// `cmd` with its files limited to `bytes` (writes past it fail with EFBIG instead of raising
+/// SIGXFSZ): a full disk, for the files that grow past it.
+fn with_file_size_limit(mut cmd: Command, bytes: u64) -> Command {
+    // SAFETY: the closure only calls async-signal-safe libc functions between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            let limit = libc::rlimit { rlim_cur: bytes as libc::rlim_t, rlim_max: bytes as libc::rlim_t };
+            if libc::setrlimit(libc::RLIMIT_FSIZE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd
+}
+
+#[test]
+fn disk_full_is_a_typed_error_and_the_run_resumes() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    reference();
+    let t0 = Instant::now();
+    let out = tmp("full");
+    // A first launch killed inside its second checkpoint write: the step-2 checkpoint is in place.
+    let mut cmd = command(&out, false);
+    cmd.env(FAULT_PAUSE_ENV, "50");
+    let mut seen = 0;
+    let first = Running::spawn(cmd).kill_when(None, |l| {
+        seen += (l == "fault-point model-written") as usize;
+        seen == 2
+    });
+    assert!(first.is_none(), "the first launch should have been killed");
+    let ckpt = out.join("checkpoint");
+    verify_checksums(&ckpt).unwrap();
+    assert_eq!(checkpoint_step(&ckpt), 2);
+    let before = files(&ckpt);
+
+    // Files limited to 1 MiB (the tiny model's safetensors is ~13 MB): the next checkpoint cannot
+    // be written.
+    let (status, stderr) = Running::spawn(with_file_size_limit(command(&out, true), 1 << 20)).finish();
+    assert_eq!(status.code(), Some(1), "a typed error exits with 1, not a signal or a panic:\n{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(stderr.contains("Error:") && stderr.contains("File too large"), "{stderr}");
+    verify_checksums(&ckpt).unwrap();
+    assert!(files(&ckpt) == before, "the previous checkpoint changed");
+    assert_eq!(leftovers(&out), Vec::<String>::new());
+    let full_err = stderr.lines().find(|l| l.starts_with("Error:")).unwrap_or_default().to_string();
+
+    // A read-only output folder (only where permissions apply: not as root).
+    let mut read_only = "skipped (running as root)".to_string();
+    if unsafe { libc::geteuid() } != 0 {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o555)).unwrap();
+        let (status, stderr) = Running::spawn(command(&out, true)).finish();
+        std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(status.code(), Some(1), "{stderr}");
+        assert!(!stderr.contains("panicked") && stderr.contains("Error:"), "{stderr}");
+        assert!(files(&ckpt) == before, "the previous checkpoint changed");
+        read_only = stderr.lines().find(|l| l.starts_with("Error:")).unwrap_or_default().to_string();
+    }
+
+    // With room again, the run resumes to the uninterrupted run's result.
+    let (status, stderr) = Running::spawn(command(&out, true)).finish();
+    assert!(status.success(), "{stderr}");
+    assert_same_as_reference(&out);
+    eprintln!(
+        "disk full: {full_err}\nread-only: {read_only}\nresumed to the same bytes; {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
+    std::fs::remove_dir_all(&out).unwrap();
+}
