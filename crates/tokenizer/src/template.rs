@@ -147,9 +147,13 @@ impl ChatTemplate {
         ctx.insert("messages".into(), Value::Array(messages.to_vec()));
         ctx.insert("tools".into(), options.tools.clone().map_or(Value::Null, Value::Array));
         ctx.insert("add_generation_prompt".into(), Value::Bool(options.add_generation_prompt));
-        let text_or_null = |t: &Option<String>| t.clone().map_or(Value::Null, Value::String);
-        ctx.insert("bos_token".into(), text_or_null(&self.bos_token));
-        ctx.insert("eos_token".into(), text_or_null(&self.eos_token));
+        // transformers passes the tokenizer's special tokens that are set; an unset one is
+        // undefined in the template (it renders as nothing), not Python's `None`.
+        for (key, token) in [("bos_token", &self.bos_token), ("eos_token", &self.eos_token)] {
+            if let Some(t) = token {
+                ctx.insert(key.into(), Value::String(t.clone()));
+            }
+        }
         if let Some(enable) = options.enable_thinking {
             ctx.insert("enable_thinking".into(), Value::Bool(enable));
         }
@@ -160,9 +164,11 @@ impl ChatTemplate {
 
     /// Renders and tokenizes: the template's own text may produce any special token; the text of
     /// each message (`content`, `reasoning_content`) stays plain text even if it spells
-    /// `<|im_end|>`. A message's text is found in the rendered prompt in message order; when the
-    /// template rewrote a text that spells a special token (so it cannot be found as written),
-    /// that is an error rather than a silent control token.
+    /// `<|im_end|>`. A message's text is found in the rendered prompt in message order. When the
+    /// template rewrote a text that spells a special token, so that it cannot be found as written:
+    /// for an assistant message that is the template's own editing of the model's reply (Qwen3
+    /// drops the `<think>` block of earlier turns) and what is left is encoded as the template
+    /// wrote it; for any other role it is an error rather than a silent control token.
     ///
     /// # Errors
     /// What [`ChatTemplate::render`] and [`Tokenizer::encode`] return, and
@@ -183,6 +189,7 @@ impl ChatTemplate {
                         literal.push(cursor + at..cursor + at + part.len());
                         cursor += at + part.len();
                     }
+                    None if is_assistant(message) => {}
                     None if spells_special(tokenizer, &part) => {
                         return Err(TokenizerError::Template(format!(
                             "the {key} of message {i} spells a special token and the template rewrote it, \
@@ -211,6 +218,10 @@ fn python_formatter(
         _ => return minijinja::escape_formatter(out, state, value),
     };
     out.write_str(word).map_err(JinjaError::from)
+}
+
+fn is_assistant(message: &Value) -> bool {
+    message.get("role").and_then(Value::as_str) == Some("assistant")
 }
 
 fn spells_special(tokenizer: &Tokenizer, text: &str) -> bool {
