@@ -6,7 +6,8 @@
 //! ```
 //!
 //! The tokenizer is the folder's `tokenizer.json` or `.tiktoken` file unless `--tokenizer` names
-//! one; stop ids are ChatML's plus `generation_config.json`'s `eos_token_id`, whose sampling
+//! one; the chat format is the folder's Jinja chat template, or Qwen-1's ChatML when it has none;
+//! stop ids are ChatML's plus `generation_config.json`'s `eos_token_id`, whose sampling
 //! settings are the defaults for fields a request leaves out. Prints `listening on
 //! http://HOST:PORT` to stderr once it accepts requests; Ctrl-C or SIGTERM stops accepting, lets
 //! the requests in flight finish, and exits. See docs/serving.md.
@@ -19,7 +20,7 @@ use clap::Parser;
 use qwen::backend::{device, Backend};
 use qwen::chat::{find_tokenizer, GenerationDefaults};
 use qwen_model::SamplingConfig;
-use qwen_serve::{Engine, EngineConfig, ServerConfig};
+use qwen_serve::{ChatFormat, Engine, EngineConfig, ServerConfig};
 use qwen_tokenizer::{ChatMl, Normalization, Tokenizer};
 
 /// Serves a Qwen checkpoint over the OpenAI API.
@@ -86,6 +87,7 @@ fn main() -> anyhow::Result<()> {
         max_tokens_limit: args.max_tokens_limit.unwrap_or(context),
         api_key: args.api_key.clone(),
         sampling,
+        chat_format: ChatFormat::from_model_dir(&args.model)?,
         ..ServerConfig::new(name, context)
     };
     let engine = Engine::start(

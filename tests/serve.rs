@@ -7,6 +7,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use burn::backend::Flex;
@@ -16,6 +17,7 @@ use hyper_util::rt::TokioIo;
 use qwen_model::{GenerateConfig, QwenConfigBuilder, QwenModel, SamplingConfig, SaveDtype};
 use qwen_serve::api::ChatMessage;
 use qwen_serve::{ChatFormat, Engine, EngineConfig, ServerConfig};
+use qwen_tokenizer::template::{ChatTemplate, RenderOptions};
 use qwen_tokenizer::{ChatMl, Tokenizer};
 use serde_json::{json, Value};
 
@@ -46,11 +48,19 @@ struct Options {
     stop_ids: bool,
     api_key: Option<String>,
     body_limit: usize,
+    chat_format: ChatFormat,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Self { max_batch: 8, max_queue: 16, stop_ids: true, api_key: None, body_limit: 2 << 20 }
+        Self {
+            max_batch: 8,
+            max_queue: 16,
+            stop_ids: true,
+            api_key: None,
+            body_limit: 2 << 20,
+            chat_format: ChatFormat::ChatMl,
+        }
     }
 }
 
@@ -109,6 +119,7 @@ impl Server {
             api_key: o.api_key,
             body_limit: o.body_limit,
             max_tokens_limit: 3000,
+            chat_format: o.chat_format,
             ..ServerConfig::new("tiny", CONTEXT)
         };
         let app = qwen_serve::router(engine, tok.clone(), config);
@@ -200,10 +211,15 @@ fn user(text: &str) -> Value {
 /// What the model itself says greedily to `messages` rendered as the server renders them.
 fn greedy_reply(model: &QwenModel<B>, tok: &Tokenizer, messages: &Value, max: usize) -> (String, usize, usize) {
     let msgs: Vec<ChatMessage> = serde_json::from_value(messages.clone()).unwrap();
-    let prompt = ChatFormat::ChatMl.prompt(tok, &msgs).unwrap();
+    let prompt = ChatFormat::ChatMl.prompt(tok, &msgs, &serde_json::Map::new()).unwrap();
+    greedy_from(model, tok, &prompt, max)
+}
+
+/// The model's greedy reply to `prompt` ids: text, prompt length, tokens generated.
+fn greedy_from(model: &QwenModel<B>, tok: &Tokenizer, prompt: &[u32], max: usize) -> (String, usize, usize) {
     let stop_ids = ChatMl::new(tok).unwrap().stop_ids();
     let gen = GenerateConfig { max_new_tokens: max, stop_ids: stop_ids.clone(), sampling: SamplingConfig::default() };
-    let mut ids = model.generate(&prompt, &gen, |_| true).unwrap();
+    let mut ids = model.generate(prompt, &gen, |_| true).unwrap();
     let generated = ids.len();
     if ids.last().is_some_and(|t| stop_ids.contains(t)) {
         ids.pop();
@@ -335,13 +351,71 @@ async fn every_endpoint_answers_in_openai_shapes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_chat_template_renders_the_prompt_with_the_request_kwargs() {
+    let (model, tok) = model();
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/chat_template/templates");
+    let qwen3 = Arc::new(ChatTemplate::new(std::fs::read_to_string(dir.join("qwen3.jinja")).unwrap()).unwrap());
+    let s = Server::start(&model, &tok, Options { chat_format: ChatFormat::Template(qwen3.clone()), ..Options::default() })
+        .await;
+    // Special-token strings typed in a message stay text under a template too.
+    let messages = json!([
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi <|im_end|> <think>"}
+    ]);
+    let mut prompts = Vec::new();
+    for kwargs in [None, Some(json!({"enable_thinking": false}))] {
+        let options = RenderOptions {
+            extra: kwargs.as_ref().map(|k| k.as_object().unwrap().clone()).unwrap_or_default(),
+            ..RenderOptions::generation()
+        };
+        let prompt = qwen3.encode(&tok, messages.as_array().unwrap(), &options).unwrap();
+        let (want, prompt_len, generated) = greedy_from(&model, &tok, &prompt.ids, 8);
+        let mut body = json!({"messages": messages, "temperature": 0, "max_tokens": 8});
+        if let Some(k) = kwargs {
+            body["chat_template_kwargs"] = k;
+        }
+        let (code, r) = s.post("/v1/chat/completions", &body).await;
+        assert_eq!(code, 200, "{r}");
+        assert_eq!(r["choices"][0]["message"]["content"].as_str().unwrap(), want);
+        assert_eq!((r["usage"]["prompt_tokens"].as_u64(), r["usage"]["completion_tokens"].as_u64()), (Some(prompt_len as u64), Some(generated as u64)));
+        prompts.push(prompt.text);
+    }
+    assert!(prompts[0].ends_with("<|im_start|>assistant\n"), "{}", prompts[0]);
+    assert_eq!(prompts[1], format!("{}<think>\n\n</think>\n\n", prompts[0]));
+    s.stop().await;
+
+    // What a template raises about a conversation is the client's 400, in OpenAI's shape.
+    let strict = ChatTemplate::new(
+        "{% if messages[0].role != 'user' %}{{ raise_exception('the first message must be a user message') }}{% endif %}\
+         {% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}<|im_start|>assistant\n",
+    )
+    .unwrap();
+    let s = Server::start(&model, &tok, Options { chat_format: ChatFormat::Template(Arc::new(strict)), ..Options::default() })
+        .await;
+    let (code, r) = s.post("/v1/chat/completions", &json!({"messages": [{"role": "assistant", "content": "x"}]})).await;
+    assert_eq!(code, 400, "{r}");
+    assert!(r["error"]["message"].as_str().unwrap().contains("the first message must be a user message"), "{r}");
+    assert_eq!(r["error"]["param"], "messages");
+    let (code, _) = s.post("/v1/chat/completions", &json!({"messages": user("ok"), "max_tokens": 2})).await;
+    assert_eq!(code, 200);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn errors_have_openai_shapes_and_statuses() {
     let (model, tok) = model();
     let key = "sk-test".to_string();
     let s = Server::start(
         &model,
         &tok,
-        Options { max_batch: 1, max_queue: 1, stop_ids: false, api_key: Some(key.clone()), body_limit: 64 << 10 },
+        Options {
+            max_batch: 1,
+            max_queue: 1,
+            stop_ids: false,
+            api_key: Some(key.clone()),
+            body_limit: 64 << 10,
+            ..Options::default()
+        },
     )
     .await;
     let k = Some(key.as_str());
@@ -451,7 +525,16 @@ async fn a_slow_reader_does_not_hold_up_the_others() {
         let (code, r) = s.post("/v1/chat/completions", &json!({"messages": user("hi"), "max_tokens": 16})).await;
         assert_eq!((code, r["usage"]["completion_tokens"].as_u64()), (200, Some(16)), "{r}");
     }
-    assert_eq!(s.get("/health").await.1["running"], 1, "the unread stream is still decoding");
+    // The last reply is out before the engine has let its row go: wait for that, not longer.
+    let t = Instant::now();
+    loop {
+        let (_, h) = s.get("/health").await;
+        if h["running"] == 1 {
+            break;
+        }
+        assert!(h["running"] == 2 && t.elapsed() < Duration::from_secs(10), "the unread stream is still decoding: {h}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     drop(slow);
     wait_idle(&s).await;
     s.stop().await;

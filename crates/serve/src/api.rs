@@ -18,6 +18,10 @@ pub struct ChatCompletionRequest {
     /// The newer name of `max_tokens` (it wins when both are given).
     #[serde(default)]
     pub max_completion_tokens: Option<u64>,
+    /// Extra chat-template variables, as vLLM and SGLang take them (`{"enable_thinking": false}`
+    /// for Qwen3).
+    #[serde(default)]
+    pub chat_template_kwargs: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 /// `POST /v1/completions`.

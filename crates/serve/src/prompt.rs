@@ -1,11 +1,19 @@
 //! Chat messages → prompt ids: the seam between the API and a chat format.
 //!
-//! [`ChatFormat::ChatMl`] renders Qwen-1's ChatML as `make_context` does (a system message — the
+//! [`ChatFormat::Template`] renders the model folder's Jinja chat template as transformers'
+//! `apply_chat_template(messages, add_generation_prompt=True, **chat_template_kwargs)` does (Qwen2.5,
+//! Qwen3 with its `enable_thinking` switch, any HF template). [`ChatFormat::ChatMl`], for folders
+//! without one (Qwen-1), renders ChatML as Qwen-1's `make_context` does (a system message — the
 //! default one when the conversation has none — then every message, then an open assistant
-//! turn). Message text is encoded as plain text: a special-token string typed in a message stays
-//! text and can never become a control id.
+//! turn). Either way message text is encoded as plain text: a special-token string typed in a
+//! message stays text and can never become a control id.
 
-use qwen_tokenizer::{AllowedSpecial, ChatMl, Message, Tokenize, Tokenizer, DEFAULT_SYSTEM};
+use std::path::Path;
+use std::sync::Arc;
+
+use qwen_tokenizer::template::{ChatTemplate, RenderOptions};
+use qwen_tokenizer::{AllowedSpecial, ChatMl, Message, Tokenize, Tokenizer, TokenizerError, DEFAULT_SYSTEM};
+use serde_json::{Map, Value};
 
 use crate::api::{ChatMessage, Role};
 use crate::error::{Result, ServeError};
@@ -16,14 +24,28 @@ pub enum ChatFormat {
     /// Qwen-1 ChatML (`make_context`).
     #[default]
     ChatMl,
+    /// A Jinja chat template (the model folder's).
+    Template(Arc<ChatTemplate>),
 }
 
 impl ChatFormat {
-    /// The prompt ids for `messages`, ending with an open assistant turn.
+    /// The folder's chat template (`chat_template.jinja` or `tokenizer_config.json`'s), else
+    /// ChatML.
     ///
     /// # Errors
-    /// [`ServeError::BadRequest`] for no messages or content that is not text.
-    pub fn prompt(&self, tokenizer: &Tokenizer, messages: &[ChatMessage]) -> Result<Vec<u32>> {
+    /// The template does not parse, or the files are malformed.
+    pub fn from_model_dir(dir: impl AsRef<Path>) -> Result<Self> {
+        Ok(ChatTemplate::from_model_dir(dir)?.map_or(Self::ChatMl, |t| Self::Template(Arc::new(t))))
+    }
+
+    /// The prompt ids for `messages`, ending with an open assistant turn. `kwargs` are the
+    /// request's `chat_template_kwargs` (e.g. `{"enable_thinking": false}`), template variables
+    /// that ChatML ignores.
+    ///
+    /// # Errors
+    /// [`ServeError::BadRequest`] for no messages, content that is not text, or a conversation
+    /// the template refuses (its `raise_exception`).
+    pub fn prompt(&self, tokenizer: &Tokenizer, messages: &[ChatMessage], kwargs: &Map<String, Value>) -> Result<Vec<u32>> {
         if messages.is_empty() {
             return Err(ServeError::bad("messages", "`messages` must hold at least one message"));
         }
@@ -36,7 +58,30 @@ impl ChatFormat {
         }
         match self {
             Self::ChatMl => chatml(tokenizer, &texts),
+            Self::Template(t) => templated(t, tokenizer, &texts, kwargs),
         }
+    }
+}
+
+fn templated(t: &ChatTemplate, tokenizer: &Tokenizer, messages: &[(Role, String)], kwargs: &Map<String, Value>) -> Result<Vec<u32>> {
+    let messages: Vec<Value> = messages
+        .iter()
+        .map(|(role, text)| {
+            let role = match role {
+                // HF templates know `system`; OpenAI's `developer` is its newer name.
+                Role::System | Role::Developer => "system",
+                Role::User => "user",
+                Role::Assistant => "assistant",
+            };
+            serde_json::json!({ "role": role, "content": text })
+        })
+        .collect();
+    let options = RenderOptions { extra: kwargs.clone(), ..RenderOptions::generation() };
+    match t.encode(tokenizer, &messages, &options) {
+        Ok(p) => Ok(p.ids),
+        // What the template raises is about this conversation: the client's to fix.
+        Err(TokenizerError::Template(m)) => Err(ServeError::bad("messages", m)),
+        Err(e) => Err(e.into()),
     }
 }
 

@@ -420,7 +420,11 @@ async fn chat_completions(
     body: std::result::Result<Bytes, BytesRejection>,
 ) -> Result<Response> {
     let req: ChatCompletionRequest = parse(body)?;
-    let prompt = state.config.chat_format.prompt(&state.tokenizer, &req.messages)?;
+    let prompt = state.config.chat_format.prompt(
+        &state.tokenizer,
+        &req.messages,
+        req.chat_template_kwargs.as_ref().unwrap_or(&serde_json::Map::new()),
+    )?;
     let max_tokens = req.max_completion_tokens.or(req.options.max_tokens);
     let gen = state.request(prompt, &req.options, max_tokens)?;
     let streaming = AppState::streaming(&req.options);
