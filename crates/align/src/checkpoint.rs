@@ -12,7 +12,7 @@ use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 use qwen_context::RopeConvention;
 use qwen_model::{Precision, Qwen, QwenModel, SaveDtype};
-use qwen_train::persist::{load_trainable, read_json, with_stable_ids, write_json};
+use qwen_train::persist::{load_trainable, read_json, with_stable_ids_in, write_json};
 use qwen_train::{OptimConfig, Schedule, Stepper, StepperState};
 use serde::{Deserialize, Serialize};
 
@@ -60,6 +60,9 @@ pub(crate) fn save_score_model<B: AutodiffBackend>(
     save_state(model, stepper, model.trunk.convention, model.trunk.precision, &dir)
 }
 
+/// The [`stable_ids_in`](qwen_train::persist::stable_ids_in) namespace of score models.
+const SCORE_ID_NAMESPACE: u64 = 1;
+
 /// What [`save_score_model`] wrote: the model trainable, with stable parameter ids and its
 /// optimizer state back.
 pub(crate) fn load_score_model<B: AutodiffBackend>(
@@ -72,7 +75,8 @@ pub(crate) fn load_score_model<B: AutodiffBackend>(
     let dir = dir.join(sub);
     let state: ModelState = read_json(dir.join(STATE_FILE))?;
     let inner = ScoreModel::<B::InnerBackend>::load(&dir, device)?;
-    let mut model = with_stable_ids::<B, _>(ScoreModel::<B>::from_inner(inner));
+    // Not the policy's ids: PPO trains a value model beside its policy in one process.
+    let mut model = with_stable_ids_in::<B, _>(ScoreModel::<B>::from_inner(inner), SCORE_ID_NAMESPACE);
     model.trunk.convention = state.convention;
     model.trunk.precision = state.precision;
     let stepper = Stepper::load(optim, schedule, &state.stepper, dir.join(OPTIMIZER_FILE), &model, device)?;

@@ -72,9 +72,17 @@ pub fn param_ids<B: Backend, M: Module<B>>(module: &M) -> Vec<u64> {
 /// gets ([`with_stable_ids`]). Spread over the whole `u64` range (a SplitMix64 sequence) so that
 /// they do not collide with burn's own ids in practice.
 pub fn stable_ids(n: usize) -> Vec<u64> {
+    stable_ids_in(0, n)
+}
+
+/// [`stable_ids`] of another `namespace`: the ids of a second trainable module in the same
+/// process (PPO's value model beside its policy), disjoint from the first's in practice, so that
+/// nothing keyed by parameter id can mix the two up.
+pub fn stable_ids_in(namespace: u64, n: usize) -> Vec<u64> {
+    let base = 0x5157_454e_5f49_4453u64 ^ namespace.wrapping_mul(0xd1b5_4a32_d192_ed03);
     (0..n as u64)
         .map(|i| {
-            let mut z = 0x5157_454e_5f49_4453u64.wrapping_add(i.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+            let mut z = base.wrapping_add(i.wrapping_mul(0x9e37_79b9_7f4a_7c15));
             z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
             z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
             z ^ (z >> 31)
@@ -91,7 +99,12 @@ pub fn param_count<B: Backend, M: Module<B>>(module: &M) -> usize {
 
 /// `module` with [`stable_ids`] as its parameter ids (in visiting order), every parameter trainable.
 pub fn with_stable_ids<B: AutodiffBackend, M: Module<B>>(module: M) -> M {
-    let ids = stable_ids(param_count::<B, M>(&module));
+    with_stable_ids_in::<B, M>(module, 0)
+}
+
+/// `module` with [`stable_ids_in`] `namespace` as its parameter ids, every parameter trainable.
+pub fn with_stable_ids_in<B: AutodiffBackend, M: Module<B>>(module: M, namespace: u64) -> M {
+    let ids = stable_ids_in(namespace, param_count::<B, M>(&module));
     let mut assign = AssignIds { ids: &ids, next: 0 };
     module.map(&mut assign)
 }
