@@ -22,11 +22,13 @@ use qwen::train::persist::{has_checkpoint, intact_checkpoint, verify_checksums, 
 
 mod common;
 
-/// 12 steps of the tiny model on S = 16, a checkpoint every 2 steps, on three folders of the
-/// docutils documentation (~200 kB).
-const ARGS: [&str; 18] = [
-    "--steps",
-    "12",
+/// Steps of the run, and a checkpoint every `SAVE_EVERY` of them.
+const STEPS: u64 = 20;
+const SAVE_EVERY: u64 = 2;
+
+/// The tiny model on S = 16 (with `STEPS` and `SAVE_EVERY`), on three folders of the docutils
+/// documentation (~200 kB).
+const ARGS: [&str; 14] = [
     "--seq-len",
     "16",
     "--batch",
@@ -35,8 +37,6 @@ const ARGS: [&str; 18] = [
     "300",
     "--eval-every",
     "4",
-    "--save-every",
-    "2",
     "--min-ppl-drop",
     "0",
     "--heldout",
@@ -63,7 +63,9 @@ fn command(out: &Path, resume: bool) -> Command {
         assert!(p.is_dir(), "{} is missing: run `bash tools/setup.sh` first", p.display());
         c.arg("--data").arg(p);
     }
-    c.args(ARGS).arg("--out").arg(out).env("RUST_BACKTRACE", "0").env_remove(FAULT_PAUSE_ENV);
+    c.args(ARGS)
+        .args(["--steps", &STEPS.to_string(), "--save-every", &SAVE_EVERY.to_string()])
+        .arg("--out").arg(out).env("RUST_BACKTRACE", "0").env_remove(FAULT_PAUSE_ENV);
     if resume {
         c.arg("--resume");
     }
@@ -203,7 +205,7 @@ fn assert_same_as_reference(out: &Path) {
     }
     assert_eq!(a.len(), b.len());
     let (m, n) = (metrics(reference), metrics(out));
-    assert_eq!(m.iter().filter(|r| r.get("loss").is_some()).count(), 12);
+    assert_eq!(m.iter().filter(|r| r.get("loss").is_some()).count() as u64, STEPS);
     assert_eq!(m, n, "metrics.jsonl (without timings) differs from the uninterrupted run's");
     for f in ["tokenizer.json", "data/train.qwtk", "data/heldout.qwtk"] {
         assert!(std::fs::read(reference.join(f)).unwrap() == std::fs::read(out.join(f)).unwrap(), "{f} differs");
@@ -227,6 +229,40 @@ enum Kill {
     At(&'static str, usize),
 }
 
+impl Kill {
+    /// This planned kill fitted to a launch that resumes at step `done`, so that it lands before
+    /// the run ends (a kill that lets the run finish would leave the rest of the plan nothing to
+    /// do): a time is a fraction (per mille) of half of what an uninterrupted run takes for the
+    /// remaining steps, which a resumed launch (start-up included) always needs more than; a
+    /// fault point is at most the second-to-last checkpoint write left (a kill just after the
+    /// final checkpoint is in place would finish the run), or else a time.
+    fn fit(planned: Planned, done: u64, reference: Duration) -> Self {
+        let left = STEPS - done;
+        let after = |per_mille: u64| {
+            Kill::After(reference.as_millis() as u64 * left * per_mille / (STEPS * 2 * 1000))
+        };
+        match planned {
+            Planned::Time(per_mille) => after(per_mille),
+            Planned::Point(point, n) => {
+                let writes_left = (left / SAVE_EVERY) as usize;
+                if writes_left >= 2 {
+                    Kill::At(point, n.min(writes_left - 1))
+                } else {
+                    after(500)
+                }
+            }
+        }
+    }
+}
+
+/// A kill of the plan before it is fitted to where the run stands.
+#[derive(Debug, Clone, Copy)]
+enum Planned {
+    /// Per mille of the time left ([`Kill::fit`]).
+    Time(u64),
+    Point(&'static str, usize),
+}
+
 #[test]
 fn sigkill_anywhere_then_resume_is_bit_identical() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -238,18 +274,17 @@ fn sigkill_anywhere_then_resume_is_bit_identical() {
     let points =
         ["model-written", "optimizer-written", "files-written", "checksums-written", "old-moved-aside", "new-in-place"];
     let mut rng = SplitMix64::new(0x5eed_c0de);
-    let span = (reference_time.as_millis() as u64 * 5 / 4).max(500);
     let mut plan = Vec::new();
     for (i, p) in points.iter().enumerate() {
-        plan.push(Kill::At(p, 1 + i % 2));
-        plan.push(Kill::After(rng.below(span)));
+        plan.push(Planned::Point(p, 1 + i % 2));
+        plan.push(Planned::Time(rng.below(1000)));
     }
-    plan.push(Kill::After(30)); // during start-up
-    plan.push(Kill::At("new-in-place", 3));
+    plan.push(Planned::Time(1)); // during start-up
+    plan.push(Planned::Point("new-in-place", 3));
 
     let mut log = Vec::new();
     let (mut kills, mut partial, mut launches) = (0, 0, 0);
-    for kill in plan.iter().copied().map(Some).chain(std::iter::once(None)) {
+    for planned in plan.iter().copied().map(Some).chain(std::iter::once(None)) {
         // Resume when there is a checkpoint (intact or previous), else start over.
         let resume = has_checkpoint(out.join("checkpoint"));
         let resumed_from = if resume {
@@ -258,6 +293,7 @@ fn sigkill_anywhere_then_resume_is_bit_identical() {
         } else {
             None
         };
+        let kill = planned.map(|p| Kill::fit(p, resumed_from.unwrap_or(0), *reference_time));
         let mut cmd = command(&out, resume);
         cmd.env(FAULT_PAUSE_ENV, PAUSE_MS.to_string());
         let mut run = Running::spawn(cmd);
@@ -302,7 +338,7 @@ fn sigkill_anywhere_then_resume_is_bit_identical() {
         reference_time.as_secs_f64(),
         log.join("\n")
     );
-    assert!(kills >= 12, "only {kills} kills landed");
+    assert_eq!(kills, plan.len(), "only {kills} of the {} planned kills landed", plan.len());
     assert!(partial >= 4, "only {partial} kills landed inside a checkpoint write");
     std::fs::remove_dir_all(&out).unwrap();
 }
@@ -343,6 +379,8 @@ fn disk_full_is_a_typed_error_and_the_run_resumes() {
     verify_checksums(&ckpt).unwrap();
     assert_eq!(checkpoint_step(&ckpt), 2);
     let before = files(&ckpt);
+    // The killed write's temporary folder stays until a write succeeds.
+    let left_by_kill = leftovers(&out);
 
     // Files limited to 1 MiB (the tiny model's safetensors is ~13 MB): the next checkpoint cannot
     // be written.
@@ -352,7 +390,7 @@ fn disk_full_is_a_typed_error_and_the_run_resumes() {
     assert!(stderr.contains("Error:") && stderr.contains("File too large"), "{stderr}");
     verify_checksums(&ckpt).unwrap();
     assert!(files(&ckpt) == before, "the previous checkpoint changed");
-    assert_eq!(leftovers(&out), Vec::<String>::new());
+    assert_eq!(leftovers(&out), left_by_kill, "the failed write left its temporary folder behind");
     let full_err = stderr.lines().find(|l| l.starts_with("Error:")).unwrap_or_default().to_string();
 
     // A read-only output folder (only where permissions apply: not as root).
