@@ -477,17 +477,23 @@ async fn errors_have_openai_shapes_and_statuses() {
     s.stop().await;
 }
 
-/// Waits until the engine runs nothing and nothing waits.
-async fn wait_idle(s: &Server) {
+/// Polls `/health` until `done` says so; until then every reading must pass `meanwhile`, and it
+/// must come within 10 s.
+async fn wait_health(s: &Server, done: impl Fn(&Value) -> bool, meanwhile: impl Fn(&Value) -> bool, what: &str) {
     let t = Instant::now();
     loop {
         let (_, h) = s.get("/health").await;
-        if h["running"] == 0 && h["waiting"] == 0 {
+        if done(&h) {
             return;
         }
-        assert!(t.elapsed() < Duration::from_secs(10), "rows still held: {h}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(meanwhile(&h) && t.elapsed() < Duration::from_secs(10), "{what}: {h}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// Waits until the engine runs nothing and nothing waits.
+async fn wait_idle(s: &Server) {
+    wait_health(s, |h| h["running"] == 0 && h["waiting"] == 0, |_| true, "rows still held").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -526,15 +532,7 @@ async fn a_slow_reader_does_not_hold_up_the_others() {
         assert_eq!((code, r["usage"]["completion_tokens"].as_u64()), (200, Some(16)), "{r}");
     }
     // The last reply is out before the engine has let its row go: wait for that, not longer.
-    let t = Instant::now();
-    loop {
-        let (_, h) = s.get("/health").await;
-        if h["running"] == 1 {
-            break;
-        }
-        assert!(h["running"] == 2 && t.elapsed() < Duration::from_secs(10), "the unread stream is still decoding: {h}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_health(&s, |h| h["running"] == 1, |h| h["running"] == 2, "the unread stream is still decoding").await;
     drop(slow);
     wait_idle(&s).await;
     s.stop().await;
