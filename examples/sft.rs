@@ -1,0 +1,250 @@
+//! Supervised fine-tuning of an HF Qwen checkpoint on your own conversations.
+//!
+//! ```sh
+//! cargo run --release --example sft -- --model DIR --data chat.jsonl --out runs/sft \
+//!     [--eval-data held.jsonl] [--epochs 1] [--lr 1e-5] [--seq-len 512] [--batch 4] [--accum 1]
+//! ```
+//!
+//! `--data` is JSON Lines, one conversation a line: `{"messages": [{"role": ..., "content": ...}]}`
+//! or Qwen's `{"conversations": [{"from": ..., "value": ...}]}` (a leading system message is the
+//! conversation's system prompt; otherwise `--system`, or Qwen's default). Each is rendered as
+//! ChatML and labelled exactly as Qwen-1's `finetune.py` does (only assistant replies, the ChatML
+//! markers and the newline after each `<|im_end|>` are targets). A malformed line, or a conversation
+//! longer than `--seq-len` (unless `--truncate`), stops the run with its line number.
+//!
+//! `--out` gets `metrics.jsonl` (one record a step), `loss.png`, `run_config.json` (the training
+//! config), `sft_args.json` (this command's arguments), `checkpoint/` (the latest resumable state,
+//! written atomically every `--checkpoint-every` steps) and, at the end, the fine-tuned model as an
+//! HF checkpoint (`config.json`, `model.safetensors`) with the source folder's tokenizer and
+//! generation files beside it, so `generate`, `chat` and `serve` open `--out` as it is. A run killed
+//! at any point continues with `--resume` and ends with the bytes an uninterrupted one writes.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, ensure, Context, Result};
+use clap::Parser;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use qwen::backend::{device, optimizer_update, TrainBackend};
+use qwen::chat::find_tokenizer;
+use qwen_align::{EpochSampler, Overflow, Run, SftBatcher, SftConfig};
+use qwen_data::{Batcher, ChatJsonl, TokenBatch};
+use qwen_model::{Mode, SaveDtype};
+use qwen_tokenizer::{ChatMl, ChatTokens, Normalization, Tokenizer};
+use qwen_train::plot::{save_png, Chart, Series};
+use qwen_train::{evaluate, OptimConfig, Schedule, TrainConfig};
+use serde::Serialize;
+
+/// Supervised fine-tuning (ChatML, `finetune.py`'s loss mask) of an HF Qwen checkpoint.
+#[derive(Parser, Debug, Serialize)]
+#[command(name = "sft")]
+struct Args {
+    /// HF checkpoint folder (config.json, safetensors weights, usually the tokenizer).
+    #[arg(long)]
+    model: PathBuf,
+    /// `tokenizer.json` or `.tiktoken` file (default: the one in --model).
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
+    /// Training conversations, JSON Lines.
+    #[arg(long)]
+    data: PathBuf,
+    /// Held-out conversations: their loss on assistant tokens is measured before and after.
+    #[arg(long)]
+    eval_data: Option<PathBuf>,
+    /// Output folder.
+    #[arg(long)]
+    out: PathBuf,
+    /// System prompt of conversations that have none (default: Qwen's "You are a helpful assistant.").
+    #[arg(long)]
+    system: Option<String>,
+    #[arg(long, default_value_t = 1.0)]
+    epochs: f64,
+    /// Peak learning rate (finetune.py's default for full fine-tuning).
+    #[arg(long, default_value_t = 1e-5)]
+    lr: f64,
+    /// Warm-up steps, then cosine decay to the end (default: 1% of the steps, at least 1).
+    #[arg(long)]
+    warmup_steps: Option<u64>,
+    /// Positions per sequence.
+    #[arg(long, default_value_t = 512)]
+    seq_len: usize,
+    /// Conversations per micro-batch.
+    #[arg(long, default_value_t = 4)]
+    batch: usize,
+    /// Micro-batches accumulated into each update.
+    #[arg(long, default_value_t = 1)]
+    accum: usize,
+    /// Keep the first --seq-len tokens of longer conversations (as finetune.py does) instead of failing.
+    #[arg(long)]
+    truncate: bool,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Steps between checkpoints.
+    #[arg(long, default_value_t = 100)]
+    checkpoint_every: u64,
+    /// Continue the run in --out from its checkpoint.
+    #[arg(long)]
+    resume: bool,
+}
+
+/// Files of the source folder that travel with the fine-tuned weights.
+const COMPANIONS: &[&str] =
+    &["tokenizer.json", "tokenizer_config.json", "generation_config.json", "chat_template.jinja", "qwen.tiktoken"];
+
+/// The conversations of `path`, rendered, with their line numbers.
+fn conversations(path: &Path, chat: &ChatMl<'_>, system: Option<&str>) -> Result<Vec<(usize, ChatTokens)>> {
+    let mut out = Vec::new();
+    let mut line = 0;
+    for record in ChatJsonl::open(path)? {
+        let record = record?;
+        // Blank lines are skipped by the reader; count records for the messages below.
+        line += 1;
+        let system = record.system.as_deref().or(system);
+        let rendered = qwen_align::sft::render(chat, system, &record.messages)
+            .with_context(|| format!("{}: conversation {line}", path.display()))?;
+        out.push((line, rendered));
+    }
+    ensure!(!out.is_empty(), "{} holds no conversation", path.display());
+    Ok(out)
+}
+
+fn check_lengths(path: &Path, convs: &[(usize, ChatTokens)], seq_len: usize, truncate: bool) -> Result<()> {
+    if truncate {
+        return Ok(());
+    }
+    if let Some((line, c)) = convs.iter().find(|(_, c)| c.ids.len() > seq_len) {
+        bail!(
+            "{}: conversation {line} is {} tokens, longer than --seq-len {seq_len} (raise it, or pass --truncate)",
+            path.display(),
+            c.ids.len()
+        );
+    }
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    qwen::keep_freed_memory();
+    ensure!(args.batch > 0 && args.accum > 0, "--batch and --accum must be > 0");
+    ensure!(args.epochs > 0.0 && args.epochs.is_finite(), "--epochs must be > 0");
+    let checkpoint = args.out.join(qwen_align::run::CHECKPOINT_DIR);
+    if qwen_train::persist::has_checkpoint(&checkpoint) && !args.resume {
+        bail!("{} holds a run; pass --resume to continue it, or give another --out", args.out.display());
+    }
+    let tok_path = match &args.tokenizer {
+        Some(p) => p.clone(),
+        None => find_tokenizer(&args.model)?,
+    };
+    let tok = Tokenizer::from_file(&tok_path)
+        .with_context(|| format!("loading {}", tok_path.display()))?
+        .with_normalization(Normalization::Nfc);
+    let chat = ChatMl::new(&tok)?;
+    let pad_id = tok.special_id("<|endoftext|>")?;
+    let train = conversations(&args.data, &chat, args.system.as_deref())?;
+    check_lengths(&args.data, &train, args.seq_len, args.truncate)?;
+    let held = match &args.eval_data {
+        Some(p) => {
+            let held = conversations(p, &chat, args.system.as_deref())?;
+            check_lengths(p, &held, args.seq_len, args.truncate)?;
+            held
+        }
+        None => Vec::new(),
+    };
+
+    let dev = device();
+    let model = qwen_model::load::<TrainBackend>(&args.model, &dev)
+        .with_context(|| format!("loading {}", args.model.display()))?;
+    let per_step = args.batch * args.accum;
+    let steps = ((args.epochs * train.len() as f64) / per_step as f64).ceil().max(1.0) as u64;
+    let warmup = args.warmup_steps.unwrap_or((steps / 100).max(1)).min(steps);
+    let config = SftConfig {
+        train: TrainConfig {
+            optim: OptimConfig { update: optimizer_update(), ..OptimConfig::default() },
+            ..TrainConfig::new(Schedule::new(args.lr, warmup, steps), args.seed)
+        },
+        steps,
+        checkpoint_every: args.checkpoint_every,
+    };
+    let overflow = if args.truncate { Overflow::Truncate } else { Overflow::Error };
+    let batcher = SftBatcher { seq_len: args.seq_len, pad_id, overflow };
+    let held_batches: Vec<TokenBatch> = held
+        .chunks(args.batch)
+        .map(|c| batcher.batch(c.iter().map(|(_, t)| t.clone()).collect()))
+        .collect::<qwen_data::Result<_>>()?;
+    let before =
+        (!held_batches.is_empty()).then(|| evaluate(&model.valid(), &held_batches, Mode::Training)).transpose()?;
+
+    let mut run = Run::sft(&config, model, &args.out, &dev)?;
+    qwen_train::persist::write_json(args.out.join("sft_args.json"), &args)?;
+    eprintln!(
+        "sft: {} conversations, {steps} steps of {per_step} ({} x {}), seq {}, lr {} (warm-up {warmup}), backend {}{}",
+        train.len(),
+        args.batch,
+        args.accum,
+        args.seq_len,
+        args.lr,
+        qwen::backend::name(),
+        run.resumed_from().map(|s| format!("; resumed at step {s}")).unwrap_or_default()
+    );
+    let sampler = EpochSampler { len: train.len(), batch: per_step, seed: args.seed };
+    let mut data = |step: u64| -> qwen_align::Result<Vec<TokenBatch>> {
+        let items: Vec<ChatTokens> = sampler.indices(step).into_iter().map(|i| train[i].1.clone()).collect();
+        items.chunks(args.batch).map(|c| Ok(batcher.batch(c.to_vec())?)).collect()
+    };
+    let pb = ProgressBar::new(steps);
+    pb.set_style(ProgressStyle::with_template("sft {bar:30} {pos}/{len} {msg} [{elapsed}<{eta}]")?);
+    if !std::io::stderr().is_terminal() {
+        pb.set_draw_target(ProgressDrawTarget::hidden());
+    }
+    pb.set_position(run.step());
+    let started = Instant::now();
+    run.train(&mut data, |s| {
+        pb.set_message(format!("loss {:.3}", s.loss));
+        pb.inc(1);
+    })?;
+    pb.finish_and_clear();
+
+    let tuned = run.stage.model().valid();
+    let metrics = run.metrics_path().to_path_buf();
+    drop(run);
+    tuned.save(&args.out, SaveDtype::F32)?;
+    for name in COMPANIONS {
+        let from = args.model.join(name);
+        if from.is_file() {
+            std::fs::copy(&from, args.out.join(name)).with_context(|| format!("copying {}", from.display()))?;
+        }
+    }
+    // A tokenizer given by --tokenizer travels too.
+    let name = tok_path.file_name().context("the tokenizer path has no file name")?;
+    if !args.out.join(name).is_file() {
+        std::fs::copy(&tok_path, args.out.join(name)).with_context(|| format!("copying {}", tok_path.display()))?;
+    }
+
+    let losses: Vec<(f64, f64)> = std::fs::read_to_string(&metrics)?
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|r| Some((r["step"].as_f64()?, r["loss"].as_f64()?)))
+        .collect();
+    let chart = Chart {
+        title: "SFT".into(),
+        x_label: "step".into(),
+        y_label: "loss on assistant tokens (nats)".into(),
+        log_x: false,
+        log_y: false,
+        series: vec![Series { name: "train loss".into(), points: losses.clone() }],
+    };
+    save_png(&chart, args.out.join("loss.png"), 900, 500)?;
+    let first = losses.first().map_or(f64::NAN, |p| p.1);
+    let last = losses.last().map_or(f64::NAN, |p| p.1);
+    println!("sft: train loss {first:.4} -> {last:.4} over {steps} steps ({:.0} s)", started.elapsed().as_secs_f64());
+    if let Some(before) = before {
+        let after = evaluate(&tuned, &held_batches, Mode::Training)?;
+        println!(
+            "sft: held-out loss on assistant tokens {:.4} -> {:.4} ({} targets)",
+            before.loss, after.loss, after.tokens
+        );
+    }
+    println!("sft: wrote {}", args.out.display());
+    Ok(())
+}
