@@ -1,13 +1,14 @@
-//! Crash safety of pretraining, measured on the `pretrain` binary: a run killed with SIGKILL at
-//! seeded random moments and at every step of a checkpoint write (the binary pauses there when
-//! `QWEN_FAULT_PAUSE_MS` is set), resumed after each kill, ends with the same bytes as an
-//! uninterrupted run: checkpoint (weights, optimizer state, trainer state, checksums) and the
-//! metrics log's loss sequence. A run whose checkpoint write hits a file-size limit
-//! (`RLIMIT_FSIZE`, as a full disk) exits with a typed error, not a panic, leaves the previous
-//! checkpoint intact, and resumes to the same result. `docs/reliability.md` has the numbers.
+//! Crash safety of training, measured on the `pretrain` and `sft` binaries: a run killed with
+//! SIGKILL at seeded random moments and at every step of a checkpoint write (the binaries pause
+//! there when `QWEN_FAULT_PAUSE_MS` is set), resumed after each kill, ends with the same bytes as an
+//! uninterrupted run: checkpoint (weights, optimizer state, trainer state, checksums), the metrics
+//! log's loss sequence and what the run writes at its end. A run whose checkpoint write hits a
+//! file-size limit (`RLIMIT_FSIZE`, as a full disk) exits with a typed error, not a panic, leaves the
+//! previous checkpoint intact, and resumes to the same result. `docs/reliability.md` has the numbers.
 //!
-//! Needs the `pretrain` example built (`cargo test` builds it; with `--test crash_safety` alone,
-//! `cargo build --example pretrain` first) and the corpus from `tools/setup.sh`.
+//! Needs the `pretrain` and `sft` examples built (`cargo test` builds them; with `--test
+//! crash_safety` alone, `cargo build --example pretrain --example sft` first) and the corpus from
+//! `tools/setup.sh`.
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -22,11 +23,43 @@ use qwen::train::persist::{has_checkpoint, intact_checkpoint, verify_checksums, 
 
 mod common;
 
-/// Steps of the run, and a checkpoint every `SAVE_EVERY` of them.
-const STEPS: u64 = 20;
-const SAVE_EVERY: u64 = 2;
+/// A training binary under test: how to launch it, how long it runs, and what its end state is.
+struct Job {
+    tag: &'static str,
+    /// Steps of the run, and a checkpoint every `save_every` of them.
+    steps: u64,
+    save_every: u64,
+    /// The launch writing into `out` (continuing its checkpoint when `resume`).
+    command: fn(&Path, bool) -> Command,
+    /// Files the run writes at its end besides the checkpoint and the metrics, which must equal the
+    /// uninterrupted run's byte for byte.
+    outputs: &'static [&'static str],
+    /// The uninterrupted run, once.
+    reference: &'static OnceLock<(PathBuf, Duration)>,
+}
 
-/// The tiny model on S = 16 (with `STEPS` and `SAVE_EVERY`), on three folders of the docutils
+static PRETRAIN_REFERENCE: OnceLock<(PathBuf, Duration)> = OnceLock::new();
+static SFT_REFERENCE: OnceLock<(PathBuf, Duration)> = OnceLock::new();
+
+const PRETRAIN: Job = Job {
+    tag: "pretrain",
+    steps: 20,
+    save_every: 2,
+    command: pretrain_command,
+    outputs: &["tokenizer.json", "data/train.qwtk", "data/heldout.qwtk"],
+    reference: &PRETRAIN_REFERENCE,
+};
+
+const SFT: Job = Job {
+    tag: "sft",
+    steps: 20,
+    save_every: 2,
+    command: sft_command,
+    outputs: &["config.json", "model.safetensors", "tokenizer.json", "run_config.json", "loss.png"],
+    reference: &SFT_REFERENCE,
+};
+
+/// The tiny model on S = 16 (20 steps, a checkpoint every 2), on three folders of the docutils
 /// documentation (~200 kB).
 const ARGS: [&str; 14] = [
     "--seq-len",
@@ -56,7 +89,7 @@ fn tmp(tag: &str) -> PathBuf {
     out
 }
 
-fn command(out: &Path, resume: bool) -> Command {
+fn pretrain_command(out: &Path, resume: bool) -> Command {
     let mut c = Command::new(common::example("pretrain"));
     for d in ["howto", "api", "peps"] {
         let p = common::root().join("corpus/docutils").join(d);
@@ -64,8 +97,62 @@ fn command(out: &Path, resume: bool) -> Command {
         c.arg("--data").arg(p);
     }
     c.args(ARGS)
-        .args(["--steps", &STEPS.to_string(), "--save-every", &SAVE_EVERY.to_string()])
+        .args(["--steps", &PRETRAIN.steps.to_string(), "--save-every", &PRETRAIN.save_every.to_string()])
         .arg("--out").arg(out).env("RUST_BACKTRACE", "0").env_remove(FAULT_PAUSE_ENV);
+    if resume {
+        c.arg("--resume");
+    }
+    c
+}
+
+/// The input of the SFT runs (made once): a tiny random Qwen2 checkpoint folder with a byte-level
+/// tokenizer that has the ChatML tokens, 40 training conversations and 8 held-out ones.
+fn sft_inputs() -> &'static PathBuf {
+    static INPUTS: OnceLock<PathBuf> = OnceLock::new();
+    INPUTS.get_or_init(|| {
+        use qwen::tokenizer::train::{BpeTrainer, TrainerConfig};
+        let dir = tmp("sft-inputs");
+        let specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"].map(String::from).to_vec();
+        let tok = BpeTrainer::new(TrainerConfig { vocab_size: 256, specials, ..TrainerConfig::default() })
+            .unwrap()
+            .train()
+            .unwrap();
+        let config = qwen::model::QwenConfigBuilder::new(tok.vocab_size(), 128, 344, 2, 4)
+            .kv_heads(2)
+            .max_positions(128)
+            .build()
+            .unwrap();
+        let model = qwen::model::QwenModel::<qwen::backend::Backend>::random(config, 0.02, &qwen::backend::device());
+        model.save(&dir, qwen::model::SaveDtype::F32).unwrap();
+        tok.save_tokenizer_json(dir.join("tokenizer.json")).unwrap();
+        let mut rng = SplitMix64::new(11);
+        let mut lines = |n: usize| -> String {
+            (0..n)
+                .map(|_| {
+                    let word: String = (0..3 + rng.below(5)).map(|_| (b'a' + rng.below(26) as u8) as char).collect();
+                    let messages = serde_json::json!([
+                        {"role": "user", "content": format!("upper: {word}")},
+                        {"role": "assistant", "content": word.to_uppercase()},
+                    ]);
+                    format!("{}\n", serde_json::json!({ "messages": messages }))
+                })
+                .collect()
+        };
+        std::fs::write(dir.join("chat.jsonl"), lines(40)).unwrap();
+        std::fs::write(dir.join("held.jsonl"), lines(8)).unwrap();
+        dir
+    })
+}
+
+/// SFT of the tiny model: 20 steps of 2 x 8 conversations (8 epochs of 40), a checkpoint every 2.
+fn sft_command(out: &Path, resume: bool) -> Command {
+    let inputs = sft_inputs();
+    let mut c = Command::new(common::example("sft"));
+    c.arg("--model").arg(inputs).arg("--data").arg(inputs.join("chat.jsonl"));
+    c.arg("--eval-data").arg(inputs.join("held.jsonl"));
+    c.args(["--system", "Capitals.", "--seq-len", "72", "--batch", "8", "--accum", "2", "--epochs", "8"]);
+    c.args(["--lr", "1e-3", "--seed", "7", "--checkpoint-every", &SFT.save_every.to_string()]);
+    c.arg("--out").arg(out).env("RUST_BACKTRACE", "0").env_remove(FAULT_PAUSE_ENV);
     if resume {
         c.arg("--resume");
     }
@@ -181,43 +268,49 @@ fn checkpoint_step(dir: &Path) -> u64 {
     state["step"].as_u64().unwrap()
 }
 
-/// The uninterrupted run (once) and its wall time.
-fn reference() -> &'static (PathBuf, Duration) {
-    static REF: OnceLock<(PathBuf, Duration)> = OnceLock::new();
-    REF.get_or_init(|| {
-        let out = tmp("reference");
-        let t = Instant::now();
-        let (status, stderr) = Running::spawn(command(&out, false)).finish();
-        assert!(status.success(), "reference run failed:\n{stderr}");
-        (out, t.elapsed())
-    })
-}
+impl Job {
+    /// The uninterrupted run (once) and its wall time.
+    fn reference(&self) -> &'static (PathBuf, Duration) {
+        self.reference.get_or_init(|| {
+            let out = tmp(&format!("{}-reference", self.tag));
+            let t = Instant::now();
+            let (status, stderr) = Running::spawn((self.command)(&out, false)).finish();
+            assert!(status.success(), "{} reference run failed:\n{stderr}", self.tag);
+            (out, t.elapsed())
+        })
+    }
 
-/// The final state of `out` is the reference's, byte for byte, and nothing partial is left.
-fn assert_same_as_reference(out: &Path) {
-    let (reference, _) = reference();
-    let (a, b) = (files(&reference.join("checkpoint")), files(&out.join("checkpoint")));
-    let names: Vec<&str> = a.iter().map(|(n, _)| n.as_str()).collect();
-    assert_eq!(names, ["checksums.json", "config.json", "model.safetensors", "optimizer.bin", "trainer_state.json"]);
-    for ((name, x), (other, y)) in a.iter().zip(&b) {
-        assert_eq!(name, other);
-        assert!(x == y, "checkpoint/{name} differs from the uninterrupted run's");
+    /// The final state of `out` is the reference's, byte for byte, and nothing partial is left.
+    fn assert_same_as_reference(&self, out: &Path) {
+        let (reference, _) = self.reference();
+        let (a, b) = (files(&reference.join("checkpoint")), files(&out.join("checkpoint")));
+        let names: Vec<&str> = a.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            ["checksums.json", "config.json", "model.safetensors", "optimizer.bin", "trainer_state.json"]
+        );
+        for ((name, x), (other, y)) in a.iter().zip(&b) {
+            assert_eq!(name, other);
+            assert!(x == y, "checkpoint/{name} differs from the uninterrupted run's");
+        }
+        assert_eq!(a.len(), b.len());
+        let (m, n) = (metrics(reference), metrics(out));
+        assert_eq!(m.iter().filter(|r| r.get("loss").is_some()).count() as u64, self.steps);
+        assert_eq!(m, n, "metrics.jsonl (without timings) differs from the uninterrupted run's");
+        for f in self.outputs {
+            assert!(std::fs::read(reference.join(f)).unwrap() == std::fs::read(out.join(f)).unwrap(), "{f} differs");
+        }
+        if self.tag == "pretrain" {
+            let summary = |dir: &Path| -> serde_json::Value {
+                serde_json::from_slice(&std::fs::read(dir.join("run.json")).unwrap()).unwrap()
+            };
+            let (s, t) = (summary(reference), summary(out));
+            for key in ["ppl_before", "ppl_after", "loss_before", "loss_after", "steps", "params"] {
+                assert_eq!(s[key], t[key], "run.json {key}");
+            }
+        }
+        assert_eq!(leftovers(out), Vec::<String>::new(), "partial checkpoints left behind");
     }
-    assert_eq!(a.len(), b.len());
-    let (m, n) = (metrics(reference), metrics(out));
-    assert_eq!(m.iter().filter(|r| r.get("loss").is_some()).count() as u64, STEPS);
-    assert_eq!(m, n, "metrics.jsonl (without timings) differs from the uninterrupted run's");
-    for f in ["tokenizer.json", "data/train.qwtk", "data/heldout.qwtk"] {
-        assert!(std::fs::read(reference.join(f)).unwrap() == std::fs::read(out.join(f)).unwrap(), "{f} differs");
-    }
-    let summary = |dir: &Path| -> serde_json::Value {
-        serde_json::from_slice(&std::fs::read(dir.join("run.json")).unwrap()).unwrap()
-    };
-    let (s, t) = (summary(reference), summary(out));
-    for key in ["ppl_before", "ppl_after", "loss_before", "loss_after", "steps", "params"] {
-        assert_eq!(s[key], t[key], "run.json {key}");
-    }
-    assert_eq!(leftovers(out), Vec::<String>::new(), "partial checkpoints left behind");
 }
 
 /// Where a planned kill falls.
@@ -236,15 +329,15 @@ impl Kill {
     /// remaining steps, which a resumed launch (start-up included) always needs more than; a
     /// fault point is at most the second-to-last checkpoint write left (a kill just after the
     /// final checkpoint is in place would finish the run), or else a time.
-    fn fit(planned: Planned, done: u64, reference: Duration) -> Self {
-        let left = STEPS - done;
+    fn fit(job: &Job, planned: Planned, done: u64, reference: Duration) -> Self {
+        let left = job.steps - done;
         let after = |per_mille: u64| {
-            Kill::After(reference.as_millis() as u64 * left * per_mille / (STEPS * 2 * 1000))
+            Kill::After(reference.as_millis() as u64 * left * per_mille / (job.steps * 2 * 1000))
         };
         match planned {
             Planned::Time(per_mille) => after(per_mille),
             Planned::Point(point, n) => {
-                let writes_left = (left / SAVE_EVERY) as usize;
+                let writes_left = (left / job.save_every) as usize;
                 if writes_left >= 2 {
                     Kill::At(point, n.min(writes_left - 1))
                 } else {
@@ -265,10 +358,22 @@ enum Planned {
 
 #[test]
 fn sigkill_anywhere_then_resume_is_bit_identical() {
+    kill_and_resume(&PRETRAIN);
+}
+
+#[test]
+fn sft_sigkill_anywhere_then_resume_is_bit_identical() {
+    kill_and_resume(&SFT);
+}
+
+/// Kills `job` 14 times (at each fault point of a checkpoint write, at seeded random moments, during
+/// start-up, just after a checkpoint went into place), resuming after each kill, and checks that
+/// the end state is the uninterrupted run's.
+fn kill_and_resume(job: &Job) {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let (_, reference_time) = reference();
+    let (_, reference_time) = job.reference();
     let t0 = Instant::now();
-    let out = tmp("killed");
+    let out = tmp(&format!("{}-killed", job.tag));
     // Every fault point of a checkpoint write (the first and a later checkpoint of a process),
     // interleaved with kills at seeded random times over about one uninterrupted run's length.
     let points =
@@ -293,8 +398,8 @@ fn sigkill_anywhere_then_resume_is_bit_identical() {
         } else {
             None
         };
-        let kill = planned.map(|p| Kill::fit(p, resumed_from.unwrap_or(0), *reference_time));
-        let mut cmd = command(&out, resume);
+        let kill = planned.map(|p| Kill::fit(job, p, resumed_from.unwrap_or(0), *reference_time));
+        let mut cmd = (job.command)(&out, resume);
         cmd.env(FAULT_PAUSE_ENV, PAUSE_MS.to_string());
         let mut run = Running::spawn(cmd);
         launches += 1;
@@ -330,10 +435,11 @@ fn sigkill_anywhere_then_resume_is_bit_identical() {
         }
     }
     let elapsed = t0.elapsed();
-    assert_same_as_reference(&out);
+    job.assert_same_as_reference(&out);
     eprintln!(
-        "crash safety: {kills} SIGKILLs ({partial} left a partial checkpoint write behind), {launches} launches, \
+        "crash safety of {}: {kills} SIGKILLs ({partial} left a partial checkpoint write behind), {launches} launches, \
          bit-identical; {:.1} s (uninterrupted run {:.1} s)\n{}",
+        job.tag,
         elapsed.as_secs_f64(),
         reference_time.as_secs_f64(),
         log.join("\n")
@@ -363,7 +469,7 @@ fn with_file_size_limit(mut cmd: Command, bytes: u64) -> Command {
 #[test]
 fn disk_full_is_a_typed_error_and_the_run_resumes() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    reference();
+    let (command, _) = (PRETRAIN.command, PRETRAIN.reference());
     let t0 = Instant::now();
     let out = tmp("full");
     // A first launch killed inside its second checkpoint write: the step-2 checkpoint is in place.
@@ -409,7 +515,7 @@ fn disk_full_is_a_typed_error_and_the_run_resumes() {
     // With room again, the run resumes to the uninterrupted run's result.
     let (status, stderr) = Running::spawn(command(&out, true)).finish();
     assert!(status.success(), "{stderr}");
-    assert_same_as_reference(&out);
+    PRETRAIN.assert_same_as_reference(&out);
     eprintln!(
         "disk full: {full_err}\nread-only: {read_only}\nresumed to the same bytes; {:.1} s",
         t0.elapsed().as_secs_f64()
