@@ -19,47 +19,39 @@
 //! generation files beside it, so `generate`, `chat` and `serve` open `--out` as it is. A run killed
 //! at any point continues with `--resume` and ends with the bytes an uninterrupted one writes.
 
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, ensure, Context, Result};
 use clap::Parser;
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use qwen::backend::{device, optimizer_update, TrainBackend};
-use qwen::chat::find_tokenizer;
 use qwen_align::{EpochSampler, Overflow, Run, SftBatcher, SftConfig};
 use qwen_data::{Batcher, ChatJsonl, TokenBatch};
-use qwen_model::{Mode, SaveDtype};
-use qwen_tokenizer::{ChatMl, ChatTokens, Normalization, Tokenizer};
-use qwen_train::plot::{save_png, Chart, Series};
+use qwen_model::Mode;
+use qwen_tokenizer::{ChatMl, ChatTokens};
 use qwen_train::{evaluate, OptimConfig, Schedule, TrainConfig};
 use serde::Serialize;
 
+#[path = "shared/finetune.rs"]
+mod finetune;
+
 /// Supervised fine-tuning (ChatML, `finetune.py`'s loss mask) of an HF Qwen checkpoint.
 #[derive(Parser, Debug, Serialize)]
-#[command(name = "sft")]
+#[command(
+    name = "sft",
+    after_help = "--data / --eval-data: one conversation per line, {\"messages\": [{\"role\": ..., \"content\": ...}, ...]} \
+                  or Qwen's {\"conversations\": [{\"from\": ..., \"value\": ...}, ...]}."
+)]
 struct Args {
+    #[command(flatten)]
+    #[serde(flatten)]
+    run: finetune::Common,
     /// HF checkpoint folder (config.json, safetensors weights, usually the tokenizer).
     #[arg(long)]
     model: PathBuf,
-    /// `tokenizer.json` or `.tiktoken` file (default: the one in --model).
-    #[arg(long)]
-    tokenizer: Option<PathBuf>,
-    /// Training conversations, JSON Lines.
-    #[arg(long)]
-    data: PathBuf,
-    /// Held-out conversations: their loss on assistant tokens is measured before and after.
-    #[arg(long)]
-    eval_data: Option<PathBuf>,
-    /// Output folder.
-    #[arg(long)]
-    out: PathBuf,
     /// System prompt of conversations that have none (default: Qwen's "You are a helpful assistant.").
     #[arg(long)]
     system: Option<String>,
-    #[arg(long, default_value_t = 1.0)]
-    epochs: f64,
     /// Peak learning rate (finetune.py's default for full fine-tuning).
     #[arg(long, default_value_t = 1e-5)]
     lr: f64,
@@ -78,19 +70,7 @@ struct Args {
     /// Keep the first --seq-len tokens of longer conversations (as finetune.py does) instead of failing.
     #[arg(long)]
     truncate: bool,
-    #[arg(long, default_value_t = 1)]
-    seed: u64,
-    /// Steps between checkpoints.
-    #[arg(long, default_value_t = 100)]
-    checkpoint_every: u64,
-    /// Continue the run in --out from its checkpoint.
-    #[arg(long)]
-    resume: bool,
 }
-
-/// Files of the source folder that travel with the fine-tuned weights.
-const COMPANIONS: &[&str] =
-    &["tokenizer.json", "tokenizer_config.json", "generation_config.json", "chat_template.jinja", "qwen.tiktoken"];
 
 /// The conversations of `path`, rendered, with their line numbers.
 fn conversations(path: &Path, chat: &ChatMl<'_>, system: Option<&str>) -> Result<Vec<(usize, ChatTokens)>> {
@@ -127,23 +107,13 @@ fn main() -> Result<()> {
     let args = Args::parse();
     qwen::keep_freed_memory();
     ensure!(args.batch > 0 && args.accum > 0, "--batch and --accum must be > 0");
-    ensure!(args.epochs > 0.0 && args.epochs.is_finite(), "--epochs must be > 0");
-    let checkpoint = args.out.join(qwen_align::run::CHECKPOINT_DIR);
-    if qwen_train::persist::has_checkpoint(&checkpoint) && !args.resume {
-        bail!("{} holds a run; pass --resume to continue it, or give another --out", args.out.display());
-    }
-    let tok_path = match &args.tokenizer {
-        Some(p) => p.clone(),
-        None => find_tokenizer(&args.model)?,
-    };
-    let tok = Tokenizer::from_file(&tok_path)
-        .with_context(|| format!("loading {}", tok_path.display()))?
-        .with_normalization(Normalization::Nfc);
+    finetune::refuse_to_overwrite(&args.run.out, args.run.resume)?;
+    let (tok_path, tok) = finetune::tokenizer(&args.model, args.run.tokenizer.as_deref())?;
     let chat = ChatMl::new(&tok)?;
     let pad_id = tok.special_id("<|endoftext|>")?;
-    let train = conversations(&args.data, &chat, args.system.as_deref())?;
-    check_lengths(&args.data, &train, args.seq_len, args.truncate)?;
-    let held = match &args.eval_data {
+    let train = conversations(&args.run.data, &chat, args.system.as_deref())?;
+    check_lengths(&args.run.data, &train, args.seq_len, args.truncate)?;
+    let held = match &args.run.eval_data {
         Some(p) => {
             let held = conversations(p, &chat, args.system.as_deref())?;
             check_lengths(p, &held, args.seq_len, args.truncate)?;
@@ -156,15 +126,15 @@ fn main() -> Result<()> {
     let model = qwen_model::load::<TrainBackend>(&args.model, &dev)
         .with_context(|| format!("loading {}", args.model.display()))?;
     let per_step = args.batch * args.accum;
-    let steps = ((args.epochs * train.len() as f64) / per_step as f64).ceil().max(1.0) as u64;
+    let steps = args.run.steps(train.len(), per_step)?;
     let warmup = args.warmup_steps.unwrap_or((steps / 100).max(1)).min(steps);
     let config = SftConfig {
         train: TrainConfig {
             optim: OptimConfig { update: optimizer_update(), ..OptimConfig::default() },
-            ..TrainConfig::new(Schedule::new(args.lr, warmup, steps), args.seed)
+            ..TrainConfig::new(Schedule::new(args.lr, warmup, steps), args.run.seed)
         },
         steps,
-        checkpoint_every: args.checkpoint_every,
+        checkpoint_every: args.run.checkpoint_every,
     };
     let overflow = if args.truncate { Overflow::Truncate } else { Overflow::Error };
     let batcher = SftBatcher { seq_len: args.seq_len, pad_id, overflow };
@@ -175,8 +145,8 @@ fn main() -> Result<()> {
     let before =
         (!held_batches.is_empty()).then(|| evaluate(&model.valid(), &held_batches, Mode::Training)).transpose()?;
 
-    let mut run = Run::sft(&config, model, &args.out, &dev)?;
-    qwen_train::persist::write_json(args.out.join("sft_args.json"), &args)?;
+    let mut run = Run::sft(&config, model, &args.run.out, &dev)?;
+    qwen_train::persist::write_json(args.run.out.join("sft_args.json"), &args)?;
     eprintln!(
         "sft: {} conversations, {steps} steps of {per_step} ({} x {}), seq {}, lr {} (warm-up {warmup}), backend {}{}",
         train.len(),
@@ -187,17 +157,12 @@ fn main() -> Result<()> {
         qwen::backend::name(),
         run.resumed_from().map(|s| format!("; resumed at step {s}")).unwrap_or_default()
     );
-    let sampler = EpochSampler { len: train.len(), batch: per_step, seed: args.seed };
+    let sampler = EpochSampler { len: train.len(), batch: per_step, seed: args.run.seed };
     let mut data = |step: u64| -> qwen_align::Result<Vec<TokenBatch>> {
         let items: Vec<ChatTokens> = sampler.indices(step).into_iter().map(|i| train[i].1.clone()).collect();
         items.chunks(args.batch).map(|c| Ok(batcher.batch(c.to_vec())?)).collect()
     };
-    let pb = ProgressBar::new(steps);
-    pb.set_style(ProgressStyle::with_template("sft {bar:30} {pos}/{len} {msg} [{elapsed}<{eta}]")?);
-    if !std::io::stderr().is_terminal() {
-        pb.set_draw_target(ProgressDrawTarget::hidden());
-    }
-    pb.set_position(run.step());
+    let pb = finetune::progress("sft", steps, run.step())?;
     let started = Instant::now();
     run.train(&mut data, |s| {
         pb.set_message(format!("loss {:.3}", s.loss));
@@ -208,33 +173,14 @@ fn main() -> Result<()> {
     let tuned = run.stage.model().valid();
     let metrics = run.metrics_path().to_path_buf();
     drop(run);
-    tuned.save(&args.out, SaveDtype::F32)?;
-    for name in COMPANIONS {
-        let from = args.model.join(name);
-        if from.is_file() {
-            std::fs::copy(&from, args.out.join(name)).with_context(|| format!("copying {}", from.display()))?;
-        }
-    }
-    // A tokenizer given by --tokenizer travels too.
-    let name = tok_path.file_name().context("the tokenizer path has no file name")?;
-    if !args.out.join(name).is_file() {
-        std::fs::copy(&tok_path, args.out.join(name)).with_context(|| format!("copying {}", tok_path.display()))?;
-    }
-
-    let losses: Vec<(f64, f64)> = std::fs::read_to_string(&metrics)?
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter_map(|r| Some((r["step"].as_f64()?, r["loss"].as_f64()?)))
-        .collect();
-    let chart = Chart {
-        title: "SFT".into(),
-        x_label: "step".into(),
-        y_label: "loss on assistant tokens (nats)".into(),
-        log_x: false,
-        log_y: false,
-        series: vec![Series { name: "train loss".into(), points: losses.clone() }],
-    };
-    save_png(&chart, args.out.join("loss.png"), 900, 500)?;
+    finetune::write_model(&tuned, &args.model, &tok_path, &args.run.out)?;
+    let losses = finetune::series(&metrics, "loss")?;
+    finetune::plot(
+        "SFT",
+        "loss on assistant tokens (nats)",
+        vec![("train loss", losses.clone())],
+        &args.run.out.join("loss.png"),
+    )?;
     let first = losses.first().map_or(f64::NAN, |p| p.1);
     let last = losses.last().map_or(f64::NAN, |p| p.1);
     println!("sft: train loss {first:.4} -> {last:.4} over {steps} steps ({:.0} s)", started.elapsed().as_secs_f64());
@@ -245,6 +191,6 @@ fn main() -> Result<()> {
             before.loss, after.loss, after.tokens
         );
     }
-    println!("sft: wrote {}", args.out.display());
+    println!("sft: wrote {}", args.run.out.display());
     Ok(())
 }

@@ -1,4 +1,4 @@
-//! Crash safety of training, measured on the `pretrain` and `sft` binaries: a run killed with
+//! Crash safety of training, measured on the `pretrain`, `sft` and `dpo` binaries: a run killed with
 //! SIGKILL at seeded random moments and at every step of a checkpoint write (the binaries pause
 //! there when `QWEN_FAULT_PAUSE_MS` is set), resumed after each kill, ends with the same bytes as an
 //! uninterrupted run: checkpoint (weights, optimizer state, trainer state, checksums), the metrics
@@ -6,8 +6,8 @@
 //! file-size limit (`RLIMIT_FSIZE`, as a full disk) exits with a typed error, not a panic, leaves the
 //! previous checkpoint intact, and resumes to the same result. `docs/reliability.md` has the numbers.
 //!
-//! Needs the `pretrain` and `sft` examples built (`cargo test` builds them; with `--test
-//! crash_safety` alone, `cargo build --example pretrain --example sft` first) and the corpus from
+//! Needs the `pretrain`, `sft` and `dpo` examples built (`cargo test` builds them; with `--test
+//! crash_safety` alone, `cargo build --example pretrain --example sft --example dpo` first) and the corpus from
 //! `tools/setup.sh`.
 
 use std::io::{BufRead, BufReader};
@@ -40,6 +40,7 @@ struct Job {
 
 static PRETRAIN_REFERENCE: OnceLock<(PathBuf, Duration)> = OnceLock::new();
 static SFT_REFERENCE: OnceLock<(PathBuf, Duration)> = OnceLock::new();
+static DPO_REFERENCE: OnceLock<(PathBuf, Duration)> = OnceLock::new();
 
 const PRETRAIN: Job = Job {
     tag: "pretrain",
@@ -57,6 +58,15 @@ const SFT: Job = Job {
     command: sft_command,
     outputs: &["config.json", "model.safetensors", "tokenizer.json", "run_config.json", "loss.png"],
     reference: &SFT_REFERENCE,
+};
+
+const DPO: Job = Job {
+    tag: "dpo",
+    steps: 20,
+    save_every: 2,
+    command: dpo_command,
+    outputs: &["config.json", "model.safetensors", "tokenizer.json", "run_config.json", "dpo.png"],
+    reference: &DPO_REFERENCE,
 };
 
 /// The tiny model on S = 16 (20 steps, a checkpoint every 2), on three folders of the docutils
@@ -105,8 +115,9 @@ fn pretrain_command(out: &Path, resume: bool) -> Command {
     c
 }
 
-/// The input of the SFT runs (made once): a tiny random Qwen2 checkpoint folder with a byte-level
-/// tokenizer that has the ChatML tokens, 40 training conversations and 8 held-out ones.
+/// The input of the SFT and DPO runs (made once): a tiny random Qwen2 checkpoint folder with a
+/// byte-level tokenizer that has the ChatML tokens, 40 training conversations and 8 held-out ones,
+/// and as many comparisons (the word in capitals preferred to it unchanged).
 fn sft_inputs() -> &'static PathBuf {
     static INPUTS: OnceLock<PathBuf> = OnceLock::new();
     INPUTS.get_or_init(|| {
@@ -126,22 +137,50 @@ fn sft_inputs() -> &'static PathBuf {
         model.save(&dir, qwen::model::SaveDtype::F32).unwrap();
         tok.save_tokenizer_json(dir.join("tokenizer.json")).unwrap();
         let mut rng = SplitMix64::new(11);
-        let mut lines = |n: usize| -> String {
-            (0..n)
-                .map(|_| {
-                    let word: String = (0..3 + rng.below(5)).map(|_| (b'a' + rng.below(26) as u8) as char).collect();
+        let mut words = |n: usize| -> Vec<String> {
+            (0..n).map(|_| (0..3 + rng.below(5)).map(|_| (b'a' + rng.below(26) as u8) as char).collect()).collect()
+        };
+        let (train, held) = (words(40), words(8));
+        let chats = |ws: &[String]| -> String {
+            ws.iter()
+                .map(|w| {
                     let messages = serde_json::json!([
-                        {"role": "user", "content": format!("upper: {word}")},
-                        {"role": "assistant", "content": word.to_uppercase()},
+                        {"role": "user", "content": format!("upper: {w}")},
+                        {"role": "assistant", "content": w.to_uppercase()},
                     ]);
                     format!("{}\n", serde_json::json!({ "messages": messages }))
                 })
                 .collect()
         };
-        std::fs::write(dir.join("chat.jsonl"), lines(40)).unwrap();
-        std::fs::write(dir.join("held.jsonl"), lines(8)).unwrap();
+        let prefs = |ws: &[String]| -> String {
+            ws.iter()
+                .map(|w| {
+                    let pair = serde_json::json!({"prompt": format!("upper: {w}"), "chosen": w.to_uppercase(), "rejected": w});
+                    format!("{pair}\n")
+                })
+                .collect()
+        };
+        std::fs::write(dir.join("chat.jsonl"), chats(&train)).unwrap();
+        std::fs::write(dir.join("held.jsonl"), chats(&held)).unwrap();
+        std::fs::write(dir.join("prefs.jsonl"), prefs(&train)).unwrap();
+        std::fs::write(dir.join("held_prefs.jsonl"), prefs(&held)).unwrap();
         dir
     })
+}
+
+/// DPO of the tiny model: 20 steps of 8 comparisons (4 epochs of 40), a checkpoint every 2.
+fn dpo_command(out: &Path, resume: bool) -> Command {
+    let inputs = sft_inputs();
+    let mut c = Command::new(common::example("dpo"));
+    c.arg("--policy").arg(inputs).arg("--data").arg(inputs.join("prefs.jsonl"));
+    c.arg("--eval-data").arg(inputs.join("held_prefs.jsonl"));
+    c.args(["--batch", "8", "--epochs", "4", "--lr", "1e-3", "--max-len", "96", "--seed", "7"]);
+    c.args(["--checkpoint-every", &DPO.save_every.to_string()]);
+    c.arg("--out").arg(out).env("RUST_BACKTRACE", "0").env_remove(FAULT_PAUSE_ENV);
+    if resume {
+        c.arg("--resume");
+    }
+    c
 }
 
 /// SFT of the tiny model: 20 steps of 2 x 8 conversations (8 epochs of 40), a checkpoint every 2.
@@ -265,7 +304,8 @@ fn leftovers(out: &Path) -> Vec<String> {
 fn checkpoint_step(dir: &Path) -> u64 {
     let state: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("trainer_state.json")).unwrap()).unwrap();
-    state["step"].as_u64().unwrap()
+    // The pretraining trainer's state, or an alignment stage's (its stepper's).
+    state["step"].as_u64().or(state["stepper"]["step"].as_u64()).unwrap()
 }
 
 impl Job {
@@ -364,6 +404,11 @@ fn sigkill_anywhere_then_resume_is_bit_identical() {
 #[test]
 fn sft_sigkill_anywhere_then_resume_is_bit_identical() {
     kill_and_resume(&SFT);
+}
+
+#[test]
+fn dpo_sigkill_anywhere_then_resume_is_bit_identical() {
+    kill_and_resume(&DPO);
 }
 
 /// Kills `job` 14 times (at each fault point of a checkpoint write, at seeded random moments, during

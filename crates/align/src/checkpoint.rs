@@ -12,7 +12,7 @@ use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 use qwen_context::RopeConvention;
 use qwen_model::{Precision, Qwen, QwenModel, SaveDtype};
-use qwen_train::persist::{load_trainable, read_json, with_stable_ids_in, write_json};
+use qwen_train::persist::{fault_point, load_trainable, read_json, with_stable_ids_in, write_json};
 use qwen_train::{OptimConfig, Schedule, Stepper, StepperState};
 use serde::{Deserialize, Serialize};
 
@@ -45,6 +45,7 @@ fn save_state<B: AutodiffBackend, M: AutodiffModule<B>>(
     dir: &Path,
 ) -> Result<()> {
     let stepper = stepper.save(module, dir.join(OPTIMIZER_FILE))?;
+    fault_point("optimizer-written");
     Ok(write_json(dir.join(STATE_FILE), &ModelState { stepper, convention, precision })?)
 }
 
@@ -57,6 +58,7 @@ pub(crate) fn save_score_model<B: AutodiffBackend>(
 ) -> Result<()> {
     let dir = dir.join(sub);
     model.valid().save(&dir, SaveDtype::F32)?;
+    fault_point("model-written");
     save_state(model, stepper, model.trunk.convention, model.trunk.precision, &dir)
 }
 
@@ -92,6 +94,7 @@ pub(crate) fn save_policy<B: AutodiffBackend>(
 ) -> Result<()> {
     let dir = dir.join(sub);
     policy.valid().save(&dir, SaveDtype::F32)?;
+    fault_point("model-written");
     save_state(&policy.model, stepper, policy.convention, policy.precision, &dir)
 }
 

@@ -1,0 +1,178 @@
+//! Direct preference optimisation of an HF Qwen checkpoint on your own comparisons.
+//!
+//! ```sh
+//! cargo run --release --example dpo -- --policy DIR --data prefs.jsonl --out runs/dpo \
+//!     [--eval-data held.jsonl] [--beta 0.1] [--lr 1e-6] [--epochs 1] [--batch 4] [--max-len 1024]
+//! ```
+//!
+//! `--data` is JSON Lines in TRL's layout, `{"prompt": ..., "chosen": ..., "rejected": ...}`, the
+//! prompt a string (one user message) or a message list ending with the user's (a leading system
+//! message is its system prompt, else Qwen's default). Each comparison is rendered as Qwen chats
+//! (the prompt through `make_context`, each response closed by `<|im_end|>`; special-token strings
+//! in the text stay text) and trained with TRL's sigmoid DPO loss against a frozen copy of the
+//! starting policy (`qwen_align::DpoTrainer`). A malformed line, or a comparison longer than
+//! `--max-len`, stops the run naming its line.
+//!
+//! `--out` gets `metrics.jsonl` (loss, implicit rewards, preference accuracy per step),
+//! `dpo.png`, `run_config.json`, `dpo_args.json`, `checkpoint/` (atomic, every `--checkpoint-every`
+//! steps; `--resume` continues exactly after a kill) and at the end the policy as an HF checkpoint
+//! with the source folder's tokenizer and generation files, which `generate`, `chat` and `serve` open.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{ensure, Context, Result};
+use clap::Parser;
+use qwen::backend::{device, optimizer_update, TrainBackend};
+use qwen_align::{constant, DpoConfig, DpoRunConfig, DpoTrainer, EpochSampler, Pair, PairBatch, Run};
+use qwen_data::PreferenceJsonl;
+use qwen_tokenizer::Tokenizer;
+use qwen_train::{OptimConfig, Schedule};
+use serde::Serialize;
+
+#[path = "shared/finetune.rs"]
+mod finetune;
+
+/// DPO (TRL's sigmoid loss, a frozen reference) of an HF Qwen checkpoint on preference pairs.
+#[derive(Parser, Debug, Serialize)]
+#[command(
+    name = "dpo",
+    after_help = "--data / --eval-data: one comparison per line, {\"prompt\": ..., \"chosen\": ..., \"rejected\": ...}; \
+                  the prompt a string or a list of {\"role\", \"content\"} messages ending with the user's."
+)]
+struct Args {
+    #[command(flatten)]
+    #[serde(flatten)]
+    run: finetune::Common,
+    /// HF checkpoint folder of the starting policy (usually an SFT model); also the reference.
+    #[arg(long)]
+    policy: PathBuf,
+    /// How far the policy may move from the reference (TRL's default).
+    #[arg(long, default_value_t = 0.1)]
+    beta: f64,
+    /// Peak learning rate (TRL's DPOConfig default).
+    #[arg(long, default_value_t = 1e-6)]
+    lr: f64,
+    /// Warm-up steps, then constant (0: constant from the start).
+    #[arg(long, default_value_t = 0)]
+    warmup_steps: u64,
+    /// Decay to 10% by the end with a cosine after the warm-up, instead of staying constant.
+    #[arg(long)]
+    cosine: bool,
+    /// Comparisons per step.
+    #[arg(long, default_value_t = 4)]
+    batch: usize,
+    /// Longest prompt + response (TRL's default max_length).
+    #[arg(long, default_value_t = 1024)]
+    max_len: usize,
+}
+
+/// The comparisons of `path`, tokenized, each checked against `max_len`.
+fn comparisons(path: &Path, tok: &Tokenizer, max_len: usize) -> Result<Vec<Pair>> {
+    let mut out = Vec::new();
+    for (i, record) in PreferenceJsonl::open(path)?.enumerate() {
+        let record = record?;
+        let pair =
+            Pair::from_record(tok, &record).with_context(|| format!("{}: comparison {}", path.display(), i + 1))?;
+        let len = pair.prompt.len() + pair.chosen.len().max(pair.rejected.len());
+        ensure!(
+            len <= max_len,
+            "{}: comparison {} is {len} tokens (prompt and its longer response), longer than --max-len {max_len}",
+            path.display(),
+            i + 1
+        );
+        out.push(pair);
+    }
+    ensure!(!out.is_empty(), "{} holds no comparison", path.display());
+    Ok(out)
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    qwen::keep_freed_memory();
+    ensure!(args.batch > 0, "--batch must be > 0");
+    finetune::refuse_to_overwrite(&args.run.out, args.run.resume)?;
+    let (tok_path, tok) = finetune::tokenizer(&args.policy, args.run.tokenizer.as_deref())?;
+    let pad_id = tok.special_id("<|endoftext|>")?;
+    let train = comparisons(&args.run.data, &tok, args.max_len)?;
+    let held: Vec<PairBatch> = match &args.run.eval_data {
+        Some(p) => comparisons(p, &tok, args.max_len)?
+            .chunks(args.batch)
+            .map(|c| PairBatch::new(c, pad_id, args.max_len))
+            .collect::<qwen_align::Result<_>>()?,
+        None => Vec::new(),
+    };
+
+    let dev = device();
+    let policy = qwen_model::load::<TrainBackend>(&args.policy, &dev)
+        .with_context(|| format!("loading {}", args.policy.display()))?;
+    let steps = args.run.steps(train.len(), args.batch)?;
+    let warmup = args.warmup_steps.min(steps);
+    let schedule = if args.cosine { Schedule::new(args.lr, warmup.max(1), steps) } else { constant(args.lr, warmup) };
+    let optim = OptimConfig { update: optimizer_update(), ..OptimConfig::default() };
+    let config = DpoRunConfig {
+        dpo: DpoConfig { beta: args.beta },
+        optim,
+        schedule,
+        steps,
+        checkpoint_every: args.run.checkpoint_every,
+    };
+    let before = if held.is_empty() {
+        None
+    } else {
+        Some(DpoTrainer::new(policy.clone(), config.dpo, optim, schedule)?.evaluate(&held)?)
+    };
+
+    let mut run = Run::dpo(&config, policy, &args.run.out, &dev)?;
+    qwen_train::persist::write_json(args.run.out.join("dpo_args.json"), &args)?;
+    eprintln!(
+        "dpo: {} comparisons, {steps} steps of {}, beta {}, lr {}, backend {}{}",
+        train.len(),
+        args.batch,
+        args.beta,
+        args.lr,
+        qwen::backend::name(),
+        run.resumed_from().map(|s| format!("; resumed at step {s}")).unwrap_or_default()
+    );
+    let sampler = EpochSampler { len: train.len(), batch: args.batch, seed: args.run.seed };
+    let mut data = |step: u64| -> qwen_align::Result<PairBatch> {
+        let pairs: Vec<Pair> = sampler.indices(step).into_iter().map(|i| train[i].clone()).collect();
+        PairBatch::new(&pairs, pad_id, args.max_len)
+    };
+    let pb = finetune::progress("dpo", steps, run.step())?;
+    let started = Instant::now();
+    run.train(&mut data, |s| {
+        pb.set_message(format!("loss {:.3} acc {:.2}", s.stats.loss, s.stats.accuracy));
+        pb.inc(1);
+    })?;
+    pb.finish_and_clear();
+    let after = (!held.is_empty()).then(|| run.stage.evaluate(&held)).transpose()?;
+    let tuned = run.stage.policy.valid();
+    let metrics = run.metrics_path().to_path_buf();
+    drop(run);
+    finetune::write_model(&tuned, &args.policy, &tok_path, &args.run.out)?;
+
+    let (loss, accuracy) = (finetune::series(&metrics, "loss")?, finetune::series(&metrics, "accuracy")?);
+    finetune::plot(
+        "DPO",
+        "loss (nats) / preference accuracy",
+        vec![("loss", loss.clone()), ("accuracy", accuracy)],
+        &args.run.out.join("dpo.png"),
+    )?;
+    let (first, last) = (loss.first().map_or(f64::NAN, |p| p.1), loss.last().map_or(f64::NAN, |p| p.1));
+    println!("dpo: train loss {first:.4} -> {last:.4} over {steps} steps ({:.0} s)", started.elapsed().as_secs_f64());
+    if let (Some(b), Some(a)) = (before, after) {
+        println!(
+            "dpo: held-out loss {:.4} -> {:.4}, preference accuracy {:.1}% -> {:.1}%, implicit rewards chosen {:+.4} rejected {:+.4} ({} pairs)",
+            b.loss,
+            a.loss,
+            100.0 * b.accuracy,
+            100.0 * a.accuracy,
+            a.chosen_reward,
+            a.rejected_reward,
+            a.pairs
+        );
+    }
+    println!("dpo: wrote {}", args.run.out.display());
+    Ok(())
+}

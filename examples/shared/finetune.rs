@@ -1,0 +1,135 @@
+//! What the fine-tuning commands (`sft`, `dpo`) share: the checkpoint folder's tokenizer, refusing
+//! to overwrite a run, the progress bar, the fine-tuned model written as an HF folder with the
+//! source's tokenizer and generation files, and a metric's curve as a PNG.
+//!
+//! Included by path (`#[path = "shared/finetune.rs"] mod finetune;`): a file under a folder of
+//! `examples/` without `main.rs` is not an example of its own.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, ensure, Context, Result};
+use burn::tensor::backend::Backend;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use qwen::chat::find_tokenizer;
+use qwen_model::{QwenModel, SaveDtype};
+use qwen_tokenizer::{Normalization, Tokenizer};
+use qwen_train::plot::{save_png, Chart, Series};
+use serde::Serialize;
+
+/// The options every fine-tuning command takes.
+#[derive(clap::Args, Debug, Serialize)]
+pub struct Common {
+    /// `tokenizer.json` or `.tiktoken` file (default: the one in the checkpoint folder).
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+    /// Training data, JSON Lines.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Held-out data (JSON Lines, as --data): measured before and after.
+    #[arg(long)]
+    pub eval_data: Option<PathBuf>,
+    /// Output folder.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Passes over --data.
+    #[arg(long, default_value_t = 1.0)]
+    pub epochs: f64,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Steps between checkpoints.
+    #[arg(long, default_value_t = 100)]
+    pub checkpoint_every: u64,
+    /// Continue the run in --out from its checkpoint.
+    #[arg(long)]
+    pub resume: bool,
+}
+
+impl Common {
+    /// Steps of `epochs` passes over `items` taken `per_step` at a time (at least one), after
+    /// checking --epochs.
+    pub fn steps(&self, items: usize, per_step: usize) -> Result<u64> {
+        ensure!(per_step > 0, "the batch must be > 0");
+        ensure!(self.epochs > 0.0 && self.epochs.is_finite(), "--epochs must be > 0");
+        Ok(((self.epochs * items as f64) / per_step as f64).ceil().max(1.0) as u64)
+    }
+}
+
+/// Files of the source folder that travel with the fine-tuned weights.
+const COMPANIONS: &[&str] =
+    &["tokenizer.json", "tokenizer_config.json", "generation_config.json", "chat_template.jinja", "qwen.tiktoken"];
+
+/// The tokenizer named by `given`, else the one in the checkpoint folder `model` (NFC, as Qwen's).
+pub fn tokenizer(model: &Path, given: Option<&Path>) -> Result<(PathBuf, Tokenizer)> {
+    let path = match given {
+        Some(p) => p.to_path_buf(),
+        None => find_tokenizer(model)?,
+    };
+    let tok = Tokenizer::from_file(&path)
+        .with_context(|| format!("loading {}", path.display()))?
+        .with_normalization(Normalization::Nfc);
+    Ok((path, tok))
+}
+
+/// Fails when `out` already holds a run's checkpoint and the user did not ask to resume it.
+pub fn refuse_to_overwrite(out: &Path, resume: bool) -> Result<()> {
+    if qwen_train::persist::has_checkpoint(out.join(qwen_align::run::CHECKPOINT_DIR)) && !resume {
+        bail!("{} holds a run; pass --resume to continue it, or give another --out", out.display());
+    }
+    Ok(())
+}
+
+/// A bar of `steps` at `done`, drawn only on a terminal.
+pub fn progress(label: &str, steps: u64, done: u64) -> Result<ProgressBar> {
+    let pb = ProgressBar::new(steps);
+    pb.set_style(ProgressStyle::with_template(&format!(
+        "{label} {{bar:30}} {{pos}}/{{len}} {{msg}} [{{elapsed}}<{{eta}}]"
+    ))?);
+    if !std::io::stderr().is_terminal() {
+        pb.set_draw_target(ProgressDrawTarget::hidden());
+    }
+    pb.set_position(done);
+    Ok(pb)
+}
+
+/// `model` as an HF checkpoint in `out` (`config.json`, `model.safetensors`), with the source
+/// folder's tokenizer and generation files and the tokenizer file that was used copied beside it:
+/// `generate`, `chat` and `serve` open `out` as it is.
+pub fn write_model<B: Backend>(model: &QwenModel<B>, source: &Path, tokenizer: &Path, out: &Path) -> Result<()> {
+    model.save(out, SaveDtype::F32)?;
+    for name in COMPANIONS {
+        let from = source.join(name);
+        if from.is_file() {
+            std::fs::copy(&from, out.join(name)).with_context(|| format!("copying {}", from.display()))?;
+        }
+    }
+    let name = tokenizer.file_name().context("the tokenizer path has no file name")?;
+    if !out.join(name).is_file() {
+        std::fs::copy(tokenizer, out.join(name)).with_context(|| format!("copying {}", tokenizer.display()))?;
+    }
+    Ok(())
+}
+
+/// `(step, value)` of each metrics record that has `key`.
+pub fn series(metrics: &Path, key: &str) -> Result<Vec<(f64, f64)>> {
+    Ok(std::fs::read_to_string(metrics)
+        .with_context(|| format!("reading {}", metrics.display()))?
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|r| Some((r["step"].as_f64()?, r[key].as_f64()?)))
+        .collect())
+}
+
+/// One line chart of `points` over steps, saved as `png`.
+pub fn plot(title: &str, y_label: &str, series: Vec<(&str, Vec<(f64, f64)>)>, png: &Path) -> Result<()> {
+    let chart = Chart {
+        title: title.into(),
+        x_label: "step".into(),
+        y_label: y_label.into(),
+        log_x: false,
+        log_y: false,
+        series: series.into_iter().map(|(name, points)| Series { name: name.into(), points }).collect(),
+    };
+    save_png(&chart, png, 900, 500)?;
+    Ok(())
+}
