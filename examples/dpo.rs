@@ -18,15 +18,13 @@
 //! steps; `--resume` continues exactly after a kill) and at the end the policy as an HF checkpoint
 //! with the source folder's tokenizer and generation files, which `generate`, `chat` and `serve` open.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{ensure, Context, Result};
 use clap::Parser;
 use qwen::backend::{device, optimizer_update, TrainBackend};
 use qwen_align::{constant, DpoConfig, DpoRunConfig, DpoTrainer, EpochSampler, Pair, PairBatch, Run};
-use qwen_data::PreferenceJsonl;
-use qwen_tokenizer::Tokenizer;
 use qwen_train::{OptimConfig, Schedule};
 use serde::Serialize;
 
@@ -67,26 +65,6 @@ struct Args {
     max_len: usize,
 }
 
-/// The comparisons of `path`, tokenized, each checked against `max_len`.
-fn comparisons(path: &Path, tok: &Tokenizer, max_len: usize) -> Result<Vec<Pair>> {
-    let mut out = Vec::new();
-    for (i, record) in PreferenceJsonl::open(path)?.enumerate() {
-        let record = record?;
-        let pair =
-            Pair::from_record(tok, &record).with_context(|| format!("{}: comparison {}", path.display(), i + 1))?;
-        let len = pair.prompt.len() + pair.chosen.len().max(pair.rejected.len());
-        ensure!(
-            len <= max_len,
-            "{}: comparison {} is {len} tokens (prompt and its longer response), longer than --max-len {max_len}",
-            path.display(),
-            i + 1
-        );
-        out.push(pair);
-    }
-    ensure!(!out.is_empty(), "{} holds no comparison", path.display());
-    Ok(out)
-}
-
 fn main() -> Result<()> {
     let args = Args::parse();
     qwen::keep_freed_memory();
@@ -94,12 +72,11 @@ fn main() -> Result<()> {
     finetune::refuse_to_overwrite(&args.run.out, args.run.resume)?;
     let (tok_path, tok) = finetune::tokenizer(&args.policy, args.run.tokenizer.as_deref())?;
     let pad_id = tok.special_id("<|endoftext|>")?;
-    let train = comparisons(&args.run.data, &tok, args.max_len)?;
-    let held: Vec<PairBatch> = match &args.run.eval_data {
-        Some(p) => comparisons(p, &tok, args.max_len)?
-            .chunks(args.batch)
-            .map(|c| PairBatch::new(c, pad_id, args.max_len))
-            .collect::<qwen_align::Result<_>>()?,
+    let train = finetune::comparisons(&args.run.data, &tok, args.max_len)?;
+    let held = match &args.run.eval_data {
+        Some(p) => {
+            finetune::pair_batches(&finetune::comparisons(p, &tok, args.max_len)?, args.batch, pad_id, args.max_len)?
+        }
         None => Vec::new(),
     };
 

@@ -1,4 +1,4 @@
-//! Crash safety of training, measured on the `pretrain`, `sft` and `dpo` binaries: a run killed with
+//! Crash safety of training, measured on the `pretrain`, `sft`, `reward` and `dpo` binaries: a run killed with
 //! SIGKILL at seeded random moments and at every step of a checkpoint write (the binaries pause
 //! there when `QWEN_FAULT_PAUSE_MS` is set), resumed after each kill, ends with the same bytes as an
 //! uninterrupted run: checkpoint (weights, optimizer state, trainer state, checksums), the metrics
@@ -6,8 +6,8 @@
 //! file-size limit (`RLIMIT_FSIZE`, as a full disk) exits with a typed error, not a panic, leaves the
 //! previous checkpoint intact, and resumes to the same result. `docs/reliability.md` has the numbers.
 //!
-//! Needs the `pretrain`, `sft` and `dpo` examples built (`cargo test` builds them; with `--test
-//! crash_safety` alone, `cargo build --example pretrain --example sft --example dpo` first) and the corpus from
+//! Needs the `pretrain`, `sft`, `reward` and `dpo` examples built (`cargo test` builds them; with `--test
+//! crash_safety` alone, `cargo build --examples` first) and the corpus from
 //! `tools/setup.sh`.
 
 use std::io::{BufRead, BufReader};
@@ -41,6 +41,7 @@ struct Job {
 static PRETRAIN_REFERENCE: OnceLock<(PathBuf, Duration)> = OnceLock::new();
 static SFT_REFERENCE: OnceLock<(PathBuf, Duration)> = OnceLock::new();
 static DPO_REFERENCE: OnceLock<(PathBuf, Duration)> = OnceLock::new();
+static REWARD_REFERENCE: OnceLock<(PathBuf, Duration)> = OnceLock::new();
 
 const PRETRAIN: Job = Job {
     tag: "pretrain",
@@ -67,6 +68,15 @@ const DPO: Job = Job {
     command: dpo_command,
     outputs: &["config.json", "model.safetensors", "tokenizer.json", "run_config.json", "dpo.png"],
     reference: &DPO_REFERENCE,
+};
+
+const REWARD: Job = Job {
+    tag: "reward",
+    steps: 20,
+    save_every: 2,
+    command: reward_command,
+    outputs: &["config.json", "model.safetensors", "tokenizer.json", "run_config.json", "eval.json", "reward.png"],
+    reference: &REWARD_REFERENCE,
 };
 
 /// The tiny model on S = 16 (20 steps, a checkpoint every 2), on three folders of the docutils
@@ -176,6 +186,22 @@ fn dpo_command(out: &Path, resume: bool) -> Command {
     c.arg("--eval-data").arg(inputs.join("held_prefs.jsonl"));
     c.args(["--batch", "8", "--epochs", "4", "--lr", "1e-3", "--max-len", "96", "--seed", "7"]);
     c.args(["--checkpoint-every", &DPO.save_every.to_string()]);
+    c.arg("--out").arg(out).env("RUST_BACKTRACE", "0").env_remove(FAULT_PAUSE_ENV);
+    if resume {
+        c.arg("--resume");
+    }
+    c
+}
+
+/// A reward model on the tiny model's trunk: 10 PMP steps then 10 fine-tuning steps of 8
+/// comparisons (2 epochs of 40 each), a checkpoint every 2.
+fn reward_command(out: &Path, resume: bool) -> Command {
+    let inputs = sft_inputs();
+    let mut c = Command::new(common::example("reward"));
+    c.arg("--model").arg(inputs).arg("--data").arg(inputs.join("prefs.jsonl"));
+    c.arg("--pmp-data").arg(inputs.join("prefs.jsonl")).arg("--eval-data").arg(inputs.join("held_prefs.jsonl"));
+    c.args(["--batch", "8", "--epochs", "2", "--pmp-epochs", "2", "--lr", "1e-3", "--max-len", "96", "--seed", "7"]);
+    c.args(["--checkpoint-every", &REWARD.save_every.to_string()]);
     c.arg("--out").arg(out).env("RUST_BACKTRACE", "0").env_remove(FAULT_PAUSE_ENV);
     if resume {
         c.arg("--resume");
@@ -409,6 +435,11 @@ fn sft_sigkill_anywhere_then_resume_is_bit_identical() {
 #[test]
 fn dpo_sigkill_anywhere_then_resume_is_bit_identical() {
     kill_and_resume(&DPO);
+}
+
+#[test]
+fn reward_sigkill_anywhere_then_resume_is_bit_identical() {
+    kill_and_resume(&REWARD);
 }
 
 /// Kills `job` 14 times (at each fault point of a checkpoint write, at seeded random moments, during

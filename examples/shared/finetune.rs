@@ -1,9 +1,10 @@
-//! What the fine-tuning commands (`sft`, `dpo`) share: the checkpoint folder's tokenizer, refusing
+//! What the fine-tuning commands (`sft`, `reward`, `dpo`) share: the checkpoint folder's tokenizer, refusing
 //! to overwrite a run, the progress bar, the fine-tuned model written as an HF folder with the
 //! source's tokenizer and generation files, and a metric's curve as a PNG.
 //!
 //! Included by path (`#[path = "shared/finetune.rs"] mod finetune;`): a file under a folder of
-//! `examples/` without `main.rs` is not an example of its own.
+//! `examples/` without `main.rs` is not an example of its own. Each command uses a part of it.
+#![allow(dead_code)]
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -12,13 +13,15 @@ use anyhow::{bail, ensure, Context, Result};
 use burn::tensor::backend::Backend;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use qwen::chat::find_tokenizer;
+use qwen_align::{Pair, PairBatch};
+use qwen_data::PreferenceJsonl;
 use qwen_model::{QwenModel, SaveDtype};
 use qwen_tokenizer::{Normalization, Tokenizer};
 use qwen_train::plot::{save_png, Chart, Series};
 use serde::Serialize;
 
 /// The options every fine-tuning command takes.
-#[derive(clap::Args, Debug, Serialize)]
+#[derive(clap::Args, Debug, Clone, Serialize)]
 pub struct Common {
     /// `tokenizer.json` or `.tiktoken` file (default: the one in the checkpoint folder).
     #[arg(long)]
@@ -97,6 +100,12 @@ pub fn progress(label: &str, steps: u64, done: u64) -> Result<ProgressBar> {
 /// `generate`, `chat` and `serve` open `out` as it is.
 pub fn write_model<B: Backend>(model: &QwenModel<B>, source: &Path, tokenizer: &Path, out: &Path) -> Result<()> {
     model.save(out, SaveDtype::F32)?;
+    copy_companions(source, tokenizer, out)
+}
+
+/// The source folder's tokenizer and generation files, and the tokenizer file that was used, into
+/// `out` (next to weights written there).
+pub fn copy_companions(source: &Path, tokenizer: &Path, out: &Path) -> Result<()> {
     for name in COMPANIONS {
         let from = source.join(name);
         if from.is_file() {
@@ -108,6 +117,32 @@ pub fn write_model<B: Backend>(model: &QwenModel<B>, source: &Path, tokenizer: &
         std::fs::copy(tokenizer, out.join(name)).with_context(|| format!("copying {}", tokenizer.display()))?;
     }
     Ok(())
+}
+
+/// The comparisons of `path` (`{"prompt", "chosen", "rejected"}` lines), tokenized as Qwen chats,
+/// each checked against `max_len` (prompt and its longer response).
+pub fn comparisons(path: &Path, tok: &Tokenizer, max_len: usize) -> Result<Vec<Pair>> {
+    let mut out = Vec::new();
+    for (i, record) in PreferenceJsonl::open(path)?.enumerate() {
+        let record = record?;
+        let pair =
+            Pair::from_record(tok, &record).with_context(|| format!("{}: comparison {}", path.display(), i + 1))?;
+        let len = pair.prompt.len() + pair.chosen.len().max(pair.rejected.len());
+        ensure!(
+            len <= max_len,
+            "{}: comparison {} is {len} tokens (prompt and its longer response), longer than --max-len {max_len}",
+            path.display(),
+            i + 1
+        );
+        out.push(pair);
+    }
+    ensure!(!out.is_empty(), "{} holds no comparison", path.display());
+    Ok(out)
+}
+
+/// `pairs` in batches of `batch` (the last one shorter).
+pub fn pair_batches(pairs: &[Pair], batch: usize, pad_id: u32, max_len: usize) -> Result<Vec<PairBatch>> {
+    Ok(pairs.chunks(batch).map(|c| PairBatch::new(c, pad_id, max_len)).collect::<qwen_align::Result<_>>()?)
 }
 
 /// `(step, value)` of each metrics record that has `key`.
