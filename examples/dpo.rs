@@ -83,7 +83,7 @@ fn main() -> Result<()> {
     let dev = device();
     let policy = qwen_model::load::<TrainBackend>(&args.policy, &dev)
         .with_context(|| format!("loading {}", args.policy.display()))?;
-    let steps = args.run.steps(train.len(), args.batch)?;
+    let steps = finetune::epoch_steps(args.run.epochs, train.len(), args.batch)?;
     let warmup = args.warmup_steps.min(steps);
     let schedule = if args.cosine { Schedule::new(args.lr, warmup.max(1), steps) } else { constant(args.lr, warmup) };
     let optim = OptimConfig { update: optimizer_update(), ..OptimConfig::default() };

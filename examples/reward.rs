@@ -102,12 +102,9 @@ fn main() -> Result<()> {
         }
         None => Vec::new(),
     };
-    let pmp_steps = if pmp_pairs.is_empty() {
-        0
-    } else {
-        finetune::Common { epochs: args.pmp_epochs, ..args.run.clone() }.steps(pmp_pairs.len(), args.batch)?
-    };
-    let finetune_steps = args.run.steps(finetune_pairs.len(), args.batch)?;
+    let pmp_steps =
+        if pmp_pairs.is_empty() { 0 } else { finetune::epoch_steps(args.pmp_epochs, pmp_pairs.len(), args.batch)? };
+    let finetune_steps = finetune::epoch_steps(args.run.epochs, finetune_pairs.len(), args.batch)?;
 
     let dev = device();
     // The fresh score head is random: seeded, so a run started again starts the same.

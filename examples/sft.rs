@@ -9,8 +9,8 @@
 //! or Qwen's `{"conversations": [{"from": ..., "value": ...}]}` (a leading system message is the
 //! conversation's system prompt; otherwise `--system`, or Qwen's default). Each is rendered as
 //! ChatML and labelled exactly as Qwen-1's `finetune.py` does (only assistant replies, the ChatML
-//! markers and the newline after each `<|im_end|>` are targets). A malformed line, or a conversation
-//! longer than `--seq-len` (unless `--truncate`), stops the run with its line number.
+//! markers and the newline after each `<|im_end|>` are targets). A malformed line stops the run naming its
+//! line; a conversation longer than `--seq-len` (unless `--truncate`), naming its number.
 //!
 //! `--out` gets `metrics.jsonl` (one record a step), `loss.png`, `run_config.json` (the training
 //! config), `sft_args.json` (this command's arguments), `checkpoint/` (the latest resumable state,
@@ -72,18 +72,16 @@ struct Args {
     truncate: bool,
 }
 
-/// The conversations of `path`, rendered, with their line numbers.
+/// The conversations of `path`, rendered, with their numbers.
 fn conversations(path: &Path, chat: &ChatMl<'_>, system: Option<&str>) -> Result<Vec<(usize, ChatTokens)>> {
     let mut out = Vec::new();
-    let mut line = 0;
-    for record in ChatJsonl::open(path)? {
+    // Conversations are numbered from 1 (the reader skips blank lines; its errors name file lines).
+    for (i, record) in ChatJsonl::open(path)?.enumerate() {
         let record = record?;
-        // Blank lines are skipped by the reader; count records for the messages below.
-        line += 1;
         let system = record.system.as_deref().or(system);
         let rendered = qwen_align::sft::render(chat, system, &record.messages)
-            .with_context(|| format!("{}: conversation {line}", path.display()))?;
-        out.push((line, rendered));
+            .with_context(|| format!("{}: conversation {}", path.display(), i + 1))?;
+        out.push((i + 1, rendered));
     }
     ensure!(!out.is_empty(), "{} holds no conversation", path.display());
     Ok(out)
@@ -93,9 +91,9 @@ fn check_lengths(path: &Path, convs: &[(usize, ChatTokens)], seq_len: usize, tru
     if truncate {
         return Ok(());
     }
-    if let Some((line, c)) = convs.iter().find(|(_, c)| c.ids.len() > seq_len) {
+    if let Some((n, c)) = convs.iter().find(|(_, c)| c.ids.len() > seq_len) {
         bail!(
-            "{}: conversation {line} is {} tokens, longer than --seq-len {seq_len} (raise it, or pass --truncate)",
+            "{}: conversation {n} is {} tokens, longer than --seq-len {seq_len} (raise it, or pass --truncate)",
             path.display(),
             c.ids.len()
         );
@@ -126,7 +124,7 @@ fn main() -> Result<()> {
     let model = qwen_model::load::<TrainBackend>(&args.model, &dev)
         .with_context(|| format!("loading {}", args.model.display()))?;
     let per_step = args.batch * args.accum;
-    let steps = args.run.steps(train.len(), per_step)?;
+    let steps = finetune::epoch_steps(args.run.epochs, train.len(), per_step)?;
     let warmup = args.warmup_steps.unwrap_or((steps / 100).max(1)).min(steps);
     let config = SftConfig {
         train: TrainConfig {

@@ -34,6 +34,8 @@ struct Job {
     /// Files the run writes at its end besides the checkpoint and the metrics, which must equal the
     /// uninterrupted run's byte for byte.
     outputs: &'static [&'static str],
+    /// Keys of the run's `run.json` summary that must equal the uninterrupted run's (none: no summary).
+    summary: &'static [&'static str],
     /// The uninterrupted run, once.
     reference: &'static OnceLock<(PathBuf, Duration)>,
 }
@@ -49,6 +51,7 @@ const PRETRAIN: Job = Job {
     save_every: 2,
     command: pretrain_command,
     outputs: &["tokenizer.json", "data/train.qwtk", "data/heldout.qwtk"],
+    summary: &["ppl_before", "ppl_after", "loss_before", "loss_after", "steps", "params"],
     reference: &PRETRAIN_REFERENCE,
 };
 
@@ -58,6 +61,7 @@ const SFT: Job = Job {
     save_every: 2,
     command: sft_command,
     outputs: &["config.json", "model.safetensors", "tokenizer.json", "run_config.json", "loss.png"],
+    summary: &[],
     reference: &SFT_REFERENCE,
 };
 
@@ -67,6 +71,7 @@ const DPO: Job = Job {
     save_every: 2,
     command: dpo_command,
     outputs: &["config.json", "model.safetensors", "tokenizer.json", "run_config.json", "dpo.png"],
+    summary: &[],
     reference: &DPO_REFERENCE,
 };
 
@@ -76,6 +81,7 @@ const REWARD: Job = Job {
     save_every: 2,
     command: reward_command,
     outputs: &["config.json", "model.safetensors", "tokenizer.json", "run_config.json", "eval.json", "reward.png"],
+    summary: &[],
     reference: &REWARD_REFERENCE,
 };
 
@@ -109,23 +115,30 @@ fn tmp(tag: &str) -> PathBuf {
     out
 }
 
-fn pretrain_command(out: &Path, resume: bool) -> Command {
-    let mut c = Command::new(common::example("pretrain"));
-    for d in ["howto", "api", "peps"] {
-        let p = common::root().join("corpus/docutils").join(d);
-        assert!(p.is_dir(), "{} is missing: run `bash tools/setup.sh` first", p.display());
-        c.arg("--data").arg(p);
-    }
-    c.args(ARGS)
-        .args(["--steps", &PRETRAIN.steps.to_string(), "--save-every", &PRETRAIN.save_every.to_string()])
-        .arg("--out").arg(out).env("RUST_BACKTRACE", "0").env_remove(FAULT_PAUSE_ENV);
+/// `example` writing into `out` (continuing its checkpoint when `resume`), without the fault pauses
+/// unless a test sets them.
+fn launch(example: &str, out: &Path, resume: bool) -> Command {
+    let mut c = Command::new(common::example(example));
+    c.arg("--out").arg(out).env("RUST_BACKTRACE", "0").env_remove(FAULT_PAUSE_ENV);
     if resume {
         c.arg("--resume");
     }
     c
 }
 
-/// The input of the SFT and DPO runs (made once): a tiny random Qwen2 checkpoint folder with a
+fn pretrain_command(out: &Path, resume: bool) -> Command {
+    let mut c = launch("pretrain", out, resume);
+    for d in ["howto", "api", "peps"] {
+        let p = common::root().join("corpus/docutils").join(d);
+        assert!(p.is_dir(), "{} is missing: run `bash tools/setup.sh` first", p.display());
+        c.arg("--data").arg(p);
+    }
+    c.args(ARGS)
+        .args(["--steps", &PRETRAIN.steps.to_string(), "--save-every", &PRETRAIN.save_every.to_string()]);
+    c
+}
+
+/// The input of the SFT, reward and DPO runs (made once): a tiny random Qwen2 checkpoint folder with a
 /// byte-level tokenizer that has the ChatML tokens, 40 training conversations and 8 held-out ones,
 /// and as many comparisons (the word in capitals preferred to it unchanged).
 fn sft_inputs() -> &'static PathBuf {
@@ -181,15 +194,11 @@ fn sft_inputs() -> &'static PathBuf {
 /// DPO of the tiny model: 20 steps of 8 comparisons (4 epochs of 40), a checkpoint every 2.
 fn dpo_command(out: &Path, resume: bool) -> Command {
     let inputs = sft_inputs();
-    let mut c = Command::new(common::example("dpo"));
+    let mut c = launch("dpo", out, resume);
     c.arg("--policy").arg(inputs).arg("--data").arg(inputs.join("prefs.jsonl"));
     c.arg("--eval-data").arg(inputs.join("held_prefs.jsonl"));
     c.args(["--batch", "8", "--epochs", "4", "--lr", "1e-3", "--max-len", "96", "--seed", "7"]);
     c.args(["--checkpoint-every", &DPO.save_every.to_string()]);
-    c.arg("--out").arg(out).env("RUST_BACKTRACE", "0").env_remove(FAULT_PAUSE_ENV);
-    if resume {
-        c.arg("--resume");
-    }
     c
 }
 
@@ -197,30 +206,22 @@ fn dpo_command(out: &Path, resume: bool) -> Command {
 /// comparisons (2 epochs of 40 each), a checkpoint every 2.
 fn reward_command(out: &Path, resume: bool) -> Command {
     let inputs = sft_inputs();
-    let mut c = Command::new(common::example("reward"));
+    let mut c = launch("reward", out, resume);
     c.arg("--model").arg(inputs).arg("--data").arg(inputs.join("prefs.jsonl"));
     c.arg("--pmp-data").arg(inputs.join("prefs.jsonl")).arg("--eval-data").arg(inputs.join("held_prefs.jsonl"));
     c.args(["--batch", "8", "--epochs", "2", "--pmp-epochs", "2", "--lr", "1e-3", "--max-len", "96", "--seed", "7"]);
     c.args(["--checkpoint-every", &REWARD.save_every.to_string()]);
-    c.arg("--out").arg(out).env("RUST_BACKTRACE", "0").env_remove(FAULT_PAUSE_ENV);
-    if resume {
-        c.arg("--resume");
-    }
     c
 }
 
 /// SFT of the tiny model: 20 steps of 2 x 8 conversations (8 epochs of 40), a checkpoint every 2.
 fn sft_command(out: &Path, resume: bool) -> Command {
     let inputs = sft_inputs();
-    let mut c = Command::new(common::example("sft"));
+    let mut c = launch("sft", out, resume);
     c.arg("--model").arg(inputs).arg("--data").arg(inputs.join("chat.jsonl"));
     c.arg("--eval-data").arg(inputs.join("held.jsonl"));
     c.args(["--system", "Capitals.", "--seq-len", "72", "--batch", "8", "--accum", "2", "--epochs", "8"]);
     c.args(["--lr", "1e-3", "--seed", "7", "--checkpoint-every", &SFT.save_every.to_string()]);
-    c.arg("--out").arg(out).env("RUST_BACKTRACE", "0").env_remove(FAULT_PAUSE_ENV);
-    if resume {
-        c.arg("--resume");
-    }
     c
 }
 
@@ -366,12 +367,12 @@ impl Job {
         for f in self.outputs {
             assert!(std::fs::read(reference.join(f)).unwrap() == std::fs::read(out.join(f)).unwrap(), "{f} differs");
         }
-        if self.tag == "pretrain" {
+        if !self.summary.is_empty() {
             let summary = |dir: &Path| -> serde_json::Value {
                 serde_json::from_slice(&std::fs::read(dir.join("run.json")).unwrap()).unwrap()
             };
             let (s, t) = (summary(reference), summary(out));
-            for key in ["ppl_before", "ppl_after", "loss_before", "loss_after", "steps", "params"] {
+            for key in self.summary {
                 assert_eq!(s[key], t[key], "run.json {key}");
             }
         }

@@ -21,7 +21,7 @@ use qwen_train::plot::{save_png, Chart, Series};
 use serde::Serialize;
 
 /// The options every fine-tuning command takes.
-#[derive(clap::Args, Debug, Clone, Serialize)]
+#[derive(clap::Args, Debug, Serialize)]
 pub struct Common {
     /// `tokenizer.json` or `.tiktoken` file (default: the one in the checkpoint folder).
     #[arg(long)]
@@ -48,14 +48,11 @@ pub struct Common {
     pub resume: bool,
 }
 
-impl Common {
-    /// Steps of `epochs` passes over `items` taken `per_step` at a time (at least one), after
-    /// checking --epochs.
-    pub fn steps(&self, items: usize, per_step: usize) -> Result<u64> {
-        ensure!(per_step > 0, "the batch must be > 0");
-        ensure!(self.epochs > 0.0 && self.epochs.is_finite(), "--epochs must be > 0");
-        Ok(((self.epochs * items as f64) / per_step as f64).ceil().max(1.0) as u64)
-    }
+/// Steps of `epochs` passes over `items` taken `per_step` at a time (at least one).
+pub fn epoch_steps(epochs: f64, items: usize, per_step: usize) -> Result<u64> {
+    ensure!(per_step > 0, "the batch must be > 0");
+    ensure!(epochs > 0.0 && epochs.is_finite(), "epochs must be > 0 (got {epochs})");
+    Ok(((epochs * items as f64) / per_step as f64).ceil().max(1.0) as u64)
 }
 
 /// Files of the source folder that travel with the fine-tuned weights.
