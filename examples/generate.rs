@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! cargo run --release --example generate -- --model DIR --tokenizer vocab/qwen.tiktoken --chat --prompt "Hi"
+//! cargo run --release --example generate -- --model qwen2.5-0.5b-instruct-q8_0.gguf --prompt "Hi"
 //! ```
 
 use std::io::Write;
@@ -11,6 +12,7 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::Parser;
 use qwen::backend::{device, Backend};
+use qwen_model::gguf::GgufFile;
 use qwen_model::{GenerateConfig, SamplingConfig};
 use qwen_tokenizer::template::{ChatTemplate, RenderOptions};
 use qwen_tokenizer::{AllowedSpecial, ChatMl, Normalization, StreamDecoder, Tokenizer, DEFAULT_SYSTEM};
@@ -19,12 +21,14 @@ use qwen_tokenizer::{AllowedSpecial, ChatMl, Normalization, StreamDecoder, Token
 #[derive(Parser)]
 #[command(name = "generate")]
 struct Args {
-    /// Folder with config.json and safetensors weights.
+    /// Folder with config.json and safetensors weights, or a llama.cpp GGUF file (Qwen2/Qwen3;
+    /// every tensor dequantized to f32 at load).
     #[arg(long)]
     model: PathBuf,
-    /// `.tiktoken` (Qwen-1) or `tokenizer.json` (Qwen2) file.
+    /// `.tiktoken` (Qwen-1) or `tokenizer.json` (Qwen2) file; default for a GGUF model: the
+    /// tokenizer in its metadata.
     #[arg(long)]
-    tokenizer: PathBuf,
+    tokenizer: Option<PathBuf>,
     /// Render the prompt as a chat turn (with `--system`): the model folder's chat template when it
     /// has one (as transformers' `apply_chat_template` does), else Qwen-1 ChatML; stop at <|im_end|>.
     #[arg(long)]
@@ -55,9 +59,15 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let tok = Tokenizer::from_file(&args.tokenizer)
-        .with_context(|| format!("loading {}", args.tokenizer.display()))?
-        .with_normalization(Normalization::Nfc);
+    let tok = match &args.tokenizer {
+        Some(path) => Tokenizer::from_file(path).with_context(|| format!("loading {}", path.display()))?,
+        None if qwen_model::load_gguf::is_gguf(&args.model) => {
+            let file = GgufFile::open(&args.model)?;
+            qwen::gguf::tokenizer(&file).with_context(|| format!("the tokenizer of {}", args.model.display()))?
+        }
+        None => anyhow::bail!("--tokenizer is needed unless --model is a GGUF file"),
+    }
+    .with_normalization(Normalization::Nfc);
     let model = qwen_model::load::<Backend>(&args.model, &device())
         .with_context(|| format!("loading {}", args.model.display()))?;
     let (prompt, mut stop_ids) = if args.chat {

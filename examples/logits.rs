@@ -18,7 +18,8 @@ use qwen::backend::{device, Backend};
 #[derive(Parser)]
 #[command(name = "logits")]
 struct Args {
-    /// Folder with config.json and model.safetensors (or shards + model.safetensors.index.json).
+    /// Folder with config.json and model.safetensors (or shards + model.safetensors.index.json),
+    /// or a llama.cpp GGUF file (Qwen2/Qwen3; dequantized to f32 at load).
     #[arg(long)]
     model: PathBuf,
 }

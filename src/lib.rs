@@ -2,6 +2,7 @@
 //! examples run on, chosen by cargo feature (`flex` by default; `ndarray`; `wgpu`; `cuda`).
 
 pub mod chat;
+pub mod gguf;
 
 pub use qwen_align as align;
 pub use qwen_context as context;

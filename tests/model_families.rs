@@ -310,30 +310,12 @@ fn an_expert_no_token_chooses_does_not_matter() {
 /// tolerance of transformers.
 #[test]
 fn the_logits_example_matches_transformers() {
-    use std::io::Write;
     for (name, _) in CASES {
         let dir = fixture(name);
         let r = Reference::open(&dir);
         let ids = r.ids("input_ids.1").unwrap();
         let want = r.floats("logits.1").unwrap();
-        let mut child = std::process::Command::new(common::example("logits"))
-            .arg("--model")
-            .arg(&dir)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let line = serde_json::json!({ "ids": ids }).to_string();
-        child.stdin.take().unwrap().write_all(format!("{line}\n").as_bytes()).unwrap();
-        let out = child.wait_with_output().unwrap();
-        assert!(out.status.success(), "{name}: logits exited with {}", out.status);
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        let got: Vec<f32> = v["logits"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .flat_map(|row| row.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32))
-            .collect();
+        let got = common::logits_example(&dir, &ids);
         let d = max_diff(&got, &want);
         assert!(d <= TOLERANCE, "{name}: logits example differs by {d:e}");
     }

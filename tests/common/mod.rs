@@ -80,6 +80,30 @@ impl Reference {
     }
 }
 
+/// `logits --model MODEL` (the example a user runs) on one input: the logits of every position,
+/// flattened.
+pub fn logits_example(model: &std::path::Path, ids: &[u32]) -> Vec<f32> {
+    use std::io::Write;
+    let mut child = std::process::Command::new(example("logits"))
+        .arg("--model")
+        .arg(model)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let line = serde_json::json!({ "ids": ids }).to_string();
+    child.stdin.take().unwrap().write_all(format!("{line}\n").as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "logits --model {} exited with {}", model.display(), out.status);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["logits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|row| row.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32))
+        .collect()
+}
+
 /// Max |a - b| over two equally long slices.
 pub fn max_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "length");

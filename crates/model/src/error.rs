@@ -29,6 +29,12 @@ pub enum ModelError {
     /// The index of a sharded checkpoint is malformed or names a missing file.
     #[error("invalid checkpoint index {path}: {reason}")]
     Index { path: PathBuf, reason: String },
+    /// A GGUF file is truncated or malformed, or lacks a metadata key the model needs.
+    #[error("malformed GGUF file {path}: {reason}")]
+    Gguf { path: PathBuf, reason: String },
+    /// A GGUF tensor of a GGML type this crate does not dequantize.
+    #[error("tensor {name} has GGML type {ggml_type}; F32, F16, BF16, Q8_0, Q4_0, Q4_K and Q6_K are read")]
+    GgufType { name: String, ggml_type: String },
     #[error("no weights found in {0} (expected model.safetensors or model.safetensors.index.json)")]
     NoWeights(PathBuf),
     #[error("tensor {0} is missing from the checkpoint")]

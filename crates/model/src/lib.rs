@@ -9,6 +9,8 @@
 //! - [`generate`]: KV-cache generation and sampling.
 //! - [`mod@load`]: HF safetensors (single or sharded; f32/bf16/f16) in either naming scheme;
 //!   [`save`] writes them back.
+//! - [`gguf`]: llama.cpp's GGUF files (reader and dequantization); [`mod@load_gguf`] builds a
+//!   Qwen2/Qwen3 model from one ([`load`] takes a `.gguf` file as well as a folder).
 //!
 //! Long-context behaviour that a checkpoint's config asks for (Qwen-1 dynamic NTK and LogN, HF
 //! dynamic RoPE and YaRN, Qwen2 sliding windows) comes from the `qwen-context` crate.
@@ -31,9 +33,11 @@ pub mod batch;
 pub mod config;
 mod error;
 pub mod generate;
+pub mod gguf;
 pub mod init;
 pub mod lm;
 pub mod load;
+pub mod load_gguf;
 pub mod moe;
 pub mod qwen;
 pub mod save;
@@ -44,6 +48,7 @@ pub use error::{ModelError, Result};
 pub use generate::{GenerateConfig, Sampler, SamplingConfig};
 pub use lm::CausalLm;
 pub use load::{load, load_with, Checkpoint};
+pub use load_gguf::{gguf_config, load_gguf};
 pub use moe::SparseMoe;
 pub use qwen::{FeedForward, KvCache, LayerCache, Logits, Mode, Precision, Qwen, QwenModel};
 pub use save::{Extra, SaveDtype};

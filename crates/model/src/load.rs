@@ -226,7 +226,13 @@ impl<B: Backend> Weights<B> for CheckpointWeights<'_, B> {
 
 /// A linear layer from row-major `[out, in]` values. The weight is transposed here, into a
 /// contiguous `[in, out]` tensor: a transposed *view* would make every matmul ~20x slower on CPU.
-fn linear_from<B: Backend>(w: &[f32], b: Option<Vec<f32>>, d_out: usize, d_in: usize, device: &B::Device) -> Linear<B> {
+pub(crate) fn linear_from<B: Backend>(
+    w: &[f32],
+    b: Option<Vec<f32>>,
+    d_out: usize,
+    d_in: usize,
+    device: &B::Device,
+) -> Linear<B> {
     let mut t = vec![0f32; w.len()];
     for (o, row) in w.chunks_exact(d_in).enumerate() {
         for (i, &x) in row.iter().enumerate() {
@@ -239,8 +245,12 @@ fn linear_from<B: Backend>(w: &[f32], b: Option<Vec<f32>>, d_out: usize, d_in: u
     }
 }
 
-/// Loads `config.json` and the weights of `dir` onto `device`.
+/// Loads `config.json` and the weights of `dir` onto `device`; a GGUF file instead of a folder is
+/// loaded by [`crate::load_gguf::load_gguf`].
 pub fn load<B: Backend>(dir: impl AsRef<Path>, device: &B::Device) -> Result<QwenModel<B>> {
+    if crate::load_gguf::is_gguf(dir.as_ref()) {
+        return crate::load_gguf::load_gguf(dir, device);
+    }
     Ok(load_with(dir, device, true, |_| Ok(()))?.0)
 }
 

@@ -30,7 +30,12 @@ fn bytes_to_chars() -> [char; 256] {
     table
 }
 
-fn chars_to_bytes(s: &str, inverse: &rustc_hash::FxHashMap<char, u8>) -> Option<Vec<u8>> {
+/// The inverse of [`bytes_to_chars`].
+pub(crate) fn byte_level_inverse() -> rustc_hash::FxHashMap<char, u8> {
+    bytes_to_chars().iter().enumerate().map(|(b, &c)| (c, b as u8)).collect()
+}
+
+pub(crate) fn chars_to_bytes(s: &str, inverse: &rustc_hash::FxHashMap<char, u8>) -> Option<Vec<u8>> {
     s.chars().map(|c| inverse.get(&c).copied()).collect()
 }
 
@@ -159,8 +164,7 @@ impl Tokenizer {
         }
         let ignore_merges = model.get("ignore_merges").and_then(Value::as_bool).unwrap_or(false);
 
-        let table = bytes_to_chars();
-        let inverse: rustc_hash::FxHashMap<char, u8> = table.iter().enumerate().map(|(b, &c)| (c, b as u8)).collect();
+        let inverse = byte_level_inverse();
         let vocab_obj =
             model.get("vocab").and_then(Value::as_object).ok_or_else(|| malformed("model.vocab is not an object"))?;
         let mut vocab = Vec::with_capacity(vocab_obj.len());

@@ -1,7 +1,8 @@
 //! Byte-level BPE tokenization for Qwen, with no dependency on any ML framework.
 //!
 //! - [`Tokenizer`] loads Qwen-1's `qwen.tiktoken` ([`Tokenizer::qwen_from_file`]) or an HF
-//!   `tokenizer.json` ([`Tokenizer::from_tokenizer_json_file`]) into one core: NFC normalization
+//!   `tokenizer.json` ([`Tokenizer::from_tokenizer_json_file`]) or a GGUF file's metadata
+//!   ([`Tokenizer::from_gguf_vocab`]) into one core: NFC normalization
 //!   as an explicit option, special tokens that stay plain text unless allowed, a fast
 //!   pre-tokenizer for Qwen's split pattern, and a byte-pair encoder ([`bpe`]).
 //! - [`StreamDecoder`] decodes generated ids without ever splitting a character.
@@ -23,6 +24,7 @@
 pub mod bpe;
 pub mod chat;
 mod error;
+mod gguf;
 mod hf;
 pub mod pretokenize;
 pub mod special;
@@ -34,6 +36,7 @@ pub mod train;
 
 pub use chat::{ChatMl, ChatTokens, Message, Part, Role, Tag, DEFAULT_MAX_WINDOW, DEFAULT_SYSTEM};
 pub use error::{Result, TokenizerError};
+pub use gguf::GgufVocab;
 pub use pretokenize::{Pretokenizer, QWEN_PATTERN};
 pub use special::{AllowedSpecial, SpecialTokens};
 pub use stream::StreamDecoder;
