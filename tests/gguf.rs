@@ -58,10 +58,10 @@ fn dequantization_equals_gguf_py_bit_for_bit() {
 /// The config the GGUF metadata stands for is the config.json it was converted from.
 #[test]
 fn gguf_metadata_is_the_checkpoint_config() {
-    for case in CASES {
+    for (case, ftype, _) in files() {
         let want =
             QwenConfig::from_file(common::root().join("tests/fixtures/model").join(case).join("config.json")).unwrap();
-        for ftype in ["f32", "f16", "q8_0"] {
+        {
             let file = GgufFile::open(gguf_fixture(&format!("{case}.{ftype}.gguf"))).unwrap();
             let got = qwen_model::gguf_config(&file).unwrap();
             let what = format!("{case} {ftype}");
@@ -88,8 +88,17 @@ fn gguf_metadata_is_the_checkpoint_config() {
 /// and Q8_0 are gguf-py's rounding of them (llama.cpp's own F16/Q8_0 errors are as large).
 const TOLERANCES: [(&str, f32); 3] = [("f32", 1e-5), ("f16", 1.5e-2), ("q8_0", 3e-1)];
 
-/// The two converted checkpoints: GQA with head_dim 24 != 64/4, and GQA with tied embeddings.
-const CASES: [&str; 2] = ["qwen2_gqa", "qwen2_tied"];
+/// The converted checkpoints and their file types: Qwen2 GQA with head_dim 24 != 64/4, Qwen2 GQA
+/// with tied embeddings (each at F32, F16, Q8_0), and Qwen3 with q/k norms, biases on q/k/v/o, tied
+/// embeddings and YaRN (F32).
+fn files() -> Vec<(&'static str, &'static str, f32)> {
+    let mut v: Vec<_> = ["qwen2_gqa", "qwen2_tied"]
+        .into_iter()
+        .flat_map(|case| TOLERANCES.into_iter().map(move |(ftype, tol)| (case, ftype, tol)))
+        .collect();
+    v.push(("qwen3_tied_bias_yarn", "f32", TOLERANCES[0].1));
+    v
+}
 
 fn logits(model: &QwenModel<B>, ids: &[u32]) -> Vec<f32> {
     model.forward(&[ids.to_vec()]).unwrap().into_data().to_vec().unwrap()
@@ -99,9 +108,9 @@ fn logits(model: &QwenModel<B>, ids: &[u32]) -> Vec<f32> {
 fn gguf_logits_match_transformers() {
     let device = Default::default();
     let mut report = Vec::new();
-    for case in CASES {
+    for (case, ftype, tolerance) in files() {
         let r = Reference::open(&common::root().join("tests/fixtures/model").join(case));
-        for (ftype, tolerance) in TOLERANCES {
+        {
             let path = gguf_fixture(&format!("{case}.{ftype}.gguf"));
             let model: QwenModel<B> =
                 qwen_model::load(&path, &device).unwrap_or_else(|e| panic!("{case} {ftype}: {e}"));

@@ -21,6 +21,8 @@ Writes tests/fixtures/gguf/:
   The tokenizer metadata (`gpt2` model, `qwen2` pre-tokenizer) holds the first 256 entries of Qwen2's
   vocabulary (vocab/tokenizer.json ids 0..255, the single bytes) — the fixture's vocabulary size —
   and one merge (Qwen2's first, "Ġ Ġ") whose result is not in that vocabulary.
+- qwen3_tied_bias_yarn.f32.gguf: the Qwen3 fixture (q/k norms, biases on q/k/v/o, tied, YaRN
+  factor 4) with the `qwen3.*` keys and `rope.scaling.*` as the converter writes them.
 - llama_cpp_logits.gguf (only when llama-cpp-python==0.3.36 is installed in the venv: it builds
   llama.cpp from source, ~10+ min): llama.cpp's own logits for the three qwen2_tied files on the
   fixture's reference inputs (tensors `qwen2_tied.{f32,f16,q8_0}.logits.{i}`, `[len, vocab]`;
@@ -49,6 +51,8 @@ MODELS = ROOT / "tests" / "fixtures" / "model"
 # qwen2_gqa: GQA 4/2 with head_dim 24 != 64/4 (llama.cpp cannot load it: its qwen2 graph takes
 # head_dim = n_embd / n_head); qwen2_tied: GQA 4/2, head_dim 16, tied embeddings (llama.cpp loads it).
 CASES = ("qwen2_gqa", "qwen2_tied")
+# Qwen3 with tied embeddings, biases on q/k/v/o and YaRN (factor 4 over 16 positions), F32 only.
+QWEN3_CASE = "qwen3_tied_bias_yarn"
 
 
 def quants_file() -> None:
@@ -107,6 +111,8 @@ LAYER_NAMES = {
     "self_attn.k_proj": "attn_k",
     "self_attn.v_proj": "attn_v",
     "self_attn.o_proj": "attn_output",
+    "self_attn.q_norm": "attn_q_norm",
+    "self_attn.k_norm": "attn_k_norm",
     "post_attention_layernorm": "ffn_norm",
     "mlp.gate_proj": "ffn_gate",
     "mlp.up_proj": "ffn_up",
@@ -142,7 +148,9 @@ def model_file(case: str, ftype: str) -> None:
     tensors = read_safetensors(model / "model.safetensors")
     file_type = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
                  "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[ftype]
-    w = gguf.GGUFWriter(str(OUT / f"{case}.{ftype}.gguf"), arch="qwen2")
+    arch = config["model_type"]
+    assert arch in ("qwen2", "qwen3"), arch
+    w = gguf.GGUFWriter(str(OUT / f"{case}.{ftype}.gguf"), arch=arch)
     w.add_type(gguf.GGUFType.MODEL)
     w.add_name(case)
     w.add_block_count(config["num_hidden_layers"])
@@ -151,7 +159,14 @@ def model_file(case: str, ftype: str) -> None:
     w.add_feed_forward_length(config["intermediate_size"])
     w.add_head_count(config["num_attention_heads"])
     w.add_head_count_kv(config["num_key_value_heads"])
-    w.add_rope_freq_base(config["rope_parameters"]["rope_theta"])
+    w.add_rope_freq_base(config.get("rope_parameters", {}).get("rope_theta", config.get("rope_theta")))
+    scaling = config.get("rope_scaling") or {}
+    if scaling.get("type", scaling.get("rope_type")) == "yarn":
+        w.add_rope_scaling_type(gguf.RopeScalingType.YARN)
+        w.add_rope_scaling_factor(scaling["factor"])
+        w.add_rope_scaling_orig_ctx_len(scaling["original_max_position_embeddings"])
+    else:
+        assert not scaling, scaling
     w.add_layer_norm_rms_eps(config["rms_norm_eps"])
     if "head_dim" in config:  # as convert_hf_to_gguf.py: only when the config names it
         w.add_key_length(config["head_dim"])
@@ -278,6 +293,7 @@ def main() -> None:
     for case in CASES:
         for ftype in ("f32", "f16", "q8_0"):
             model_file(case, ftype)
+    model_file(QWEN3_CASE, "f32")
     llama_cpp_logits()
     vocab_file()
     for p in sorted(OUT.glob("*.gguf")):
