@@ -1,9 +1,10 @@
 //! llama.cpp's GGUF files against real references. The fixtures in `tests/fixtures/gguf/` were
 //! written by llama.cpp's own Python package (gguf-py 0.19.0, `tools/reference/gguf_fixtures.py`):
 //!
-//! - `quants.gguf`: tensors of every type this stack dequantizes (F32, F16, BF16, Q8_0, Q4_0
-//!   quantized by `gguf.quants.quantize`; Q4_K, Q6_K as seeded raw blocks), each next to gguf-py's
-//!   own dequantization `NAME.expected`: ours must equal it bit for bit.
+//! - `quants.gguf`: tensors of every type this stack dequantizes (F32, F16, BF16, Q8_0, Q4_0, Q4_1,
+//!   Q5_0, Q5_1 quantized by `gguf.quants.quantize`; Q2_K, Q3_K, Q4_K, Q5_K, Q6_K as seeded raw
+//!   blocks), each next to gguf-py's own dequantization `NAME.expected`: ours must equal it bit for
+//!   bit.
 //! - `{qwen2_gqa,qwen2_tied}.{f32,f16,q8_0}.gguf`: the tiny Qwen2 checkpoints of
 //!   `tests/fixtures/model/` under llama.cpp's tensor names and metadata keys; their logits must
 //!   match transformers' logits in those folders' `reference.safetensors`, and llama.cpp's own
@@ -48,10 +49,23 @@ fn dequantization_equals_gguf_py_bit_for_bit() {
         assert!(got.iter().any(|&x| x != 0.0), "{name}: all zero");
         types.push(info.ggml_type);
     }
-    for t in
-        [GgmlType::F32, GgmlType::F16, GgmlType::BF16, GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_K, GgmlType::Q6_K]
-    {
+    for t in [
+        GgmlType::F32,
+        GgmlType::F16,
+        GgmlType::BF16,
+        GgmlType::Q8_0,
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::Q5_0,
+        GgmlType::Q5_1,
+        GgmlType::Q2_K,
+        GgmlType::Q3_K,
+        GgmlType::Q4_K,
+        GgmlType::Q5_K,
+        GgmlType::Q6_K,
+    ] {
         assert!(types.contains(&t), "quants.gguf has no {t} tensor");
+        assert!(t.dequantizable());
     }
 }
 
@@ -395,17 +409,17 @@ fn hostile_and_malformed_files_are_typed_errors() {
 
 #[test]
 fn unsupported_types_and_architectures_are_typed_errors() {
-    // A Q5_K tensor is a known type the file may hold, and a typed error when read.
+    // An IQ2_XXS tensor is a known type the file may hold, and a typed error when read.
     let mut w = Writer::new(3, 1, 1);
-    w.kv_str("general.architecture", "qwen2").tensor("blk.0.ffn_up.weight", &[256], 13, 0);
-    let file = GgufFile::from_bytes("q5k.gguf", w.pad_data(176)).unwrap();
+    w.kv_str("general.architecture", "qwen2").tensor("blk.0.ffn_up.weight", &[256], 16, 0);
+    let file = GgufFile::from_bytes("iq2.gguf", w.pad_data(66)).unwrap();
     match file.tensor_f32("blk.0.ffn_up.weight") {
         Err(ModelError::GgufType { name, ggml_type }) => {
-            assert_eq!((name.as_str(), ggml_type.as_str()), ("blk.0.ffn_up.weight", "Q5_K"))
+            assert_eq!((name.as_str(), ggml_type.as_str()), ("blk.0.ffn_up.weight", "IQ2_XXS"))
         }
         other => panic!("expected GgufType, got {other:?}"),
     }
-    assert!(dequantize(GgmlType(13), &[0; 176]).is_none());
+    assert!(dequantize(GgmlType(16), &[0; 66]).is_none());
     // Another architecture.
     let mut w = Writer::new(3, 0, 1);
     w.kv_str("general.architecture", "llama");

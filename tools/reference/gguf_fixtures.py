@@ -7,9 +7,9 @@ numpy only), for the Rust GGUF reader (crates/model/src/gguf.rs). Run from the r
 
 Writes tests/fixtures/gguf/:
 
-- quants.gguf: seeded f32 arrays quantized by `gguf.quants.quantize` to F32, F16, BF16, Q8_0 and
-  Q4_0 (gguf-py quantizes these), and seeded raw blocks of Q4_K and Q6_K (gguf-py 0.19.0 only
-  dequantizes those; its quantize raises NotImplementedError) with finite f16 scales. Next to each
+- quants.gguf: seeded f32 arrays quantized by `gguf.quants.quantize` to F32, F16, BF16, Q8_0, Q4_0,
+  Q4_1, Q5_0 and Q5_1 (gguf-py quantizes these), and seeded raw blocks of Q2_K, Q3_K, Q4_K, Q5_K and
+  Q6_K (gguf-py 0.19.0 only dequantizes those; its quantize raises NotImplementedError) with finite f16 scales. Next to each
   tensor `NAME` is `NAME.expected`: `gguf.quants.dequantize` of it, as F32. The Rust
   dequantization must equal it bit for bit.
 - {qwen2_gqa,qwen2_tied}.{f32,f16,q8_0}.gguf: the committed tiny Qwen2 checkpoints
@@ -63,7 +63,7 @@ def quants_file() -> None:
     base[0, :32] = 0.0  # an all-zero block (scale 0)
     base[1, :8] *= 1000.0  # large values
     base[2, 32:64] = np.linspace(-1e-3, 1e-3, 32, dtype=np.float32)  # small values
-    for qtype in (T.F32, T.F16, T.BF16, T.Q8_0, T.Q4_0):
+    for qtype in (T.F32, T.F16, T.BF16, T.Q8_0, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1):
         data = quants.quantize(base, qtype)
         name = qtype.name.lower()
         w.add_tensor(name, data, raw_dtype=qtype)
@@ -74,7 +74,7 @@ def quants_file() -> None:
     w.add_tensor("q8_0_rows", data, raw_dtype=T.Q8_0)
     w.add_tensor("q8_0_rows.expected", quants.dequantize(data, T.Q8_0).astype(np.float32))
     # K-quants: raw blocks (4 rows of 2 superblocks), with finite positive f16 scales.
-    for qtype, scale_at in ((T.Q4_K, (0, 2)), (T.Q6_K, (208,))):
+    for qtype, scale_at in ((T.Q2_K, (80, 82)), (T.Q3_K, (108,)), (T.Q4_K, (0, 2)), (T.Q5_K, (0, 2)), (T.Q6_K, (208,))):
         block, size = gguf.GGML_QUANT_SIZES[qtype]
         raw = rng.integers(0, 256, size=(8, size), dtype=np.uint8)
         for off in scale_at:

@@ -33,7 +33,7 @@ pub enum ModelError {
     #[error("malformed GGUF file {path}: {reason}")]
     Gguf { path: PathBuf, reason: String },
     /// A GGUF tensor of a GGML type this crate does not dequantize.
-    #[error("tensor {name} has GGML type {ggml_type}; F32, F16, BF16, Q8_0, Q4_0, Q4_K and Q6_K are read")]
+    #[error("tensor {name} has GGML type {ggml_type}; F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1 and Q2_K to Q6_K are read")]
     GgufType { name: String, ggml_type: String },
     #[error("no weights found in {0} (expected model.safetensors or model.safetensors.index.json)")]
     NoWeights(PathBuf),

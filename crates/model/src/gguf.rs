@@ -9,7 +9,8 @@
 //! its type can have. A hostile file gets a [`ModelError::Gguf`], never a panic or a huge
 //! allocation.
 //!
-//! [`dequantize`] turns F32, F16, BF16, Q8_0, Q4_0, Q4_K and Q6_K data (llama.cpp's block layouts,
+//! [`dequantize`] turns F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K and
+//! Q6_K data (llama.cpp's block layouts,
 //! `ggml-common.h`) into f32 values, with the very float operations of gguf-py's numpy reference
 //! (`gguf/quants.py`), so the values are bit-identical (tests/gguf.rs). Other GGML types are known
 //! by name and size (so a file that holds them still opens) and are a typed
@@ -81,8 +82,14 @@ impl GgmlType {
     pub const F32: Self = Self(0);
     pub const F16: Self = Self(1);
     pub const Q4_0: Self = Self(2);
+    pub const Q4_1: Self = Self(3);
+    pub const Q5_0: Self = Self(6);
+    pub const Q5_1: Self = Self(7);
     pub const Q8_0: Self = Self(8);
+    pub const Q2_K: Self = Self(10);
+    pub const Q3_K: Self = Self(11);
     pub const Q4_K: Self = Self(12);
+    pub const Q5_K: Self = Self(13);
     pub const Q6_K: Self = Self(14);
     pub const BF16: Self = Self(30);
 
@@ -102,7 +109,22 @@ impl GgmlType {
 
     /// Whether [`dequantize`] reads this type.
     pub fn dequantizable(self) -> bool {
-        [Self::F32, Self::F16, Self::BF16, Self::Q8_0, Self::Q4_0, Self::Q4_K, Self::Q6_K].contains(&self)
+        [
+            Self::F32,
+            Self::F16,
+            Self::BF16,
+            Self::Q8_0,
+            Self::Q4_0,
+            Self::Q4_1,
+            Self::Q5_0,
+            Self::Q5_1,
+            Self::Q2_K,
+            Self::Q3_K,
+            Self::Q4_K,
+            Self::Q5_K,
+            Self::Q6_K,
+        ]
+        .contains(&self)
     }
 }
 
@@ -496,6 +518,15 @@ fn f16_at(b: &[u8], i: usize) -> f32 {
     f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
 }
 
+/// The `j`-th 6-bit (scale, min) pair of Q4_K/Q5_K's 12 scale bytes (ggml's `get_scale_min_k4`).
+fn scale_min_k4(s: &[u8], j: usize) -> (u8, u8) {
+    if j < 4 {
+        (s[j] & 63, s[j + 4] & 63)
+    } else {
+        ((s[j + 4] & 0x0F) | ((s[j - 4] >> 6) << 4), (s[j + 4] >> 4) | ((s[j] >> 6) << 4))
+    }
+}
+
 /// `bytes` of GGML type `ty` as f32 values, or `None` for a type this crate does not read.
 /// `bytes` must be whole blocks (as [`GgufFile`] guarantees for its tensors); a trailing partial
 /// block is ignored.
@@ -524,6 +555,67 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8]) -> Option<Vec<f32>> {
                 out.extend(qs.iter().map(|&q| d * f32::from((q >> 4) as i8 - 8)));
             }
         }
+        // d, m: f16, qs: 16 bytes; y = d * nibble + m (low nibbles first, as Q4_0).
+        GgmlType::Q4_1 => {
+            for b in blocks {
+                let (d, m) = (f16_at(b, 0), f16_at(b, 2));
+                let qs = &b[4..20];
+                out.extend(qs.iter().map(|&q| d * f32::from(q & 0x0F) + m));
+                out.extend(qs.iter().map(|&q| d * f32::from(q >> 4) + m));
+            }
+        }
+        // d: f16, qh: u32 (bit j = the fifth bit of value j), qs: 16 bytes of nibbles (low nibbles
+        // are values 0..16); Q5_0: y = d * (q - 16); Q5_1 (with m: f16 after d): y = d * q + m.
+        GgmlType::Q5_0 | GgmlType::Q5_1 => {
+            let with_min = ty == GgmlType::Q5_1;
+            let at = if with_min { 4 } else { 2 };
+            for b in blocks {
+                let d = f16_at(b, 0);
+                let m = if with_min { f16_at(b, 2) } else { 0.0 };
+                let qh = u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
+                let qs = &b[at + 4..at + 20];
+                for j in 0..32 {
+                    let low = if j < 16 { qs[j] & 0x0F } else { qs[j - 16] >> 4 };
+                    let q = low | ((((qh >> j) & 1) as u8) << 4);
+                    out.push(if with_min { d * f32::from(q) + m } else { d * f32::from(q as i8 - 16) });
+                }
+            }
+        }
+        // scales: 16 bytes (low nibble: scale, high nibble: min, per 16 values), qs: 64 bytes of
+        // 2-bit values, d, dmin: f16. Value f of the block: byte 32 * (f / 128) + f % 32, bits
+        // 2 * (f % 128 / 32); y = d * scale * q - dmin * min.
+        GgmlType::Q2_K => {
+            for b in blocks {
+                let (sc, qs) = (&b[0..16], &b[16..80]);
+                let (d, dmin) = (f16_at(b, 80), f16_at(b, 82));
+                for f in 0..256 {
+                    let s = sc[f / 16];
+                    let (dl, ml) = (d * f32::from(s & 0x0F), dmin * f32::from(s >> 4));
+                    let q = (qs[32 * (f / 128) + f % 32] >> (2 * (f % 128 / 32))) & 3;
+                    out.push(dl * f32::from(q) - ml);
+                }
+            }
+        }
+        // hmask: 32 bytes (value f's high bit is bit f / 32 of byte f % 32, set = no offset), qs: 64
+        // bytes of 2-bit values (as Q2_K), scales: 12 bytes of sixteen 6-bit scales (biased by 32),
+        // d: f16; y = d * scale * (q - 4 * !high).
+        GgmlType::Q3_K => {
+            for b in blocks {
+                let (hmask, qs, sc) = (&b[0..32], &b[32..96], &b[96..108]);
+                let d = f16_at(b, 108);
+                let scale = |i: usize| -> f32 {
+                    let low = if i < 8 { sc[i] & 0x0F } else { sc[i - 8] >> 4 };
+                    let high = (sc[8 + i % 4] >> (2 * (i / 4))) & 3;
+                    f32::from((low | (high << 4)) as i8 - 32)
+                };
+                for f in 0..256 {
+                    let dl = d * scale(f / 16);
+                    let low = ((qs[32 * (f / 128) + f % 32] >> (2 * (f % 128 / 32))) & 3) as i8;
+                    let high = ((hmask[f % 32] >> (f / 32)) & 1) ^ 1;
+                    out.push(dl * f32::from(low - ((high << 2) as i8)));
+                }
+            }
+        }
         // d, dmin: f16; scales: 12 bytes of eight 6-bit scales and mins; qs: 128 bytes. Each 64
         // values: 32 low nibbles (scale/min 2j), then 32 high nibbles (2j + 1); y = d*sc*q - dmin*m.
         GgmlType::Q4_K => {
@@ -531,20 +623,30 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8]) -> Option<Vec<f32>> {
                 let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
                 let s = &b[4..16];
                 let qs = &b[16..144];
-                let scale_min = |j: usize| -> (u8, u8) {
-                    if j < 4 {
-                        (s[j] & 63, s[j + 4] & 63)
-                    } else {
-                        ((s[j + 4] & 0x0F) | ((s[j - 4] >> 6) << 4), (s[j + 4] >> 4) | ((s[j] >> 6) << 4))
-                    }
-                };
                 for (j, q) in qs.chunks_exact(32).enumerate() {
-                    let (sc1, m1) = scale_min(2 * j);
-                    let (sc2, m2) = scale_min(2 * j + 1);
+                    let (sc1, m1) = scale_min_k4(s, 2 * j);
+                    let (sc2, m2) = scale_min_k4(s, 2 * j + 1);
                     let (d1, m1) = (d * f32::from(sc1), dmin * f32::from(m1));
                     let (d2, m2) = (d * f32::from(sc2), dmin * f32::from(m2));
                     out.extend(q.iter().map(|&x| d1 * f32::from(x & 0x0F) - m1));
                     out.extend(q.iter().map(|&x| d2 * f32::from(x >> 4) - m2));
+                }
+            }
+        }
+        // As Q4_K with qh: 32 bytes after the scales, bit s of byte l the fifth bit of value l of
+        // the s-th 32 values.
+        GgmlType::Q5_K => {
+            for b in blocks {
+                let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
+                let (s, qh, qs) = (&b[4..16], &b[16..48], &b[48..176]);
+                for sub in 0..8 {
+                    let (sc, m) = scale_min_k4(s, sub);
+                    let (dl, ml) = (d * f32::from(sc), dmin * f32::from(m));
+                    let q = &qs[32 * (sub / 2)..32 * (sub / 2) + 32];
+                    out.extend((0..32).map(|l| {
+                        let low = (q[l] >> (4 * (sub % 2))) & 0x0F;
+                        dl * f32::from(low | (((qh[l] >> sub) & 1) << 4)) - ml
+                    }));
                 }
             }
         }
