@@ -10,7 +10,7 @@
 //! - [`mod@load`]: HF safetensors (single or sharded; f32/bf16/f16) in either naming scheme;
 //!   [`save`] writes them back.
 //! - [`gguf`]: llama.cpp's GGUF files (reader and dequantization); [`mod@load_gguf`] builds a
-//!   Qwen2/Qwen3 model from one ([`load`] takes a `.gguf` file as well as a folder).
+//!   Qwen2/Qwen3 model from one ([`fn@load`] takes a `.gguf` file as well as a folder).
 //!
 //! Long-context behaviour that a checkpoint's config asks for (Qwen-1 dynamic NTK and LogN, HF
 //! dynamic RoPE and YaRN, Qwen2 sliding windows) comes from the `qwen-context` crate.
