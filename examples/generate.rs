@@ -29,8 +29,9 @@ struct Args {
     /// tokenizer in its metadata.
     #[arg(long)]
     tokenizer: Option<PathBuf>,
-    /// Render the prompt as a chat turn (with `--system`): the model folder's chat template when it
-    /// has one (as transformers' `apply_chat_template` does), else Qwen-1 ChatML; stop at <|im_end|>.
+    /// Render the prompt as a chat turn (with `--system`): the model folder's (or GGUF file's) chat
+    /// template when it has one (as transformers' `apply_chat_template` does), else Qwen-1 ChatML;
+    /// stop at <|im_end|>.
     #[arg(long)]
     chat: bool,
     /// The system prompt of `--chat` (default: the template's own; ChatML's "You are a helpful assistant.").
@@ -59,20 +60,30 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let tok = match &args.tokenizer {
-        Some(path) => Tokenizer::from_file(path).with_context(|| format!("loading {}", path.display()))?,
-        None if qwen_model::load_gguf::is_gguf(&args.model) => {
-            let file = GgufFile::open(&args.model)?;
-            qwen::gguf::tokenizer(&file).with_context(|| format!("the tokenizer of {}", args.model.display()))?
+    let gguf = match qwen_model::load_gguf::is_gguf(&args.model) {
+        true => Some(GgufFile::open(&args.model)?),
+        false => None,
+    };
+    let tok = match (&args.tokenizer, &gguf) {
+        (Some(path), _) => Tokenizer::from_file(path).with_context(|| format!("loading {}", path.display()))?,
+        (None, Some(file)) => {
+            qwen::gguf::tokenizer(file).with_context(|| format!("the tokenizer of {}", args.model.display()))?
         }
-        None => anyhow::bail!("--tokenizer is needed unless --model is a GGUF file"),
+        (None, None) => anyhow::bail!("--tokenizer is needed unless --model is a GGUF file"),
     }
     .with_normalization(Normalization::Nfc);
-    let model = qwen_model::load::<Backend>(&args.model, &device())
-        .with_context(|| format!("loading {}", args.model.display()))?;
+    let model = match &gguf {
+        Some(file) => qwen_model::load_gguf::load_gguf_file::<Backend>(file, &device()),
+        None => qwen_model::load::<Backend>(&args.model, &device()),
+    }
+    .with_context(|| format!("loading {}", args.model.display()))?;
     let (prompt, mut stop_ids) = if args.chat {
         let chat = ChatMl::new(&tok)?;
-        let ids = match ChatTemplate::from_model_dir(&args.model)? {
+        let template = match &gguf {
+            Some(file) => qwen::gguf::chat_template(file)?,
+            None => ChatTemplate::from_model_dir(&args.model)?,
+        };
+        let ids = match template {
             Some(template) => {
                 let mut messages = Vec::new();
                 if let Some(system) = &args.system {

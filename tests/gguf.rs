@@ -248,6 +248,23 @@ fn real_qwen2_vocabulary_from_gguf_tokenizes_as_tokenizer_json() {
     for special in ["<|endoftext|>", "<|im_start|>", "<|im_end|>"] {
         assert_eq!(tok.specials().id(special), hf.specials().id(special), "{special}");
     }
+    // The file's chat template renders and tokenizes the committed Qwen2.5 cases as transformers'
+    // apply_chat_template did (tests/fixtures/chat_template/cases.jsonl).
+    let template = qwen::gguf::chat_template(&file).unwrap().expect("the file has a chat template");
+    let cases = std::fs::read_to_string(common::root().join("tests/fixtures/chat_template/cases.jsonl")).unwrap();
+    let mut checked = 0;
+    for case in cases.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()) {
+        if case["template"] != "qwen2.5" || !case["tools"].is_null() || case["kwargs"] != serde_json::json!({}) {
+            continue;
+        }
+        let mut options = qwen_tokenizer::RenderOptions::generation();
+        options.add_generation_prompt = case["add_generation_prompt"].as_bool().unwrap();
+        let messages = case["messages"].as_array().unwrap();
+        let prompt = template.encode(&tok, messages, &options).unwrap();
+        assert_eq!(prompt.ids, common::ids(&case["ids"]), "{}", case["case"]);
+        checked += 1;
+    }
+    assert!(checked >= 2, "{checked} cases");
 }
 
 #[test]
@@ -467,4 +484,21 @@ fn corrupted_files_never_panic() {
         }
     }
     assert!(opened > 100 && refused > 100, "opened {opened}, refused {refused}");
+}
+
+/// `tokenizer.chat_template` with the texts of the bos/eos token ids as `bos_token`/`eos_token`.
+#[test]
+fn chat_template_from_gguf_metadata() {
+    let mut w = Writer::new(3, 0, 3);
+    w.kv_str("tokenizer.chat_template", "{% for m in messages %}[{{ m['content'] }}]{% endfor %}{{ eos_token }}");
+    w.str("tokenizer.ggml.tokens").u32(9).u32(8).u64(3).str("a").str("<s>").str("</s>");
+    w.str("tokenizer.ggml.eos_token_id").u32(4).u32(2);
+    let file = GgufFile::from_bytes("template.gguf", w.pad_data(0)).unwrap();
+    let template = qwen::gguf::chat_template(&file).unwrap().unwrap();
+    let messages = [serde_json::json!({"role": "user", "content": "hi"})];
+    let mut options = qwen_tokenizer::RenderOptions::generation();
+    options.add_generation_prompt = false;
+    assert_eq!(template.render(&messages, &options).unwrap(), "[hi]</s>");
+    let mut w = Writer::new(3, 0, 0);
+    assert!(qwen::gguf::chat_template(&GgufFile::from_bytes("none.gguf", w.pad_data(0)).unwrap()).unwrap().is_none());
 }

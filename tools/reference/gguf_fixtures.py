@@ -30,7 +30,8 @@ Writes tests/fixtures/gguf/:
   with `Llama(logits_all=True, n_threads=2, type_k=type_v=F32)` on the CPU.
 - qwen2_vocab.gguf (only when vocab/tokenizer.json exists; git-ignored: ~7 MB): a vocabulary-only
   GGUF of the real Qwen2 tokenizer written as convert_hf_to_gguf.py's `_set_vocab_gpt2` does
-  (tokens by id, added special tokens CONTROL, other added tokens USER_DEFINED, merges "a b").
+  (tokens by id, added special tokens CONTROL, other added tokens USER_DEFINED, merges "a b"), with
+  the committed Qwen2.5 chat template (tests/fixtures/chat_template/templates/qwen2.5.jinja).
 """
 
 import hashlib
@@ -229,6 +230,7 @@ def vocab_file() -> None:
     w.add_eos_token_id(added_id(added, "<|endoftext|>"))
     w.add_pad_token_id(added_id(added, "<|endoftext|>"))
     w.add_bos_token_id(added_id(added, "<|endoftext|>"))
+    w.add_chat_template((ROOT / "tests" / "fixtures" / "chat_template" / "templates" / "qwen2.5.jinja").read_text())
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
