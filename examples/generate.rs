@@ -22,6 +22,10 @@ struct Args {
     /// Folder with config.json and safetensors weights.
     #[arg(long)]
     model: PathBuf,
+    /// A LoRA adapter for the model (PEFT's layout: adapter_config.json, adapter_model.safetensors),
+    /// merged into the weights before generating.
+    #[arg(long)]
+    adapter: Option<PathBuf>,
     /// `.tiktoken` (Qwen-1) or `tokenizer.json` (Qwen2) file.
     #[arg(long)]
     tokenizer: PathBuf,
@@ -60,6 +64,10 @@ fn main() -> anyhow::Result<()> {
         .with_normalization(Normalization::Nfc);
     let model = qwen_model::load::<Backend>(&args.model, &device())
         .with_context(|| format!("loading {}", args.model.display()))?;
+    let model = match &args.adapter {
+        Some(dir) => model.load_adapter(dir).with_context(|| format!("loading the adapter {}", dir.display()))?.merged(),
+        None => model,
+    };
     let (prompt, mut stop_ids) = if args.chat {
         let chat = ChatMl::new(&tok)?;
         let ids = match ChatTemplate::from_model_dir(&args.model)? {
