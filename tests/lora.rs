@@ -312,3 +312,124 @@ fn memory_inputs() {
         .collect();
     std::fs::write(dir.join("chat.jsonl"), lines).unwrap();
 }
+
+/// Step `step`'s comparisons: a counting continuation preferred to a constant one.
+fn pairs(step: u64) -> qwen_align::Result<qwen_align::PairBatch> {
+    let pairs: Vec<qwen_align::Pair> = (0..2u64)
+        .map(|r| {
+            let s = ((step * 5 + r * 17) % 50) as u32 + 20;
+            qwen_align::Pair {
+                prompt: vec![s, s + 2, s + 4],
+                chosen: vec![s + 6, s + 8, s + 10],
+                rejected: vec![s + 1, s + 1, s + 1],
+            }
+        })
+        .collect();
+    qwen_align::PairBatch::new(&pairs, 0, 16)
+}
+
+#[test]
+fn lora_dpo_trains_only_adapters_and_resumes_exactly() {
+    use qwen_align::{DpoConfig, DpoRunConfig};
+    let device = Default::default();
+    let config = DpoRunConfig {
+        dpo: DpoConfig { beta: 0.1 },
+        optim: qwen_train::OptimConfig::default(),
+        schedule: qwen_align::constant(5e-3, 0),
+        steps: 8,
+        checkpoint_every: 3,
+    };
+    let whole = tmp("dpo-whole");
+    let mut losses = Vec::new();
+    let mut run = Run::dpo(&config, lora_model(&device), &whole, &device).unwrap();
+    run.train(&mut { pairs }, |s| losses.push(s.stats.loss)).unwrap();
+    drop(run);
+    assert!((losses[0] - std::f32::consts::LN_2).abs() < 1e-6, "policy = reference at the start: {}", losses[0]);
+    assert!(losses[losses.len() - 1] < losses[0], "{losses:?}");
+    let parts = tmp("dpo-parts");
+    let mut run = Run::dpo(&config, lora_model(&device), &parts, &device).unwrap();
+    run.train_until(5, &mut { pairs }, |_| {}).unwrap();
+    drop(run);
+    let mut run = Run::dpo(&config, lora_model(&device), &parts, &device).unwrap();
+    assert_eq!(run.resumed_from(), Some(3));
+    run.train(&mut { pairs }, |_| {}).unwrap();
+    drop(run);
+    for ((name, a), (_, b)) in files(&whole.join("checkpoint")).iter().zip(files(&parts.join("checkpoint"))) {
+        assert!(*a == b, "{name} differs between the uninterrupted and the resumed DPO run");
+    }
+    let metrics = |d: &Path| std::fs::read_to_string(d.join("metrics.jsonl")).unwrap();
+    assert_eq!(metrics(&whole), metrics(&parts));
+}
+
+/// Dropout acts while training (an autodiff backend), with masks that are a function of the seed,
+/// and not at inference.
+#[test]
+fn lora_dropout_is_seeded_and_only_trains() {
+    let device = Default::default();
+    let ids = vec![10u32, 13, 16, 19, 22];
+    // B = 0 would hide the adapters' input, and with it the dropout: give every B values.
+    let mut model = lora_model(&device);
+    for layer in model.model.layers.iter_mut() {
+        let a = &mut layer.self_attn;
+        for l in [&mut a.q_lora, &mut a.k_lora, &mut a.v_lora, &mut a.o_lora].into_iter().flatten() {
+            let b = l.lora_b.val();
+            l.lora_b = Param::from_tensor(b.random_like(burn::tensor::Distribution::Normal(0.0, 0.5)));
+        }
+    }
+    let run = |m: &QwenModel<AD>| -> Vec<f32> { m.forward(std::slice::from_ref(&ids)).unwrap().into_data().to_vec().unwrap() };
+    let (a, b, c) = (run(&model.clone().reseed_lora(1)), run(&model.clone().reseed_lora(1)), run(&model.clone().reseed_lora(2)));
+    assert_eq!(a, b, "the same seed draws the same masks");
+    assert!(max_diff(&a, &c) > 1e-3, "another seed draws other masks");
+    // At inference (no autodiff) there is no dropout: the same as the adapters with dropout 0.
+    let inference = logits(&model.valid(), &ids);
+    assert!(max_diff(&a, &inference) > 1e-3, "dropout acts while training");
+    for layer in model.model.layers.iter_mut() {
+        let a = &mut layer.self_attn;
+        for l in [&mut a.q_lora, &mut a.k_lora, &mut a.v_lora, &mut a.o_lora].into_iter().flatten() {
+            l.dropout = 0.0;
+        }
+    }
+    assert!(max_diff(&run(&model), &inference) < 1e-5);
+}
+
+/// Qwen-1 under PEFT's names for that family: `c_attn` is one adapter on the fused q | k | v
+/// (`lora_B` of 3 × hidden rows), `c_proj` both the attention output and the MLP's down projection,
+/// `w1`/`w2` up and gate; the Qwen2 names map onto those. The merged model (the delta split over
+/// q, k and v) computes what the unmerged one does. (No PEFT reference here: PEFT 0.21 does not run
+/// Qwen-1's remote code.)
+#[test]
+fn qwen1_adapters_use_pefts_qwen1_names_and_merge_consistently() {
+    let device = Default::default();
+    let base = qwen_model::load::<B>(root().join("tests/fixtures/model/qwen1_plain"), &device).unwrap();
+    let config = LoraConfig {
+        target_modules: ["c_attn", "c_proj", "w1", "w2"].map(String::from).to_vec(),
+        ..peft_config()
+    };
+    let mut model = base.clone().with_lora(&config, 9).unwrap();
+    assert_eq!(model.adapters().len(), 2 * 5, "c_attn, attn.c_proj, w1, w2, mlp.c_proj in each of two layers");
+    for layer in model.model.layers.iter_mut() {
+        let a = &mut layer.self_attn;
+        for l in [&mut a.qkv_lora, &mut a.o_lora].into_iter().flatten() {
+            let b = l.lora_b.val();
+            l.lora_b = Param::from_tensor(b.random_like(burn::tensor::Distribution::Normal(0.0, 0.3)));
+        }
+    }
+    let dir = tmp("qwen1");
+    model.save_adapter(&dir, "qwen1").unwrap();
+    let names = names_and_shapes(&dir.join("adapter_model.safetensors"));
+    let find = |n: &str| names.iter().find(|(name, _)| name == n).map(|(_, s)| s.clone());
+    assert_eq!(find("base_model.model.transformer.h.1.attn.c_attn.lora_B.weight"), Some(vec![3 * 64, 4]));
+    assert_eq!(find("base_model.model.transformer.h.0.mlp.c_proj.lora_A.weight"), Some(vec![4, 128]));
+    assert_eq!(find("base_model.model.transformer.h.0.mlp.w2.lora_B.weight"), Some(vec![128, 4]));
+    assert_eq!(names.len(), 2 * 5 * 2);
+    let c = json(&dir.join("adapter_config.json"));
+    assert_eq!(c["target_modules"], serde_json::json!(["c_attn", "c_proj", "w1", "w2"]));
+    let ids = [3u32, 1, 4, 1, 5, 9, 2, 6];
+    let (unmerged, merged) = (logits(&model, &ids), logits(&model.clone().merged(), &ids));
+    assert!(max_diff(&unmerged, &logits(&base, &ids)) > 0.1, "the adapter changes the model");
+    assert!(max_diff(&unmerged, &merged) < 1e-5, "merged {}", max_diff(&unmerged, &merged));
+    assert_eq!(logits(&base.clone().load_adapter(&dir).unwrap(), &ids), unmerged);
+    // The Qwen2 names given for a Qwen-1 checkpoint.
+    let qwen2_names = base.with_lora(&peft_config(), 9).unwrap().lora_config().unwrap().unwrap();
+    assert_eq!(qwen2_names.target_modules, ["c_attn", "c_proj", "w1", "w2"]);
+}
