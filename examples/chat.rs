@@ -25,6 +25,10 @@ struct Args {
     /// Model folder.
     #[arg(long)]
     model: PathBuf,
+    /// A LoRA adapter for the model (PEFT's layout: adapter_config.json, adapter_model.safetensors),
+    /// merged into the weights.
+    #[arg(long)]
+    adapter: Option<PathBuf>,
     /// The system prompt (default: the chat template's own; Qwen-1 ChatML's "You are a helpful
     /// assistant.").
     #[arg(long)]
@@ -49,6 +53,9 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let mut chat =
         Chat::<Backend>::load(&args.model, &device()).with_context(|| format!("loading {}", args.model.display()))?;
+    if let Some(dir) = &args.adapter {
+        chat = chat.with_adapter(dir).with_context(|| format!("loading the adapter {}", dir.display()))?;
+    }
     if let Some(n) = args.max_new_tokens {
         chat = chat.with_max_new_tokens(n);
     }

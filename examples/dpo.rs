@@ -17,6 +17,9 @@
 //! `dpo.png`, `run_config.json`, `dpo_args.json`, `checkpoint/` (atomic, every `--checkpoint-every`
 //! steps; `--resume` continues exactly after a kill) and at the end the policy as an HF checkpoint
 //! with the source folder's tokenizer and generation files, which `generate`, `chat` and `serve` open.
+//! With `--lora-rank R` (and `--lora-alpha`, `--lora-dropout`, `--lora-targets`, `--merge`, as `sft`)
+//! only adapters are trained, the reference being the starting policy; the end is then
+//! `--out/adapter/` (PEFT's layout) and, with `--merge`, `--out/merged/`.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -63,6 +66,9 @@ struct Args {
     /// Longest prompt + response (TRL's default max_length).
     #[arg(long, default_value_t = 1024)]
     max_len: usize,
+    #[command(flatten)]
+    #[serde(flatten)]
+    lora: finetune::LoraArgs,
 }
 
 fn main() -> Result<()> {
@@ -83,6 +89,8 @@ fn main() -> Result<()> {
     let dev = device();
     let policy = qwen_model::load::<TrainBackend>(&args.policy, &dev)
         .with_context(|| format!("loading {}", args.policy.display()))?;
+    // With LoRA the reference is the policy with fresh adapters (B = 0): the starting policy.
+    let policy = args.lora.apply(policy, args.run.seed)?;
     let steps = finetune::epoch_steps(args.run.epochs, train.len(), args.batch)?;
     let warmup = args.warmup_steps.min(steps);
     let schedule = if args.cosine { Schedule::new(args.lr, warmup.max(1), steps) } else { constant(args.lr, warmup) };
@@ -127,7 +135,11 @@ fn main() -> Result<()> {
     let tuned = run.stage.policy.valid();
     let metrics = run.metrics_path().to_path_buf();
     drop(run);
-    finetune::write_model(&tuned, &args.policy, &tok_path, &args.run.out)?;
+    if tuned.has_lora() {
+        args.lora.write_outputs(&tuned, &args.policy, &tok_path, &args.run.out)?;
+    } else {
+        finetune::write_model(&tuned, &args.policy, &tok_path, &args.run.out)?;
+    }
 
     let (loss, accuracy) = (finetune::series(&metrics, "loss")?, finetune::series(&metrics, "accuracy")?);
     finetune::plot(

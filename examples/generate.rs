@@ -25,6 +25,10 @@ struct Args {
     /// every tensor dequantized to f32 at load).
     #[arg(long)]
     model: PathBuf,
+    /// A LoRA adapter for the model (PEFT's layout: adapter_config.json, adapter_model.safetensors),
+    /// merged into the weights before generating.
+    #[arg(long)]
+    adapter: Option<PathBuf>,
     /// `.tiktoken` (Qwen-1) or `tokenizer.json` (Qwen2) file; default for a GGUF model: the
     /// tokenizer in its metadata.
     #[arg(long)]
@@ -77,6 +81,10 @@ fn main() -> anyhow::Result<()> {
         None => qwen_model::load::<Backend>(&args.model, &device()),
     }
     .with_context(|| format!("loading {}", args.model.display()))?;
+    let model = match &args.adapter {
+        Some(dir) => model.load_adapter(dir).with_context(|| format!("loading the adapter {}", dir.display()))?.merged(),
+        None => model,
+    };
     let (prompt, mut stop_ids) = if args.chat {
         let chat = ChatMl::new(&tok)?;
         let template = match &gguf {

@@ -18,6 +18,12 @@
 //! HF checkpoint (`config.json`, `model.safetensors`) with the source folder's tokenizer and
 //! generation files beside it, so `generate`, `chat` and `serve` open `--out` as it is. A run killed
 //! at any point continues with `--resume` and ends with the bytes an uninterrupted one writes.
+//!
+//! LoRA: `--lora-rank R [--lora-alpha A] [--lora-dropout P] [--lora-targets q_proj,...] [--merge]`
+//! trains adapters on the chosen projections with the base frozen (learning rate 3e-4 unless
+//! `--lr`, as Qwen's `finetune.py` LoRA scripts). The end is then `--out/adapter/` in PEFT's layout
+//! (`peft.PeftModel.from_pretrained(base, DIR)` loads it; `generate`/`chat --adapter DIR` too) and,
+//! with `--merge`, the merged model as an HF checkpoint in `--out/merged/`.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -52,9 +58,9 @@ struct Args {
     /// System prompt of conversations that have none (default: Qwen's "You are a helpful assistant.").
     #[arg(long)]
     system: Option<String>,
-    /// Peak learning rate (finetune.py's default for full fine-tuning).
-    #[arg(long, default_value_t = 1e-5)]
-    lr: f64,
+    /// Peak learning rate (default: finetune.py's, 1e-5 for full fine-tuning, 3e-4 with --lora-rank).
+    #[arg(long)]
+    lr: Option<f64>,
     /// Warm-up steps, then cosine decay to the end (default: 1% of the steps, at least 1).
     #[arg(long)]
     warmup_steps: Option<u64>,
@@ -70,6 +76,9 @@ struct Args {
     /// Keep the first --seq-len tokens of longer conversations (as finetune.py does) instead of failing.
     #[arg(long)]
     truncate: bool,
+    #[command(flatten)]
+    #[serde(flatten)]
+    lora: finetune::LoraArgs,
 }
 
 /// The conversations of `path`, rendered, with their numbers.
@@ -123,13 +132,15 @@ fn main() -> Result<()> {
     let dev = device();
     let model = qwen_model::load::<TrainBackend>(&args.model, &dev)
         .with_context(|| format!("loading {}", args.model.display()))?;
+    let model = args.lora.apply(model, args.run.seed)?;
+    let lr = args.lr.unwrap_or(if args.lora.lora_rank.is_some() { 3e-4 } else { 1e-5 });
     let per_step = args.batch * args.accum;
     let steps = finetune::epoch_steps(args.run.epochs, train.len(), per_step)?;
     let warmup = args.warmup_steps.unwrap_or((steps / 100).max(1)).min(steps);
     let config = SftConfig {
         train: TrainConfig {
             optim: OptimConfig { update: optimizer_update(), ..OptimConfig::default() },
-            ..TrainConfig::new(Schedule::new(args.lr, warmup, steps), args.run.seed)
+            ..TrainConfig::new(Schedule::new(lr, warmup, steps), args.run.seed)
         },
         steps,
         checkpoint_every: args.run.checkpoint_every,
@@ -151,7 +162,7 @@ fn main() -> Result<()> {
         args.batch,
         args.accum,
         args.seq_len,
-        args.lr,
+        lr,
         qwen::backend::name(),
         run.resumed_from().map(|s| format!("; resumed at step {s}")).unwrap_or_default()
     );
@@ -171,7 +182,11 @@ fn main() -> Result<()> {
     let tuned = run.stage.model().valid();
     let metrics = run.metrics_path().to_path_buf();
     drop(run);
-    finetune::write_model(&tuned, &args.model, &tok_path, &args.run.out)?;
+    if tuned.has_lora() {
+        args.lora.write_outputs(&tuned, &args.model, &tok_path, &args.run.out)?;
+    } else {
+        finetune::write_model(&tuned, &args.model, &tok_path, &args.run.out)?;
+    }
     let losses = finetune::series(&metrics, "loss")?;
     finetune::plot(
         "SFT",

@@ -224,6 +224,15 @@ impl<B: Backend> Chat<B> {
         Ok(chat)
     }
 
+    /// The model with the LoRA adapter in `dir` (PEFT's layout) merged into its weights.
+    ///
+    /// # Errors
+    /// The model crate's errors for a missing, malformed or mismatched adapter.
+    pub fn with_adapter(mut self, dir: impl AsRef<Path>) -> Result<Self> {
+        self.model = self.model.load_adapter(dir)?.merged();
+        Ok(self)
+    }
+
     pub fn with_system(mut self, system: impl Into<String>) -> Self {
         self.system = Some(system.into());
         self

@@ -1,4 +1,4 @@
-//! Crash safety of training, measured on the `pretrain`, `sft`, `reward` and `dpo` binaries: a run killed with
+//! Crash safety of training, measured on the `pretrain`, `sft` (full and LoRA), `reward` and `dpo` binaries: a run killed with
 //! SIGKILL at seeded random moments and at every step of a checkpoint write (the binaries pause
 //! there when `QWEN_FAULT_PAUSE_MS` is set), resumed after each kill, ends with the same bytes as an
 //! uninterrupted run: checkpoint (weights, optimizer state, trainer state, checksums), the metrics
@@ -63,6 +63,26 @@ const SFT: Job = Job {
     outputs: &["config.json", "model.safetensors", "tokenizer.json", "run_config.json", "loss.png"],
     summary: &[],
     reference: &SFT_REFERENCE,
+};
+
+static SFT_LORA_REFERENCE: OnceLock<(PathBuf, Duration)> = OnceLock::new();
+
+/// SFT with LoRA (rank 8 on every projection, dropout on) and `--merge`: the adapters, the
+/// optimizer state of the adapters alone, and the adapter and merged model written at the end.
+const SFT_LORA: Job = Job {
+    tag: "sft-lora",
+    steps: 20,
+    save_every: 2,
+    command: sft_lora_command,
+    outputs: &[
+        "adapter/adapter_model.safetensors",
+        "adapter/adapter_config.json",
+        "merged/model.safetensors",
+        "run_config.json",
+        "loss.png",
+    ],
+    summary: &[],
+    reference: &SFT_LORA_REFERENCE,
 };
 
 const DPO: Job = Job {
@@ -225,6 +245,13 @@ fn sft_command(out: &Path, resume: bool) -> Command {
     c
 }
 
+/// [`sft_command`] with LoRA adapters of rank 8 (dropout 0.1) and `--merge`.
+fn sft_lora_command(out: &Path, resume: bool) -> Command {
+    let mut c = sft_command(out, resume);
+    c.args(["--lora-rank", "8", "--lora-alpha", "16", "--lora-dropout", "0.1", "--merge"]);
+    c
+}
+
 /// A running `pretrain` with its stderr lines arriving on a channel.
 struct Running {
     child: Child,
@@ -352,10 +379,12 @@ impl Job {
         let (reference, _) = self.reference();
         let (a, b) = (files(&reference.join("checkpoint")), files(&out.join("checkpoint")));
         let names: Vec<&str> = a.iter().map(|(n, _)| n.as_str()).collect();
-        assert_eq!(
-            names,
-            ["checksums.json", "config.json", "model.safetensors", "optimizer.bin", "trainer_state.json"]
-        );
+        let plain = ["checksums.json", "config.json", "model.safetensors", "optimizer.bin", "trainer_state.json"];
+        // A LoRA run's checkpoint keeps its adapters beside the frozen base.
+        let lora = ["adapter/adapter_config.json", "adapter/adapter_model.safetensors"];
+        let expected: Vec<&str> =
+            if self.tag.ends_with("lora") { lora.iter().chain(&plain).copied().collect() } else { plain.to_vec() };
+        assert_eq!(names, expected);
         for ((name, x), (other, y)) in a.iter().zip(&b) {
             assert_eq!(name, other);
             assert!(x == y, "checkpoint/{name} differs from the uninterrupted run's");
@@ -431,6 +460,11 @@ fn sigkill_anywhere_then_resume_is_bit_identical() {
 #[test]
 fn sft_sigkill_anywhere_then_resume_is_bit_identical() {
     kill_and_resume(&SFT);
+}
+
+#[test]
+fn sft_lora_sigkill_anywhere_then_resume_is_bit_identical() {
+    kill_and_resume(&SFT_LORA);
 }
 
 #[test]

@@ -165,3 +165,76 @@ pub fn plot(title: &str, y_label: &str, series: Vec<(&str, Vec<(f64, f64)>)>, pn
     save_png(&chart, png, 900, 500)?;
     Ok(())
 }
+
+/// LoRA options (`sft`, `dpo`): with `--lora-rank`, adapters on the chosen projections are trained
+/// and the base stays frozen.
+#[derive(clap::Args, Debug, Serialize)]
+pub struct LoraArgs {
+    /// Train LoRA adapters of this rank instead of every weight (the base stays frozen).
+    #[arg(long)]
+    pub lora_rank: Option<usize>,
+    /// LoRA alpha: the adapters' output is scaled by alpha / rank.
+    #[arg(long, default_value_t = 16.0)]
+    pub lora_alpha: f64,
+    /// Dropout on the adapters' input while training.
+    #[arg(long, default_value_t = 0.05)]
+    pub lora_dropout: f64,
+    /// Projections that get adapters (PEFT's target_modules; Qwen-1 checkpoints also take
+    /// c_attn, c_proj, w1, w2, and the Qwen2 names map onto those).
+    #[arg(long, value_delimiter = ',', default_value = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj")]
+    pub lora_targets: Vec<String>,
+    /// With --lora-rank: also write the merged model (base + adapters) into OUT/merged/.
+    #[arg(long)]
+    pub merge: bool,
+}
+
+impl LoraArgs {
+    /// The adapters' config, `None` without `--lora-rank`.
+    pub fn config(&self) -> Result<Option<qwen_model::LoraConfig>> {
+        let Some(r) = self.lora_rank else {
+            ensure!(!self.merge, "--merge needs --lora-rank");
+            return Ok(None);
+        };
+        let config = qwen_model::LoraConfig {
+            r,
+            alpha: self.lora_alpha,
+            dropout: self.lora_dropout,
+            target_modules: self.lora_targets.clone(),
+        };
+        config.validate()?;
+        Ok(Some(config))
+    }
+
+    /// `model` with fresh adapters (seeded by `seed`) and its base frozen, when LoRA is asked for.
+    pub fn apply<B: burn::tensor::backend::AutodiffBackend>(
+        &self,
+        model: QwenModel<B>,
+        seed: u64,
+    ) -> Result<QwenModel<B>> {
+        let Some(config) = self.config()? else { return Ok(model) };
+        let model = model.with_lora(&config, seed)?.freeze_base();
+        let (lora, total) = (model.lora_param_count(), burn::module::Module::num_params(&model));
+        eprintln!(
+            "lora: rank {}, alpha {}, dropout {}, on {}: {lora} trainable parameters of {total} ({:.3}%)",
+            config.r,
+            config.alpha,
+            config.dropout,
+            config.target_modules.join(","),
+            100.0 * lora as f64 / total as f64
+        );
+        Ok(model)
+    }
+
+    /// The outputs of a LoRA run: the adapters in `out/adapter/` (PEFT's layout, naming `source`
+    /// as the base) and, with `--merge`, the merged model in `out/merged/` as [`write_model`] writes
+    /// it.
+    pub fn write_outputs<B: Backend>(&self, tuned: &QwenModel<B>, source: &Path, tokenizer: &Path, out: &Path) -> Result<()> {
+        let adapter = out.join("adapter");
+        tuned.save_adapter(&adapter, &source.to_string_lossy())?;
+        copy_companions(source, tokenizer, &adapter)?;
+        if self.merge {
+            write_model(&tuned.clone().merged(), source, tokenizer, &out.join("merged"))?;
+        }
+        Ok(())
+    }
+}

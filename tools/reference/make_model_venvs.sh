@@ -2,8 +2,9 @@
 # Create the two git-ignored venvs used by tools/reference/model_fixtures.py (never by CI):
 #   .venv-model  transformers 5.x + torch (Qwen2 fixtures, `verify`)   <- requirements-model.txt
 #   .venv-qwen1  transformers 4.36.2 + torch 2.1.2 (Qwen-1's own code) <- requirements-model-qwen1.txt
+#   .venv-peft   .venv-model's pins + peft 0.21.2 (peft_fixtures.py)   <- requirements-peft.txt (only with `peft`)
 # Idempotent; runnable from any cwd. PyPI only (torch's PyPI wheels pull several GB of CUDA wheels).
-# Override the base interpreter (Python 3.11) with PYTHON=...; pass `model` or `qwen1` to build one.
+# Override the base interpreter (Python 3.11) with PYTHON=...; pass `model`, `qwen1` or `peft` to build one.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$ROOT"
@@ -22,4 +23,7 @@ if [ "$which" = all ] || [ "$which" = model ]; then
 fi
 if [ "$which" = all ] || [ "$which" = qwen1 ]; then
   build .venv-qwen1 tools/reference/requirements-model-qwen1.txt
+fi
+if [ "$which" = peft ]; then
+  build .venv-peft tools/reference/requirements-peft.txt
 fi

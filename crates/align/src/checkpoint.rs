@@ -93,7 +93,12 @@ pub(crate) fn save_policy<B: AutodiffBackend>(
     sub: &str,
 ) -> Result<()> {
     let dir = dir.join(sub);
-    policy.valid().save(&dir, SaveDtype::F32)?;
+    let valid = policy.valid();
+    valid.save(&dir, SaveDtype::F32)?;
+    if valid.has_lora() {
+        // The adapters beside the frozen base; `load_trainable` attaches them and freezes the base.
+        valid.save_adapter(dir.join(qwen_train::persist::ADAPTER_DIR), "..")?;
+    }
     fault_point("model-written");
     save_state(&policy.model, stepper, policy.convention, policy.precision, &dir)
 }

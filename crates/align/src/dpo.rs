@@ -170,7 +170,12 @@ impl<B: AutodiffBackend> DpoTrainer<B> {
     pub fn train_step(&mut self, batch: &PairBatch) -> Result<DpoStep> {
         let n = batch.pairs;
         let reference = host(pair_logprobs(&self.reference, batch)?);
-        let policy = pair_logprobs(&self.policy, batch)?;
+        // LoRA dropout masks seeded by the step (a resumed run draws the same ones).
+        let policy = if self.policy.has_lora() {
+            pair_logprobs(&self.policy.clone().reseed_lora(qwen_train::lora_seed(0, self.stepper.step(), 0)), batch)?
+        } else {
+            pair_logprobs(&self.policy, batch)?
+        };
         let stats = DpoStats::from_logprobs(&host(policy.clone()), &reference, n, self.config.beta);
         let device = policy.device();
         let r = vector::<B>(reference, &device);

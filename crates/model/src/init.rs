@@ -40,6 +40,9 @@ pub fn build<B: Backend>(c: &QwenConfig, weights: &mut impl Weights<B>) -> Resul
             gate_proj: weights(&format!("{p}.gate_proj"), h, width)?,
             up_proj: weights(&format!("{p}.up_proj"), h, width)?,
             down_proj: weights(&format!("{p}.down_proj"), width, h)?,
+            gate_lora: None,
+            up_lora: None,
+            down_lora: None,
         })
     };
     let mut layers = Vec::with_capacity(c.num_hidden_layers);
@@ -62,6 +65,11 @@ pub fn build<B: Backend>(c: &QwenConfig, weights: &mut impl Weights<B>) -> Resul
             num_heads: nh,
             num_kv_heads: nkv,
             head_dim: hd,
+            q_lora: None,
+            k_lora: None,
+            v_lora: None,
+            o_lora: None,
+            qkv_lora: None,
         };
         let post_attention_layernorm = norm(weights.vector(&format!("{p}.post_attention_layernorm.weight"), h)?);
         let mut plain = |name: &str, d_in: usize, d_out: usize| weights.linear(name, d_in, d_out, false);

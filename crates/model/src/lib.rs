@@ -7,6 +7,7 @@
 //! - [`lm`]: [`CausalLm`], the face training, scoring and alignment are written against.
 //! - [`init`]: the layer layout, written once, filled from random draws or a checkpoint.
 //! - [`generate`]: KV-cache generation and sampling.
+//! - [`lora`]: LoRA adapters on the projections, saved and loaded in PEFT's layout, merged.
 //! - [`mod@load`]: HF safetensors (single or sharded; f32/bf16/f16) in either naming scheme;
 //!   [`save`] writes them back.
 //! - [`gguf`]: llama.cpp's GGUF files (reader and dequantization); [`mod@load_gguf`] builds a
@@ -38,6 +39,7 @@ pub mod init;
 pub mod lm;
 pub mod load;
 pub mod load_gguf;
+pub mod lora;
 pub mod moe;
 pub mod qwen;
 pub mod save;
@@ -49,6 +51,7 @@ pub use generate::{GenerateConfig, Sampler, SamplingConfig};
 pub use lm::CausalLm;
 pub use load::{load, load_with, Checkpoint};
 pub use load_gguf::{gguf_config, load_gguf};
+pub use lora::{Lora, LoraConfig, LoraTarget};
 pub use moe::SparseMoe;
 pub use qwen::{FeedForward, KvCache, LayerCache, Logits, Mode, Precision, Qwen, QwenModel};
 pub use save::{Extra, SaveDtype};

@@ -63,6 +63,11 @@ impl Checkpoint {
         } else {
             return Err(ModelError::NoWeights(dir.to_path_buf()));
         };
+        Self::open_files(paths)
+    }
+
+    /// Opens the given safetensors files as one checkpoint (a tensor may appear in one only).
+    pub fn open_files(paths: Vec<PathBuf>) -> Result<Self> {
         let mut files = Vec::new();
         let mut names = BTreeMap::new();
         for path in paths {

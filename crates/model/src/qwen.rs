@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use qwen_context::{RopeConvention, RopeFrequencies};
 
 use crate::batch::Batch;
+use crate::lora::{adapted, Lora};
 use crate::moe::SparseMoe;
 use crate::config::QwenConfig;
 use crate::error::{ModelError, Result};
@@ -533,6 +534,13 @@ pub struct Attention<B: Backend> {
     pub num_heads: usize,
     pub num_kv_heads: usize,
     pub head_dim: usize,
+    /// LoRA adapters on `q_proj`, `k_proj`, `v_proj`, `o_proj` ([`crate::lora`]; `None` without).
+    pub q_lora: Option<Lora<B>>,
+    pub k_lora: Option<Lora<B>>,
+    pub v_lora: Option<Lora<B>>,
+    pub o_lora: Option<Lora<B>>,
+    /// Qwen-1's LoRA on its fused `c_attn` (one `A`, a `B` whose rows are q | k | v).
+    pub qkv_lora: Option<Lora<B>>,
 }
 
 /// Per-forward inputs shared by every layer.
@@ -569,9 +577,21 @@ impl<B: Backend> Attention<B> {
             };
             step.rope.apply(t).swap_dims(1, 2)
         };
-        let q = rotated(project(&self.q_proj, x.clone(), p), nh, &self.q_norm);
-        let k = rotated(project(&self.k_proj, x.clone(), p), nkv, &self.k_norm);
-        let v = project(&self.v_proj, x, p).reshape([b, s, nkv, hd]).swap_dims(1, 2);
+        let (mut q, mut k, mut v) = (
+            adapted(&self.q_proj, &self.q_lora, x.clone(), p),
+            adapted(&self.k_proj, &self.k_lora, x.clone(), p),
+            adapted(&self.v_proj, &self.v_lora, x.clone(), p),
+        );
+        if let Some(qkv) = &self.qkv_lora {
+            let delta = qkv.delta(x, p);
+            let (dq, dk) = (nh * hd, nkv * hd);
+            q = q + delta.clone().narrow(2, 0, dq);
+            k = k + delta.clone().narrow(2, dq, dk);
+            v = v + delta.narrow(2, dq + dk, dk);
+        }
+        let q = rotated(q, nh, &self.q_norm);
+        let k = rotated(k, nkv, &self.k_norm);
+        let v = v.reshape([b, s, nkv, hd]).swap_dims(1, 2);
         // LogN multiplies the query only, after RoPE.
         let q = match &step.query_scale {
             Some(f) => q * f.clone(),
@@ -603,7 +623,7 @@ impl<B: Backend> Attention<B> {
             let options = AttentionModuleOptions { scale, softcap: None, is_causal: mask.is_none() };
             attention(q, k, v, mask, None, options)
         };
-        project(&self.o_proj, out.swap_dims(1, 2).reshape([b, s, nh * hd]), p)
+        adapted(&self.o_proj, &self.o_lora, out.swap_dims(1, 2).reshape([b, s, nh * hd]), p)
     }
 }
 
@@ -665,13 +685,18 @@ pub struct Mlp<B: Backend> {
     pub gate_proj: Linear<B>,
     pub up_proj: Linear<B>,
     pub down_proj: Linear<B>,
+    /// LoRA adapters on the three projections ([`crate::lora`]; `None` without).
+    pub gate_lora: Option<Lora<B>>,
+    pub up_lora: Option<Lora<B>>,
+    pub down_lora: Option<Lora<B>>,
 }
 
 impl<B: Backend> Mlp<B> {
     /// `x: [..., hidden]` → `[..., hidden]`.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>, precision: Precision) -> Tensor<B, D> {
-        let (gate, up) = (project(&self.gate_proj, x.clone(), precision), project(&self.up_proj, x, precision));
-        project(&self.down_proj, silu(gate) * up, precision)
+        let gate = adapted(&self.gate_proj, &self.gate_lora, x.clone(), precision);
+        let up = adapted(&self.up_proj, &self.up_lora, x, precision);
+        adapted(&self.down_proj, &self.down_lora, silu(gate) * up, precision)
     }
 }
 

@@ -21,7 +21,7 @@ pub enum SaveDtype {
     F16,
 }
 
-struct Raw {
+pub(crate) struct Raw {
     dtype: Dtype,
     shape: Vec<usize>,
     bytes: Vec<u8>,
@@ -42,7 +42,7 @@ impl View for &Raw {
     }
 }
 
-fn raw<B: Backend, const D: usize>(t: Tensor<B, D>, dtype: SaveDtype) -> Raw {
+pub(crate) fn raw<B: Backend, const D: usize>(t: Tensor<B, D>, dtype: SaveDtype) -> Raw {
     let shape = t.dims().to_vec();
     let values: Vec<f32> = t.into_data().convert::<f32>().to_vec().expect("f32 tensor data");
     let (dtype, bytes) = match dtype {
@@ -53,23 +53,27 @@ fn raw<B: Backend, const D: usize>(t: Tensor<B, D>, dtype: SaveDtype) -> Raw {
     Raw { dtype, shape, bytes }
 }
 
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let err = |source| ModelError::Write { path: path.to_path_buf(), source };
     let tmp = path.with_extension("tmp~");
     std::fs::write(&tmp, bytes).map_err(err)?;
     std::fs::rename(&tmp, path).map_err(err)
 }
 
+/// `tensors` as one safetensors file at `path` (metadata `format: pt`, as transformers and PEFT
+/// write), atomically.
+pub(crate) fn write_safetensors(tensors: &[(String, Raw)], path: &Path) -> Result<()> {
+    let views: Vec<(String, &Raw)> = tensors.iter().map(|(n, r)| (n.clone(), r)).collect();
+    let metadata: HashMap<String, String> = [("format".to_string(), "pt".to_string())].into();
+    let bytes = safetensors::serialize(views, Some(metadata))
+        .map_err(|e| ModelError::Safetensors { path: path.to_path_buf(), reason: e.to_string() })?;
+    write_atomic(path, &bytes)
+}
+
 /// The weight files: one `model.safetensors`, or shards and their index. Files of the other layout
 /// left by an earlier save are removed, so a folder never holds two disagreeing checkpoints.
 fn write_weights(dir: &Path, tensors: &[(String, Raw)], max_shard_bytes: Option<usize>) -> Result<()> {
-    let serialize = |part: &[(String, Raw)], path: &Path| -> Result<()> {
-        let views: Vec<(String, &Raw)> = part.iter().map(|(n, r)| (n.clone(), r)).collect();
-        let metadata: HashMap<String, String> = [("format".to_string(), "pt".to_string())].into();
-        let bytes = safetensors::serialize(views, Some(metadata))
-            .map_err(|e| ModelError::Safetensors { path: path.to_path_buf(), reason: e.to_string() })?;
-        write_atomic(path, &bytes)
-    };
+    let serialize = write_safetensors;
     let single = dir.join("model.safetensors");
     let index = dir.join("model.safetensors.index.json");
     let stale_shards = || -> Result<()> {

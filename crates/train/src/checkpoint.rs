@@ -3,6 +3,8 @@
 //! A checkpoint directory holds:
 //! - `config.json` + `model.safetensors`: the model in HF layout, f32 (so resuming is exact), via
 //!   `QwenModel::save` on the inner backend;
+//! - `adapter/`, when the model carries LoRA adapters: them, in PEFT's layout (the base weights
+//!   above are then frozen and never change);
 //! - `optimizer.bin`: the AdamW state (moments and per-parameter time) of each parameter in the
 //!   module's visiting order ([`Stepper::save`]) through `BinFileRecorder<FullPrecisionSettings>`;
 //! - `trainer_state.json`: step, [`TrainConfig`] (schedule, optimizer settings, seed), the data
@@ -28,7 +30,9 @@ use qwen_data::LoaderState;
 use qwen_model::SaveDtype;
 
 use crate::error::{Result, TrainError};
-use crate::persist::{fault_point, load_trainable, read_json, resume_dir, write_dir_atomically, write_json};
+use crate::persist::{
+    fault_point, load_trainable, read_json, resume_dir, write_dir_atomically, write_json, ADAPTER_DIR,
+};
 use crate::step::{Stepper, StepperState};
 use crate::trainer::{TrainConfig, Trainer};
 
@@ -56,7 +60,13 @@ impl<B: AutodiffBackend> Trainer<B> {
     /// Saves everything [`Trainer::resume`] needs into `dir`, atomically (see the module docs).
     pub fn save_checkpoint(&self, dir: impl AsRef<Path>, loader: Option<LoaderState>) -> Result<()> {
         write_dir_atomically(dir, |tmp| {
-            self.valid_model().save(tmp, SaveDtype::F32)?;
+            let model = self.valid_model();
+            model.save(tmp, SaveDtype::F32)?;
+            if model.has_lora() {
+                // The adapters, in PEFT's layout; the base above is frozen (`load_trainable` puts
+                // them back and freezes it again).
+                model.save_adapter(tmp.join(ADAPTER_DIR), "..")?;
+            }
             fault_point("model-written");
             let saved = self.stepper.save(&self.model.model, tmp.join(OPTIMIZER_FILE))?;
             fault_point("optimizer-written");

@@ -56,4 +56,4 @@ pub use metrics::{read_metrics, MetricsLog};
 pub use optim::{clip_global_norm, global_norm, OptimConfig, QwenAdamW, QwenOptimizer, Update};
 pub use schedule::Schedule;
 pub use step::{constant, Applied, Stepper, StepperState};
-pub use trainer::{lm_nll_and_grads, StepStats, TrainConfig, Trainer};
+pub use trainer::{lm_nll_and_grads, lora_seed, StepStats, TrainConfig, Trainer};

@@ -133,6 +133,10 @@ impl<B: AutodiffBackend> HeadLoss<B> {
             let sum = plus(grads.remove::<B, D>(id), g);
             grads.register(id, sum);
         }
+        if !head.weight.is_require_grad() {
+            // A frozen head: no gradient for it (and a tied embedding is frozen with it).
+            return;
+        }
         add(grads, head.weight.id, self.weight_grad);
         if let (Some(bias), Some(g)) = (&head.bias, self.bias_grad) {
             add(grads, bias.id, g);
@@ -205,6 +209,7 @@ pub fn head_cross_entropy_fused_in_chunks<B: AutodiffBackend>(
     let h = hidden.clone().inner();
 
     let rows = rows_per_chunk.max(1);
+    let train_head = head.weight.is_require_grad();
     let mut picked = Vec::new();
     let mut dh = Vec::new();
     let mut weight_grad = None;
@@ -223,7 +228,10 @@ pub fn head_cross_entropy_fused_in_chunks<B: AutodiffBackend>(
         if bias.is_some() {
             bias_grad = Some(plus(bias_grad, g.clone().sum_dim(0)));
         }
-        weight_grad = Some(plus(weight_grad, matmul(h_c.transpose(), g, precision)));
+        // A frozen head (LoRA trains adapters only) needs no weight gradient.
+        if train_head {
+            weight_grad = Some(plus(weight_grad, matmul(h_c.transpose(), g, precision)));
+        }
     }
     let nll_sum = targets.nll_sum(Tensor::cat(picked, 0));
     let dh = Tensor::<B, 2>::from_inner(Tensor::cat(dh, 0));
@@ -231,7 +239,8 @@ pub fn head_cross_entropy_fused_in_chunks<B: AutodiffBackend>(
         nll_sum,
         count: targets.count,
         surrogate: hidden.mul(dh).sum(),
-        // `n > 0` (checked above), so there was at least one chunk.
+        // Zeros when the head is frozen (then `add_to` ignores it); otherwise `n > 0` (checked
+        // above), so there was at least one chunk.
         weight_grad: weight_grad.unwrap_or_else(|| Tensor::zeros([d, v], &device)),
         bias_grad: bias_grad.map(|g: Tensor<B::InnerBackend, 2>| g.reshape([v])),
     })

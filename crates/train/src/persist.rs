@@ -404,17 +404,29 @@ pub fn read_json<T: DeserializeOwned>(path: impl AsRef<Path>) -> Result<T> {
     serde_json::from_slice(&bytes).map_err(|source| TrainError::State { path: path.into(), source })
 }
 
+/// Where a checkpoint of a LoRA run keeps its adapters (PEFT's layout), beside the frozen base.
+pub const ADAPTER_DIR: &str = "adapter";
+
 /// The language model saved (f32, by `QwenModel::save`) in `dir`, on the autodiff backend, every
 /// parameter trainable and given [`stable_ids`], with the run's `convention` and `precision`.
+///
+/// When `dir` also holds LoRA adapters ([`ADAPTER_DIR`], as a LoRA run's checkpoint does), they are
+/// attached, the ids cover them too, and the base is frozen: only the adapters are trainable.
 pub fn load_trainable<B: AutodiffBackend>(
     dir: impl AsRef<Path>,
     device: &B::Device,
     convention: RopeConvention,
     precision: Precision,
 ) -> Result<QwenModel<B>> {
-    let inner = qwen_model::load::<B::InnerBackend>(dir, device)?;
+    let dir = dir.as_ref();
+    let mut inner = qwen_model::load::<B::InnerBackend>(dir, device)?;
+    let lora = dir.join(ADAPTER_DIR).join(qwen_model::lora::ADAPTER_CONFIG).is_file();
+    if lora {
+        inner = inner.load_adapter(dir.join(ADAPTER_DIR))?;
+    }
     let model = with_stable_ids::<B, _>(Qwen::<B>::from_inner(inner.model));
-    Ok(QwenModel { config: inner.config, model, convention, precision })
+    let model = QwenModel { config: inner.config, model, convention, precision };
+    Ok(if lora { model.freeze_base() } else { model })
 }
 
 #[cfg(test)]

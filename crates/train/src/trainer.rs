@@ -121,7 +121,21 @@ impl<B: AutodiffBackend> Trainer<B> {
 
     /// Summed NLL of `batches` and the gradients of `sum NLL / normalizer`, accumulated.
     pub(crate) fn nll_and_grads(&self, batches: &[TokenBatch], normalizer: usize) -> Result<(f64, GradientsParams)> {
-        lm_nll_and_grads(&self.model, batches, normalizer)
+        if !self.model.has_lora() {
+            return lm_nll_and_grads(&self.model, batches, normalizer);
+        }
+        // LoRA dropout: each micro-batch's masks from a seed of (run seed, step, micro-batch), so
+        // a resumed run draws the masks an uninterrupted one drew.
+        let mut acc = GradientsAccumulator::<Qwen<B>>::new();
+        let mut nll = 0f64;
+        for (i, b) in batches.iter().enumerate() {
+            let seed = lora_seed(self.config.seed, self.stepper.step(), i as u64);
+            let model = self.model.clone().reseed_lora(seed);
+            let (n, grads) = lm_nll_and_grads(&model, std::slice::from_ref(b), normalizer)?;
+            nll += n;
+            acc.accumulate(&self.model.model, grads);
+        }
+        Ok((nll, acc.grads()))
     }
 
     /// One optimizer step over `batches` (gradient accumulation over all of them).
@@ -146,6 +160,18 @@ impl<B: AutodiffBackend> Trainer<B> {
     pub fn valid_model(&self) -> QwenModel<B::InnerBackend> {
         self.model.valid()
     }
+}
+
+/// The LoRA dropout seed of micro-batch `micro` of update `step` of a run seeded `seed`.
+pub fn lora_seed(seed: u64, step: u64, micro: u64) -> u64 {
+    let mut z = seed ^ 0x4c6f_5261_4472_6f70;
+    for v in [step, micro] {
+        z = z.wrapping_add(v.wrapping_add(1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+    }
+    z
 }
 
 /// Counted (non-ignored) targets of well-formed micro-batches.
