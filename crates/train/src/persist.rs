@@ -334,10 +334,20 @@ pub fn intact_checkpoint(dir: impl AsRef<Path>) -> Result<Option<PathBuf>> {
     first_error.map_or(Ok(None), Err)
 }
 
-/// [`intact_checkpoint`], with "no checkpoint at all" as an error.
+/// [`intact_checkpoint`], with "no checkpoint at all" as an error. When `dir` itself is intact,
+/// what interrupted writes left beside it (`DIR.tmp-*`, `DIR.old-*`) is removed here, as the next
+/// successful write would: a run killed after its last checkpoint went into place but before the
+/// previous one was removed writes no checkpoint again when it resumes at its end.
 pub fn resume_dir(dir: impl AsRef<Path>) -> Result<PathBuf> {
     let dir = dir.as_ref();
-    intact_checkpoint(dir)?.ok_or_else(|| TrainError::Config(format!("resume: no checkpoint in {}", dir.display())))
+    let found = intact_checkpoint(dir)?
+        .ok_or_else(|| TrainError::Config(format!("resume: no checkpoint in {}", dir.display())))?;
+    if found == dir {
+        for stale in siblings(dir, "tmp").into_iter().chain(siblings(dir, "old")) {
+            let _ = std::fs::remove_dir_all(stale);
+        }
+    }
+    Ok(found)
 }
 
 /// Calls `write` on a fresh temporary folder beside `dir`, writes its [`CHECKSUMS_FILE`], then puts
@@ -453,6 +463,14 @@ mod tests {
         dir
     }
 
+    /// A copy of the folder `checkpoint` writes, as a previous checkpoint moved aside.
+    fn copy_checkpoint(dir: &Path, old: &Path) {
+        std::fs::create_dir_all(old.join("value")).unwrap();
+        for f in ["state.json", "weights.bin", CHECKSUMS_FILE, "value/optimizer.bin"] {
+            std::fs::copy(dir.join(f), old.join(f)).unwrap();
+        }
+    }
+
     fn corrupt_file(r: Result<()>) -> String {
         match r {
             Err(TrainError::Corrupt { file, .. }) => file,
@@ -520,12 +538,7 @@ mod tests {
         checkpoint(&base, 2);
         assert!(!old.exists(), "a successful write removes what interrupted ones left");
         let old = base.join("ckpt.old-77");
-        std::fs::create_dir_all(&old).unwrap();
-        for f in ["state.json", "weights.bin", CHECKSUMS_FILE] {
-            std::fs::copy(dir.join(f), old.join(f)).ok();
-        }
-        std::fs::create_dir_all(old.join("value")).unwrap();
-        std::fs::copy(dir.join("value/optimizer.bin"), old.join("value/optimizer.bin")).unwrap();
+        copy_checkpoint(&dir, &old);
         std::fs::write(dir.join("weights.bin"), [0u8; 3000]).unwrap();
         assert_eq!(resume_dir(&dir).unwrap(), old);
         // Both damaged: the error names the newest.
@@ -558,6 +571,27 @@ mod tests {
         left.sort();
         assert_eq!(left, ["ckpt", "ckpt-other"]);
         verify_checksums(&dir).unwrap();
+        std::fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
+    fn resuming_from_an_intact_checkpoint_removes_the_leftovers_beside_it() {
+        // A kill after the last checkpoint went into place but before the previous one was removed:
+        // the resumed run is already at its end and writes nothing, so resume must tidy up.
+        let base = tmp("resume-leftovers");
+        let dir = checkpoint(&base, 1);
+        let old = base.join("ckpt.old-9");
+        std::fs::create_dir_all(&old).unwrap();
+        std::fs::copy(dir.join("state.json"), old.join("state.json")).unwrap();
+        std::fs::create_dir_all(base.join("ckpt.tmp-8")).unwrap();
+        assert_eq!(resume_dir(&dir).unwrap(), dir);
+        assert!(!old.exists() && !base.join("ckpt.tmp-8").exists());
+        // A damaged `DIR` keeps the previous checkpoint it falls back to.
+        let old = base.join("ckpt.old-10");
+        copy_checkpoint(&dir, &old);
+        std::fs::write(dir.join("weights.bin"), [0u8; 3000]).unwrap();
+        assert_eq!(resume_dir(&dir).unwrap(), old);
+        assert!(old.exists());
         std::fs::remove_dir_all(&base).unwrap();
     }
 }
