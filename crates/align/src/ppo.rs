@@ -538,7 +538,21 @@ pub const PPO_STATE_FILE: &str = "ppo_state.json";
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 struct PpoState {
     step: u64,
-    moments: RunningMoments,
+    /// The running reward moments' `count`, `mean` and `m2` as their f64 bit patterns: serde_json
+    /// reads decimal floats back to within one ulp only (its `float_roundtrip` is off), and a
+    /// resumed run must continue with exactly these numbers (the crash test caught `m2` one ulp off).
+    moments_bits: [u64; 3],
+}
+
+impl PpoState {
+    fn new(step: u64, m: RunningMoments) -> Self {
+        Self { step, moments_bits: [m.count.to_bits(), m.mean.to_bits(), m.m2.to_bits()] }
+    }
+
+    fn moments(&self) -> RunningMoments {
+        let [count, mean, m2] = self.moments_bits.map(f64::from_bits);
+        RunningMoments { count, mean, m2 }
+    }
 }
 
 /// The settings of the two optimizers.
@@ -598,7 +612,7 @@ impl<B: AutodiffBackend> PpoTrainer<B> {
         write_dir_atomically(dir, |tmp| {
             save_policy(&self.policy, &self.policy_step, tmp, "policy")?;
             save_score_model(&self.value, &self.value_step, tmp, "value")?;
-            let state = PpoState { step: self.step, moments: self.moments };
+            let state = PpoState::new(self.step, self.moments);
             Ok(write_json(tmp.join(PPO_STATE_FILE), &state)?)
         })
     }
@@ -621,7 +635,7 @@ impl<B: AutodiffBackend> PpoTrainer<B> {
         let (policy, policy_step) = load_policy(dir, "policy", optim.optim, optim.policy, device)?;
         let (value, value_step) = load_score_model(dir, "value", optim.optim, optim.value, device)?;
         let mut trainer = Self::new(policy, value, reward, config, optim, stop_ids, pad_id)?;
-        (trainer.reference, trainer.moments, trainer.step) = (reference, state.moments, state.step);
+        (trainer.reference, trainer.moments, trainer.step) = (reference, state.moments(), state.step);
         (trainer.policy_step, trainer.value_step) = (policy_step, value_step);
         Ok(trainer)
     }
