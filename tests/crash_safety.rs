@@ -1,4 +1,4 @@
-//! Crash safety of training, measured on the `pretrain`, `sft` (full and LoRA), `reward` and `dpo` binaries: a run killed with
+//! Crash safety of training, measured on the `pretrain`, `sft` (full and LoRA), `reward`, `dpo`, `ppo` and `grpo` binaries: a run killed with
 //! SIGKILL at seeded random moments and at every step of a checkpoint write (the binaries pause
 //! there when `QWEN_FAULT_PAUSE_MS` is set), resumed after each kill, ends with the same bytes as an
 //! uninterrupted run: checkpoint (weights, optimizer state, trainer state, checksums), the metrics
@@ -6,7 +6,7 @@
 //! file-size limit (`RLIMIT_FSIZE`, as a full disk) exits with a typed error, not a panic, leaves the
 //! previous checkpoint intact, and resumes to the same result. `docs/reliability.md` has the numbers.
 //!
-//! Needs the `pretrain`, `sft`, `reward` and `dpo` examples built (`cargo test` builds them; with `--test
+//! Needs the `pretrain`, `sft`, `reward`, `dpo`, `ppo` and `grpo` examples built (`cargo test` builds them; with `--test
 //! crash_safety` alone, `cargo build --examples` first) and the corpus from
 //! `tools/setup.sh`.
 
@@ -36,6 +36,10 @@ struct Job {
     outputs: &'static [&'static str],
     /// Keys of the run's `run.json` summary that must equal the uninterrupted run's (none: no summary).
     summary: &'static [&'static str],
+    /// The files of its checkpoint folder (relative paths, sorted).
+    checkpoint: &'static [&'static str],
+    /// A key every metrics record of a training step has.
+    step_key: &'static str,
     /// The uninterrupted run, once.
     reference: &'static OnceLock<(PathBuf, Duration)>,
 }
@@ -44,6 +48,12 @@ static PRETRAIN_REFERENCE: OnceLock<(PathBuf, Duration)> = OnceLock::new();
 static SFT_REFERENCE: OnceLock<(PathBuf, Duration)> = OnceLock::new();
 static DPO_REFERENCE: OnceLock<(PathBuf, Duration)> = OnceLock::new();
 static REWARD_REFERENCE: OnceLock<(PathBuf, Duration)> = OnceLock::new();
+static PPO_REFERENCE: OnceLock<(PathBuf, Duration)> = OnceLock::new();
+static GRPO_REFERENCE: OnceLock<(PathBuf, Duration)> = OnceLock::new();
+
+/// The checkpoint of a run that trains one model.
+const ONE_MODEL: &[&str] =
+    &["checksums.json", "config.json", "model.safetensors", "optimizer.bin", "trainer_state.json"];
 
 const PRETRAIN: Job = Job {
     tag: "pretrain",
@@ -52,6 +62,8 @@ const PRETRAIN: Job = Job {
     command: pretrain_command,
     outputs: &["tokenizer.json", "data/train.qwtk", "data/heldout.qwtk"],
     summary: &["ppl_before", "ppl_after", "loss_before", "loss_after", "steps", "params"],
+    checkpoint: ONE_MODEL,
+    step_key: "loss",
     reference: &PRETRAIN_REFERENCE,
 };
 
@@ -62,6 +74,8 @@ const SFT: Job = Job {
     command: sft_command,
     outputs: &["config.json", "model.safetensors", "tokenizer.json", "run_config.json", "loss.png"],
     summary: &[],
+    checkpoint: ONE_MODEL,
+    step_key: "loss",
     reference: &SFT_REFERENCE,
 };
 
@@ -82,6 +96,16 @@ const SFT_LORA: Job = Job {
         "loss.png",
     ],
     summary: &[],
+    checkpoint: &[
+        "adapter/adapter_config.json",
+        "adapter/adapter_model.safetensors",
+        "checksums.json",
+        "config.json",
+        "model.safetensors",
+        "optimizer.bin",
+        "trainer_state.json",
+    ],
+    step_key: "loss",
     reference: &SFT_LORA_REFERENCE,
 };
 
@@ -92,6 +116,8 @@ const DPO: Job = Job {
     command: dpo_command,
     outputs: &["config.json", "model.safetensors", "tokenizer.json", "run_config.json", "dpo.png"],
     summary: &[],
+    checkpoint: ONE_MODEL,
+    step_key: "loss",
     reference: &DPO_REFERENCE,
 };
 
@@ -102,7 +128,59 @@ const REWARD: Job = Job {
     command: reward_command,
     outputs: &["config.json", "model.safetensors", "tokenizer.json", "run_config.json", "eval.json", "reward.png"],
     summary: &[],
+    checkpoint: ONE_MODEL,
+    step_key: "loss",
     reference: &REWARD_REFERENCE,
+};
+
+const PPO: Job = Job {
+    tag: "ppo",
+    steps: 20,
+    save_every: 2,
+    command: ppo_command,
+    outputs: &[
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "run_config.json",
+        "reward.png",
+        "kl.png",
+        "value/model.safetensors",
+    ],
+    summary: &[],
+    checkpoint: &[
+        "checksums.json",
+        "policy/config.json",
+        "policy/model.safetensors",
+        "policy/optimizer.bin",
+        "policy/trainer_state.json",
+        "ppo_state.json",
+        "value/config.json",
+        "value/model.safetensors",
+        "value/optimizer.bin",
+        "value/trainer_state.json",
+    ],
+    step_key: "objective/scores",
+    reference: &PPO_REFERENCE,
+};
+
+const GRPO: Job = Job {
+    tag: "grpo",
+    steps: 20,
+    save_every: 2,
+    command: grpo_command,
+    outputs: &["config.json", "model.safetensors", "tokenizer.json", "run_config.json", "reward.png", "kl.png"],
+    summary: &[],
+    checkpoint: &[
+        "checksums.json",
+        "config.json",
+        "grpo_state.json",
+        "model.safetensors",
+        "optimizer.bin",
+        "trainer_state.json",
+    ],
+    step_key: "reward",
+    reference: &GRPO_REFERENCE,
 };
 
 /// The tiny model on S = 16 (20 steps, a checkpoint every 2), on three folders of the docutils
@@ -153,8 +231,7 @@ fn pretrain_command(out: &Path, resume: bool) -> Command {
         assert!(p.is_dir(), "{} is missing: run `bash tools/setup.sh` first", p.display());
         c.arg("--data").arg(p);
     }
-    c.args(ARGS)
-        .args(["--steps", &PRETRAIN.steps.to_string(), "--save-every", &PRETRAIN.save_every.to_string()]);
+    c.args(ARGS).args(["--steps", &PRETRAIN.steps.to_string(), "--save-every", &PRETRAIN.save_every.to_string()]);
     c
 }
 
@@ -176,7 +253,8 @@ fn sft_inputs() -> &'static PathBuf {
             .max_positions(128)
             .build()
             .unwrap();
-        let model = qwen::model::QwenModel::<qwen::backend::Backend>::random(config, 0.02, &qwen::backend::device());
+        let model =
+            qwen::model::QwenModel::<qwen::backend::Backend>::random(config.clone(), 0.02, &qwen::backend::device());
         model.save(&dir, qwen::model::SaveDtype::F32).unwrap();
         tok.save_tokenizer_json(dir.join("tokenizer.json")).unwrap();
         let mut rng = SplitMix64::new(11);
@@ -198,7 +276,8 @@ fn sft_inputs() -> &'static PathBuf {
         let prefs = |ws: &[String]| -> String {
             ws.iter()
                 .map(|w| {
-                    let pair = serde_json::json!({"prompt": format!("upper: {w}"), "chosen": w.to_uppercase(), "rejected": w});
+                    let pair =
+                        serde_json::json!({"prompt": format!("upper: {w}"), "chosen": w.to_uppercase(), "rejected": w});
                     format!("{pair}\n")
                 })
                 .collect()
@@ -207,6 +286,15 @@ fn sft_inputs() -> &'static PathBuf {
         std::fs::write(dir.join("held.jsonl"), chats(&held)).unwrap();
         std::fs::write(dir.join("prefs.jsonl"), prefs(&train)).unwrap();
         std::fs::write(dir.join("held_prefs.jsonl"), prefs(&held)).unwrap();
+        // RL: the prompts with their answers, and a random reward model on another random trunk.
+        let prompts: String = train
+            .iter()
+            .map(|w| format!("{}\n", serde_json::json!({"prompt": format!("upper: {w}"), "answer": w.to_uppercase()})))
+            .collect();
+        std::fs::write(dir.join("prompts.jsonl"), prompts).unwrap();
+        <qwen::backend::Backend as burn::tensor::backend::Backend>::seed(&qwen::backend::device(), 5);
+        let trunk = qwen::model::QwenModel::<qwen::backend::Backend>::random(config, 0.02, &qwen::backend::device());
+        qwen::align::ScoreModel::from_lm(trunk).save(dir.join("rm"), qwen::model::SaveDtype::F32).unwrap();
         dir
     })
 }
@@ -249,6 +337,42 @@ fn sft_command(out: &Path, resume: bool) -> Command {
 fn sft_lora_command(out: &Path, resume: bool) -> Command {
     let mut c = sft_command(out, resume);
     c.args(["--lora-rank", "8", "--lora-alpha", "16", "--lora-dropout", "0.1", "--merge"]);
+    c
+}
+
+/// PPO of the tiny model against the random reward model: 20 steps of 4 prompts x 2 responses (the
+/// first 4 value-only), responses up to 6 tokens, a checkpoint every 2.
+fn ppo_command(out: &Path, resume: bool) -> Command {
+    let inputs = sft_inputs();
+    let mut c = launch("ppo", out, resume);
+    c.arg("--policy").arg(inputs).arg("--reward").arg(inputs.join("rm"));
+    c.arg("--prompts").arg(inputs.join("prompts.jsonl"));
+    c.args([
+        "--batch",
+        "4",
+        "--epochs",
+        "2",
+        "--max-new-tokens",
+        "6",
+        "--value-warmup-steps",
+        "4",
+        "--ppo-epochs",
+        "2",
+    ]);
+    c.args(["--minibatch-rows", "3", "--policy-lr", "1e-3", "--value-lr", "1e-3", "--seed", "7"]);
+    c.args(["--checkpoint-every", &PPO.save_every.to_string()]);
+    c
+}
+
+/// GRPO of the tiny model with the exact-match verifier: 20 steps of 2 prompts x 4 replies, replies up
+/// to 6 tokens, a checkpoint every 2.
+fn grpo_command(out: &Path, resume: bool) -> Command {
+    let inputs = sft_inputs();
+    let mut c = launch("grpo", out, resume);
+    c.arg("--policy").arg(inputs).arg("--verifier").arg("exact_match");
+    c.arg("--prompts").arg(inputs.join("prompts.jsonl"));
+    c.args(["--batch", "2", "--epochs", "1", "--group-size", "4", "--max-new-tokens", "6", "--lr", "1e-3"]);
+    c.args(["--seed", "7", "--checkpoint-every", &GRPO.save_every.to_string()]);
     c
 }
 
@@ -356,6 +480,13 @@ fn leftovers(out: &Path) -> Vec<String> {
 }
 
 fn checkpoint_step(dir: &Path) -> u64 {
+    // PPO and GRPO count their steps in a state file of their own.
+    for own in ["ppo_state.json", "grpo_state.json"] {
+        if let Ok(bytes) = std::fs::read(dir.join(own)) {
+            let state: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+            return state["step"].as_u64().unwrap();
+        }
+    }
     let state: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("trainer_state.json")).unwrap()).unwrap();
     // The pretraining trainer's state, or an alignment stage's (its stepper's).
@@ -379,19 +510,14 @@ impl Job {
         let (reference, _) = self.reference();
         let (a, b) = (files(&reference.join("checkpoint")), files(&out.join("checkpoint")));
         let names: Vec<&str> = a.iter().map(|(n, _)| n.as_str()).collect();
-        let plain = ["checksums.json", "config.json", "model.safetensors", "optimizer.bin", "trainer_state.json"];
-        // A LoRA run's checkpoint keeps its adapters beside the frozen base.
-        let lora = ["adapter/adapter_config.json", "adapter/adapter_model.safetensors"];
-        let expected: Vec<&str> =
-            if self.tag.ends_with("lora") { lora.iter().chain(&plain).copied().collect() } else { plain.to_vec() };
-        assert_eq!(names, expected);
+        assert_eq!(names, self.checkpoint);
         for ((name, x), (other, y)) in a.iter().zip(&b) {
             assert_eq!(name, other);
             assert!(x == y, "checkpoint/{name} differs from the uninterrupted run's");
         }
         assert_eq!(a.len(), b.len());
         let (m, n) = (metrics(reference), metrics(out));
-        assert_eq!(m.iter().filter(|r| r.get("loss").is_some()).count() as u64, self.steps);
+        assert_eq!(m.iter().filter(|r| r.get(self.step_key).is_some()).count() as u64, self.steps);
         assert_eq!(m, n, "metrics.jsonl (without timings) differs from the uninterrupted run's");
         for f in self.outputs {
             assert!(std::fs::read(reference.join(f)).unwrap() == std::fs::read(out.join(f)).unwrap(), "{f} differs");
@@ -427,9 +553,8 @@ impl Kill {
     /// final checkpoint is in place would finish the run), or else a time.
     fn fit(job: &Job, planned: Planned, done: u64, reference: Duration) -> Self {
         let left = job.steps - done;
-        let after = |per_mille: u64| {
-            Kill::After(reference.as_millis() as u64 * left * per_mille / (job.steps * 2 * 1000))
-        };
+        let after =
+            |per_mille: u64| Kill::After(reference.as_millis() as u64 * left * per_mille / (job.steps * 2 * 1000));
         match planned {
             Planned::Time(per_mille) => after(per_mille),
             Planned::Point(point, n) => {
@@ -475,6 +600,16 @@ fn dpo_sigkill_anywhere_then_resume_is_bit_identical() {
 #[test]
 fn reward_sigkill_anywhere_then_resume_is_bit_identical() {
     kill_and_resume(&REWARD);
+}
+
+#[test]
+fn ppo_sigkill_anywhere_then_resume_is_bit_identical() {
+    kill_and_resume(&PPO);
+}
+
+#[test]
+fn grpo_sigkill_anywhere_then_resume_is_bit_identical() {
+    kill_and_resume(&GRPO);
 }
 
 /// Kills `job` 14 times (at each fault point of a checkpoint write, at seeded random moments, during

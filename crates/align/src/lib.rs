@@ -10,8 +10,11 @@
 //! - [`ppo`]: [`PpoTrainer`] with policy, value, reference and reward models, KL-penalized rewards,
 //!   GAE, clipped policy and value losses, value warm-up and an optional pretraining loss.
 //! - [`dpo`]: [`DpoTrainer`], the policy against a frozen reference on comparisons.
+//! - [`grpo`]: [`GrpoTrainer`], group-relative RL (groups of sampled responses, group-normalised
+//!   advantages, no value model, k3 KL to the reference) with rewards from a reward model or a
+//!   [`Verifier`].
 //! - [`run`]: each stage as a config-driven run ([`SftConfig`], [`RewardConfig`], [`PpoRunConfig`],
-//!   [`DpoRunConfig`] → [`Run`]) with a metrics JSONL, atomic checkpoints, its config saved in its
+//!   [`DpoRunConfig`], [`GrpoRunConfig`] → [`Run`]) with a metrics JSONL, atomic checkpoints, its config saved in its
 //!   output folder, and exact resume after a kill.
 //!
 //! Every trainer updates through the training crate's one [`Stepper`] (the pretraining
@@ -37,6 +40,7 @@
 mod checkpoint;
 pub mod dpo;
 mod error;
+pub mod grpo;
 pub mod logprob;
 pub mod pairs;
 pub mod ppo;
@@ -46,17 +50,22 @@ pub mod sft;
 
 pub use dpo::{dpo_loss, DpoConfig, DpoStats, DpoStep, DpoTrainer};
 pub use error::{AlignError, Result};
+pub use grpo::{
+    group_advantages, grpo_clip_fractions, grpo_loss, grpo_token_weights, verifier, Decode, ExactMatch, GrpoBatch,
+    GrpoConfig, GrpoLoss, GrpoReward, GrpoStats, GrpoTrainer, Verifier, VERIFIERS,
+};
 pub use logprob::{sequence_logprobs, token_logprobs};
-pub use pairs::{Pair, PairBatch, ResponseBatch};
+pub use pairs::{prompt_ids, Pair, PairBatch, ResponseBatch};
 pub use ppo::{
     clipped_policy_loss, clipped_value_loss, gae, kl_penalized_rewards, ratio_stats, value_clip_fraction, whiten,
-    PpoConfig, PpoOptim, PpoStats, PpoTrainer, RewardNorm, Rollout, RunningMoments, UpdateStats,
+    KlEstimator, PpoConfig, PpoOptim, PpoStats, PpoTrainer, RewardNorm, Rollout, RunningMoments, ScorePlacement,
+    UpdateStats,
 };
 /// The one update step, shared with pretraining (re-exported from `qwen-train`).
 pub use qwen_train::{constant, Applied, Stepper};
 pub use reward::{evaluate_pairs, pairwise_loss, PairStats, RewardStep, RewardTrainer, ScoreModel};
 pub use run::{
-    load_config, DpoRun, DpoRunConfig, EpochSampler, PpoBatch, PpoRun, PpoRunConfig, RewardConfig, RewardRun,
-    RewardStage, Run, RunConfig, SftBatch, SftConfig, SftRun, Stage, StepData,
+    load_config, DpoRun, DpoRunConfig, EpochSampler, GrpoRun, GrpoRunConfig, PpoBatch, PpoRun, PpoRunConfig,
+    RewardConfig, RewardRun, RewardStage, Run, RunConfig, SftBatch, SftConfig, SftRun, Stage, StepData,
 };
 pub use sft::{sft_labels, sft_sequence, Overflow, SftBatcher};

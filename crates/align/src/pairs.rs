@@ -7,7 +7,7 @@
 //! `<|im_end|>`).
 
 use qwen_data::PreferenceRecord;
-use qwen_tokenizer::{AllowedSpecial, ChatMl, Role, Tokenize, DEFAULT_SYSTEM};
+use qwen_tokenizer::{AllowedSpecial, ChatMl, Message, Role, Tokenize, DEFAULT_SYSTEM};
 use qwen_train::IGNORE_INDEX;
 
 use crate::error::{AlignError, Result};
@@ -83,19 +83,7 @@ impl Pair {
     /// user/assistant.
     pub fn from_record(tokenizer: &dyn Tokenize, record: &PreferenceRecord) -> Result<Self> {
         let chat = ChatMl::new(tokenizer)?;
-        let (query, earlier) = record.prompt.split_last().ok_or(AlignError::Batch("empty prompt".into()))?;
-        if earlier.len() % 2 != 0 {
-            return Err(AlignError::Batch("earlier turns must be user/assistant pairs".into()));
-        }
-        let mut history = Vec::with_capacity(earlier.len() / 2);
-        for turn in earlier.chunks(2) {
-            if turn[0].role != Role::User || turn[1].role != Role::Assistant {
-                return Err(AlignError::Batch("earlier turns must alternate user, assistant".into()));
-            }
-            history.push((turn[0].content.as_str(), turn[1].content.as_str()));
-        }
-        let system = record.system.as_deref().unwrap_or(DEFAULT_SYSTEM);
-        let prompt = chat.make_context(system, &history, &query.content, usize::MAX)?.ids;
+        let prompt = prompt_ids(tokenizer, record.system.as_deref(), &record.prompt)?;
         let im_end = chat.im_end();
         let response = |text: &str| -> Result<Vec<u32>> {
             let mut ids = tokenizer.encode(text, &AllowedSpecial::None)?;
@@ -104,6 +92,26 @@ impl Pair {
         };
         Ok(Self { prompt, chosen: response(&record.chosen)?, rejected: response(&record.rejected)? })
     }
+}
+
+/// A prompt (earlier user/assistant turns, then the user's message) rendered as Qwen's
+/// `make_context` does: `system` (else Qwen's default), the turns, an open assistant turn. What
+/// preference pairs and RL prompts (PPO, GRPO) start from.
+pub fn prompt_ids(tokenizer: &dyn Tokenize, system: Option<&str>, prompt: &[Message]) -> Result<Vec<u32>> {
+    let chat = ChatMl::new(tokenizer)?;
+    let (query, earlier) = prompt.split_last().ok_or(AlignError::Batch("empty prompt".into()))?;
+    if earlier.len() % 2 != 0 {
+        return Err(AlignError::Batch("earlier turns must be user/assistant pairs".into()));
+    }
+    let mut history = Vec::with_capacity(earlier.len() / 2);
+    for turn in earlier.chunks(2) {
+        if turn[0].role != Role::User || turn[1].role != Role::Assistant {
+            return Err(AlignError::Batch("earlier turns must alternate user, assistant".into()));
+        }
+        history.push((turn[0].content.as_str(), turn[1].content.as_str()));
+    }
+    let system = system.unwrap_or(DEFAULT_SYSTEM);
+    Ok(chat.make_context(system, &history, &query.content, usize::MAX)?.ids)
 }
 
 /// `pairs` comparisons as one [`ResponseBatch`]: rows `0..pairs` are the chosen sequences, rows

@@ -6,8 +6,10 @@
 //! 2. scoring: the reward model's score at each response's end token, normalized by a running
 //!    mean (report), the per-token log-probs of the policy and of the reference, and the value
 //!    model's values;
-//! 3. rewards per token `−kl_coef · (log π − log π_ref)` (report: 0.04), plus the score on the last
-//!    token; advantages by GAE (γ, λ), returns = advantages + values, advantages whitened;
+//! 3. rewards per token `−kl_coef · kl_t` (report: 0.04; `kl_t` by [`KlEstimator`], k1 =
+//!    `log π − log π_ref` by default), plus the score on the last token (or one slot after it, as
+//!    TRL: [`ScorePlacement`]); advantages by GAE (γ, λ), returns = advantages + values,
+//!    advantages whitened as TRL's `masked_whiten` does;
 //! 4. updates, `epochs` passes over the rollout in minibatches of `minibatch_rows` responses: the
 //!    value model on the clipped value loss (report: clip 0.15) every step; the policy
 //!    on the clipped surrogate (clip 0.2) only after `value_warmup_steps` (report: 50 value-only
@@ -63,6 +65,45 @@ pub enum RewardNorm {
     RunningMeanStd,
 }
 
+/// How the per-token KL penalty estimates `KL(π ‖ π_ref)` from the sampled token's log-probs
+/// (Schulman, "Approximating KL divergence"; TRL's `kl_estimator`). With `r = log π_ref − log π`:
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KlEstimator {
+    /// `k1 = −r = log π − log π_ref` (unbiased, can be negative; TRL PPO's default).
+    #[default]
+    K1,
+    /// `k3 = (e^r − 1) − r` (unbiased, never negative, lower variance; TRL GRPO's).
+    K3,
+}
+
+impl KlEstimator {
+    /// The estimate at one sampled token.
+    pub fn per_token(self, logp: f32, ref_logp: f32) -> f32 {
+        let r = ref_logp - logp;
+        match self {
+            KlEstimator::K1 => -r,
+            KlEstimator::K3 => r.exp_m1() - r,
+        }
+    }
+}
+
+/// Where a response's reward-model score enters its per-token rewards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScorePlacement {
+    /// On the response's last token (InstructGPT, OpenRLHF; the report reads the reward at the end
+    /// token): GAE bootstraps 0 after it.
+    #[default]
+    LastToken,
+    /// On one more slot after the response, whose value is the value model read at the last token
+    /// (TRL's `PPOTrainer`: `rewards[sequence_lengths + 1] += scores`, values masked only after
+    /// that slot; the value model is trained on that slot too). TRL falls back to the last token
+    /// for a response that fills its padded width (it has no slot there); here the slot always
+    /// exists.
+    AfterResponse,
+}
+
 /// PPO settings; [`Default`] is the report's where it gives a value, TRL's otherwise.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PpoConfig {
@@ -91,6 +132,12 @@ pub struct PpoConfig {
     pub whiten_advantages: bool,
     /// Weight of the LM loss on a pretraining batch added to the policy loss (0 = off).
     pub ptx_coef: f64,
+    /// The per-token KL estimate in the penalty and in `objective/kl` (TRL's default k1).
+    #[serde(default)]
+    pub kl_estimator: KlEstimator,
+    /// Where the score enters the rewards (ours: the last token; TRL: one slot after).
+    #[serde(default)]
+    pub score_placement: ScorePlacement,
 }
 
 impl Default for PpoConfig {
@@ -110,6 +157,8 @@ impl Default for PpoConfig {
             reward_norm: RewardNorm::RunningMean,
             whiten_advantages: true,
             ptx_coef: 0.0,
+            kl_estimator: KlEstimator::K1,
+            score_placement: ScorePlacement::LastToken,
         }
     }
 }
@@ -167,11 +216,26 @@ impl RunningMoments {
     }
 }
 
-/// Per-token rewards of one response: `−kl_coef · (logp − ref_logp)`, plus `score` on the last.
-pub fn kl_penalized_rewards(score: f32, logp: &[f32], ref_logp: &[f32], kl_coef: f32) -> Vec<f32> {
-    let mut r: Vec<f32> = logp.iter().zip(ref_logp).map(|(&p, &q)| -kl_coef * (p - q)).collect();
-    if let Some(last) = r.last_mut() {
-        *last += score;
+/// Per-token rewards of one response: `−kl_coef · kl_t` (`kl_t` by `estimator`), plus `score` on
+/// the last token, or, with [`ScorePlacement::AfterResponse`], on one more slot after it (then the
+/// result has `logp.len() + 1` entries, and [`gae`] takes one more value: the value model's at the
+/// last token).
+pub fn kl_penalized_rewards(
+    score: f32,
+    logp: &[f32],
+    ref_logp: &[f32],
+    kl_coef: f32,
+    estimator: KlEstimator,
+    placement: ScorePlacement,
+) -> Vec<f32> {
+    let mut r: Vec<f32> = logp.iter().zip(ref_logp).map(|(&p, &q)| -kl_coef * estimator.per_token(p, q)).collect();
+    match placement {
+        ScorePlacement::LastToken => {
+            if let Some(last) = r.last_mut() {
+                *last += score;
+            }
+        }
+        ScorePlacement::AfterResponse => r.push(score),
     }
     r
 }
@@ -192,7 +256,9 @@ pub fn gae(rewards: &[f32], values: &[f32], gamma: f32, lambda: f32) -> (Vec<f32
     (adv, returns)
 }
 
-/// Shifts and scales `x` to mean 0 and standard deviation 1 (left alone if constant).
+/// Shifts and scales `x` to mean 0 and variance 1 as TRL's `masked_whiten` does: `(x − mean) /
+/// sqrt(var + 1e-8)` with the unbiased variance (the epsilon inside the square root bounds the
+/// scale at 1e4 for near-constant inputs; left alone below two values).
 pub fn whiten(x: &mut [f32]) {
     let n = x.len() as f64;
     if n < 2.0 {
@@ -200,7 +266,7 @@ pub fn whiten(x: &mut [f32]) {
     }
     let mean = x.iter().map(|&v| v as f64).sum::<f64>() / n;
     let var = x.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / (n - 1.0);
-    let scale = 1.0 / (var.sqrt() + 1e-8);
+    let scale = 1.0 / (var + 1e-8).sqrt();
     x.iter_mut().for_each(|v| *v = ((*v as f64 - mean) * scale) as f32);
 }
 
@@ -263,7 +329,7 @@ pub fn value_clip_fraction(values: &[f32], old_values: &[f32], returns: &[f32], 
 
 /// Mean entropy `−Σ p log p` of the next-token distributions at `positions` of the flat
 /// `[batch · seq]` positions of `logits` `[batch, seq, vocab]`.
-fn mean_entropy<B: Backend>(logits: Tensor<B, 3>, positions: &[i64]) -> f32 {
+pub(crate) fn mean_entropy<B: Backend>(logits: Tensor<B, 3>, positions: &[i64]) -> f32 {
     let [b, s, v] = logits.dims();
     let device = logits.device();
     let index = Tensor::<B, 1, Int>::from_data(TensorData::new(positions.to_vec(), [positions.len()]), &device);
@@ -271,6 +337,56 @@ fn mean_entropy<B: Backend>(logits: Tensor<B, 3>, positions: &[i64]) -> f32 {
     let logp = log_softmax(picked, 1);
     let entropy = (logp.clone().exp() * logp).sum_dim(1).neg();
     host(entropy.mean())[0]
+}
+
+/// Responses sampled from a policy, batched behind their queries.
+pub(crate) struct Sampled {
+    /// The generated responses (stop token included when one was produced).
+    pub responses: Vec<Vec<u32>>,
+    pub batch: ResponseBatch,
+    /// Flat `[rows · seq_len]` positions of the response tokens' predictions.
+    pub positions: Vec<i64>,
+}
+
+/// Samples one response per query from `policy` (the seed derived from `sampling.seed` and `step`,
+/// so a resumed run samples what an uninterrupted one did).
+pub(crate) fn sample<B: Backend>(
+    policy: &QwenModel<B>,
+    queries: &[Vec<u32>],
+    max_new_tokens: usize,
+    stop_ids: &[u32],
+    sampling: &SamplingConfig,
+    step: u64,
+    pad_id: u32,
+) -> Result<Sampled> {
+    let generate = GenerateConfig {
+        max_new_tokens,
+        stop_ids: stop_ids.to_vec(),
+        sampling: SamplingConfig { seed: sampling.seed.wrapping_add(step.wrapping_mul(1_000_003)), ..sampling.clone() },
+    };
+    let responses = policy.generate_batch(queries, &generate, |_, _| true)?;
+    let items: Vec<(&[u32], &[u32])> =
+        queries.iter().zip(&responses).map(|(q, r)| (q.as_slice(), r.as_slice())).collect();
+    let limit = queries.iter().map(Vec::len).max().unwrap_or(0) + max_new_tokens;
+    let batch = ResponseBatch::new(&items, pad_id, limit)?;
+    let positions: Vec<i64> = batch
+        .targets
+        .iter()
+        .enumerate()
+        .filter(|(_, &t)| t != qwen_train::IGNORE_INDEX)
+        .map(|(i, _)| i as i64)
+        .collect();
+    Ok(Sampled { responses, batch, positions })
+}
+
+/// `model`'s log-probabilities of the response tokens at `positions` of `batch`.
+pub(crate) fn response_logprobs<B: Backend>(
+    model: &QwenModel<B>,
+    batch: &ResponseBatch,
+    positions: &[i64],
+) -> Result<Vec<f32>> {
+    let logits = model.logits_of(&batch.rows, Mode::Training)?;
+    Ok(pick(&host(token_logprobs(logits, &batch.targets)?), positions))
 }
 
 /// One rollout, scored: everything the updates need, per response token in row-major order.
@@ -285,8 +401,13 @@ pub struct Rollout {
     pub positions: Vec<i64>,
     pub old_logprobs: Vec<f32>,
     pub ref_logprobs: Vec<f32>,
-    pub old_values: Vec<f32>,
     pub advantages: Vec<f32>,
+    /// Flat positions where the value model is read and trained: `positions`, and with
+    /// [`ScorePlacement::AfterResponse`] each response's slot after it (its last token's position)
+    /// after the response's own.
+    pub value_positions: Vec<i64>,
+    /// Values and returns at `value_positions`.
+    pub old_values: Vec<f32>,
     pub returns: Vec<f32>,
 }
 
@@ -297,15 +418,16 @@ struct Minibatch<'a> {
     /// Positions in the flat `[rows · seq_len]` of these rows.
     positions: Vec<i64>,
     old_logprobs: &'a [f32],
-    old_values: &'a [f32],
     advantages: &'a [f32],
+    /// The value model's positions (in these rows), old values and returns.
+    value_positions: Vec<i64>,
+    old_values: &'a [f32],
     returns: &'a [f32],
 }
 
-impl Minibatch<'_> {
-    fn position_tensor<B: Backend>(&self, device: &B::Device) -> Tensor<B, 1, Int> {
-        Tensor::from_data(TensorData::new(self.positions.clone(), [self.positions.len()]), device)
-    }
+/// A host index vector as an `Int` tensor.
+pub(crate) fn index_tensor<B: Backend>(positions: &[i64], device: &B::Device) -> Tensor<B, 1, Int> {
+    Tensor::from_data(TensorData::new(positions.to_vec(), [positions.len()]), device)
 }
 
 /// What the updates on one minibatch measured (TRL's per-minibatch statistics). The policy's are
@@ -361,7 +483,7 @@ pub struct PpoStats {
     /// Mean raw reward-model score of the rollout.
     #[serde(rename = "objective/scores")]
     pub score: f32,
-    /// Mean summed `log π − log π_ref` per response (at rollout).
+    /// Mean summed per-token KL estimate (k1: `log π − log π_ref`; k3) per response (at rollout).
     #[serde(rename = "objective/kl")]
     pub kl: f32,
     /// Mean summed `−log π` of the sampled tokens per response (at rollout).
@@ -416,7 +538,21 @@ pub const PPO_STATE_FILE: &str = "ppo_state.json";
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 struct PpoState {
     step: u64,
-    moments: RunningMoments,
+    /// The running reward moments' `count`, `mean` and `m2` as their f64 bit patterns: serde_json
+    /// reads decimal floats back to within one ulp only (its `float_roundtrip` is off), and a
+    /// resumed run must continue with exactly these numbers (the crash test caught `m2` one ulp off).
+    moments_bits: [u64; 3],
+}
+
+impl PpoState {
+    fn new(step: u64, m: RunningMoments) -> Self {
+        Self { step, moments_bits: [m.count.to_bits(), m.mean.to_bits(), m.m2.to_bits()] }
+    }
+
+    fn moments(&self) -> RunningMoments {
+        let [count, mean, m2] = self.moments_bits.map(f64::from_bits);
+        RunningMoments { count, mean, m2 }
+    }
 }
 
 /// The settings of the two optimizers.
@@ -430,7 +566,7 @@ pub struct PpoOptim {
 }
 
 /// Picks `positions` out of a flat `[rows · seq_len]` host vector.
-fn pick(flat: &[f32], positions: &[i64]) -> Vec<f32> {
+pub(crate) fn pick(flat: &[f32], positions: &[i64]) -> Vec<f32> {
     positions.iter().map(|&p| flat[p as usize]).collect()
 }
 
@@ -476,7 +612,7 @@ impl<B: AutodiffBackend> PpoTrainer<B> {
         write_dir_atomically(dir, |tmp| {
             save_policy(&self.policy, &self.policy_step, tmp, "policy")?;
             save_score_model(&self.value, &self.value_step, tmp, "value")?;
-            let state = PpoState { step: self.step, moments: self.moments };
+            let state = PpoState::new(self.step, self.moments);
             Ok(write_json(tmp.join(PPO_STATE_FILE), &state)?)
         })
     }
@@ -499,7 +635,7 @@ impl<B: AutodiffBackend> PpoTrainer<B> {
         let (policy, policy_step) = load_policy(dir, "policy", optim.optim, optim.policy, device)?;
         let (value, value_step) = load_score_model(dir, "value", optim.optim, optim.value, device)?;
         let mut trainer = Self::new(policy, value, reward, config, optim, stop_ids, pad_id)?;
-        (trainer.reference, trainer.moments, trainer.step) = (reference, state.moments, state.step);
+        (trainer.reference, trainer.moments, trainer.step) = (reference, state.moments(), state.step);
         (trainer.policy_step, trainer.value_step) = (policy_step, value_step);
         Ok(trainer)
     }
@@ -509,35 +645,24 @@ impl<B: AutodiffBackend> PpoTrainer<B> {
         let c = &self.config;
         let queries: Vec<Vec<u32>> =
             prompts.iter().flat_map(|p| std::iter::repeat_n(p.clone(), c.responses_per_query)).collect();
-        let generate = GenerateConfig {
-            max_new_tokens: c.max_new_tokens,
-            stop_ids: self.stop_ids.clone(),
-            sampling: SamplingConfig {
-                seed: c.sampling.seed.wrapping_add(self.step.wrapping_mul(1_000_003)),
-                ..c.sampling.clone()
-            },
-        };
         let policy = self.policy.valid();
-        let responses = policy.generate_batch(&queries, &generate, |_, _| true)?;
-        let items: Vec<(&[u32], &[u32])> =
-            queries.iter().zip(&responses).map(|(q, r)| (q.as_slice(), r.as_slice())).collect();
-        let limit = queries.iter().map(Vec::len).max().unwrap_or(0) + c.max_new_tokens;
-        let batch = ResponseBatch::new(&items, self.pad_id, limit)?;
-        let positions: Vec<i64> = batch
-            .targets
-            .iter()
-            .enumerate()
-            .filter(|(_, &t)| t != qwen_train::IGNORE_INDEX)
-            .map(|(i, _)| i as i64)
-            .collect();
-
-        let logp = |m: &QwenModel<B::InnerBackend>| -> Result<Vec<f32>> {
-            let logits = m.logits_of(&batch.rows, Mode::Training)?;
-            Ok(pick(&host(token_logprobs(logits, &batch.targets)?), &positions))
-        };
+        let Sampled { responses, batch, positions } =
+            sample(&policy, &queries, c.max_new_tokens, &self.stop_ids, &c.sampling, self.step, self.pad_id)?;
+        let logp = |m: &QwenModel<B::InnerBackend>| response_logprobs(m, &batch, &positions);
         let old_logprobs = logp(&policy)?;
         let ref_logprobs = logp(&self.reference)?;
-        let old_values = pick(&host(self.value.valid().scores(&batch.rows)?), &positions);
+        let after = c.score_placement == ScorePlacement::AfterResponse;
+        let mut value_positions = Vec::with_capacity(positions.len() + if after { responses.len() } else { 0 });
+        let mut at = 0;
+        for (row, (r, &end)) in responses.iter().zip(&batch.ends).enumerate() {
+            value_positions.extend_from_slice(&positions[at..at + r.len()]);
+            if after {
+                // The slot after the response: the value model read at its last token.
+                value_positions.push((row * batch.seq_len + end) as i64);
+            }
+            at += r.len();
+        }
+        let old_values = pick(&host(self.value.valid().scores(&batch.rows)?), &value_positions);
         let scores = host(self.reward.rewards(&batch.rows, &batch.ends)?);
 
         self.moments.update(&scores);
@@ -549,25 +674,40 @@ impl<B: AutodiffBackend> PpoTrainer<B> {
                 RewardNorm::RunningMeanStd => ((s as f64 - self.moments.mean) / (self.moments.std() + 1e-8)) as f32,
             })
             .collect();
-        let (mut advantages, mut returns) = (Vec::with_capacity(positions.len()), Vec::with_capacity(positions.len()));
-        let mut at = 0;
+        let extra = after as usize;
+        let (mut advantages, mut returns) = (Vec::with_capacity(positions.len()), Vec::with_capacity(old_values.len()));
+        let (mut at, mut value_at) = (0, 0);
         for (i, r) in responses.iter().enumerate() {
             let span = at..at + r.len();
             let rewards = kl_penalized_rewards(
                 normalized[i],
                 &old_logprobs[span.clone()],
-                &ref_logprobs[span.clone()],
+                &ref_logprobs[span],
                 c.kl_coef as f32,
+                c.kl_estimator,
+                c.score_placement,
             );
-            let (a, ret) = gae(&rewards, &old_values[span], c.gamma, c.lambda);
-            advantages.extend(a);
+            let (a, ret) = gae(&rewards, &old_values[value_at..value_at + r.len() + extra], c.gamma, c.lambda);
+            advantages.extend_from_slice(&a[..r.len()]);
             returns.extend(ret);
             at += r.len();
+            value_at += r.len() + extra;
         }
         if c.whiten_advantages {
             whiten(&mut advantages);
         }
-        Ok(Rollout { batch, responses, scores, positions, old_logprobs, ref_logprobs, old_values, advantages, returns })
+        Ok(Rollout {
+            batch,
+            responses,
+            scores,
+            positions,
+            old_logprobs,
+            ref_logprobs,
+            advantages,
+            value_positions,
+            old_values,
+            returns,
+        })
     }
 
     /// One PPO step on `prompts`: rollout, then `epochs` value (and, after the warm-up, policy)
@@ -580,25 +720,28 @@ impl<B: AutodiffBackend> PpoTrainer<B> {
         let rows = rollout.batch.rows.len();
         let size = if self.config.minibatch_rows == 0 { rows } else { self.config.minibatch_rows };
         let seq_len = rollout.batch.seq_len as i64;
-        let mut token_start = Vec::with_capacity(rows + 1);
+        let extra = (self.config.score_placement == ScorePlacement::AfterResponse) as usize;
+        let (mut token_start, mut value_start) = (Vec::with_capacity(rows + 1), Vec::with_capacity(rows + 1));
         token_start.push(0);
+        value_start.push(0);
         for r in &rollout.responses {
             token_start.push(token_start.last().copied().unwrap_or(0) + r.len());
+            value_start.push(value_start.last().copied().unwrap_or(0) + r.len() + extra);
         }
         for _ in 0..self.config.epochs {
             for first in (0..rows).step_by(size.max(1)) {
                 let last = (first + size).min(rows);
-                let tokens = token_start[first]..token_start[last];
-                let positions: Vec<i64> =
-                    rollout.positions[tokens.clone()].iter().map(|&p| p - first as i64 * seq_len).collect();
+                let (tokens, values) = (token_start[first]..token_start[last], value_start[first]..value_start[last]);
+                let shift = |p: &[i64]| -> Vec<i64> { p.iter().map(|&p| p - first as i64 * seq_len).collect() };
                 let part = Minibatch {
                     rows: &rollout.batch.rows[first..last],
                     targets: &rollout.batch.targets[first * rollout.batch.seq_len..last * rollout.batch.seq_len],
-                    positions,
+                    positions: shift(&rollout.positions[tokens.clone()]),
                     old_logprobs: &rollout.old_logprobs[tokens.clone()],
-                    old_values: &rollout.old_values[tokens.clone()],
-                    advantages: &rollout.advantages[tokens.clone()],
-                    returns: &rollout.returns[tokens],
+                    advantages: &rollout.advantages[tokens],
+                    value_positions: shift(&rollout.value_positions[values.clone()]),
+                    old_values: &rollout.old_values[values.clone()],
+                    returns: &rollout.returns[values],
                 };
                 let mut update = self.update_value(&part)?;
                 if update_policy {
@@ -618,7 +761,9 @@ impl<B: AutodiffBackend> PpoTrainer<B> {
         }
         let rows_n = rollout.responses.len().max(1) as f32;
         stats.score = rollout.scores.iter().sum::<f32>() / rows_n;
-        let kl: f32 = rollout.old_logprobs.iter().zip(&rollout.ref_logprobs).map(|(p, q)| p - q).sum();
+        let estimator = self.config.kl_estimator;
+        let kl: f32 =
+            rollout.old_logprobs.iter().zip(&rollout.ref_logprobs).map(|(&p, &q)| estimator.per_token(p, q)).sum();
         stats.kl = kl / rows_n;
         stats.entropy = -rollout.old_logprobs.iter().sum::<f32>() / rows_n;
         stats.non_score_reward = -(self.config.kl_coef as f32) * stats.kl;
@@ -633,7 +778,7 @@ impl<B: AutodiffBackend> PpoTrainer<B> {
     fn update_value(&mut self, part: &Minibatch<'_>) -> Result<UpdateStats> {
         let device = self.policy.device();
         let t = |v: &[f32]| vector::<B>(v.to_vec(), &device);
-        let positions = part.position_tensor::<B>(&device);
+        let positions = index_tensor::<B>(&part.value_positions, &device);
         let values = self.value.scores(part.rows)?.reshape([-1]).select(0, positions);
         let clipped = value_clip_fraction(&host(values.clone()), part.old_values, part.returns, self.config.value_clip);
         let vf = clipped_value_loss(values, t(part.old_values), t(part.returns), self.config.value_clip);
@@ -653,7 +798,7 @@ impl<B: AutodiffBackend> PpoTrainer<B> {
     ) -> Result<f64> {
         let device = self.policy.device();
         let t = |v: &[f32]| vector::<B>(v.to_vec(), &device);
-        let positions = part.position_tensor::<B>(&device);
+        let positions = index_tensor::<B>(&part.positions, &device);
         let logits = self.policy.logits_of(part.rows, Mode::Training)?;
         stats.entropy = mean_entropy(logits.clone().inner(), &part.positions);
         let logp = token_logprobs(logits, part.targets)?.reshape([-1]).select(0, positions);

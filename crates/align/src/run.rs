@@ -1,6 +1,6 @@
 //! The alignment stages as config-driven, resumable runs: SFT ([`SftConfig`]), the reward model
-//! (preference-model pretraining, then fine-tuning: [`RewardConfig`]), PPO ([`PpoRunConfig`]) and
-//! DPO ([`DpoRunConfig`]).
+//! (preference-model pretraining, then fine-tuning: [`RewardConfig`]), PPO ([`PpoRunConfig`]),
+//! DPO ([`DpoRunConfig`]) and GRPO ([`GrpoRunConfig`]).
 //!
 //! A run is a [`Run`] over one [`Stage`] (a trainer) and an output folder:
 //!
@@ -34,6 +34,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::dpo::{DpoConfig, DpoStep, DpoTrainer};
 use crate::error::{AlignError, Result};
+use crate::grpo::{GrpoBatch, GrpoConfig, GrpoReward, GrpoStats, GrpoTrainer};
 use crate::pairs::PairBatch;
 use crate::ppo::{PpoConfig, PpoOptim, PpoStats, PpoTrainer};
 use crate::reward::{RewardStep, RewardTrainer, ScoreModel};
@@ -547,6 +548,84 @@ impl<B: AutodiffBackend> Run<DpoTrainer<B>> {
                 (DpoTrainer::resume(dir, reference, config.dpo, config.optim, config.schedule, device)?, true)
             }
             None => (DpoTrainer::new(policy, config.dpo, config.optim, config.schedule)?, false),
+        };
+        Run::new(trainer, out, config.steps, config.checkpoint_every, resumed)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// GRPO
+
+/// GRPO: the trainer's settings, the optimizer, its schedule, the generation's stop and pad ids,
+/// and the run. The reward source (a reward model or a verifier) is an input, like the data.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GrpoRunConfig {
+    pub grpo: GrpoConfig,
+    pub optim: OptimConfig,
+    pub schedule: Schedule,
+    /// Generation stops after one of these (e.g. `<|im_end|>`).
+    pub stop_ids: Vec<u32>,
+    pub pad_id: u32,
+    pub steps: u64,
+    pub checkpoint_every: u64,
+}
+
+impl RunConfig for GrpoRunConfig {
+    fn validate(&self) -> Result<()> {
+        self.grpo.validate()?;
+        self.optim.validate()?;
+        Ok(self.schedule.validate()?)
+    }
+    fn steps(&self) -> u64 {
+        self.steps
+    }
+    fn checkpoint_every(&self) -> u64 {
+        self.checkpoint_every
+    }
+}
+
+impl<B: AutodiffBackend> Stage for GrpoTrainer<B> {
+    type Batch = GrpoBatch;
+    type Stats = GrpoStats;
+    fn steps_done(&self) -> u64 {
+        self.step_count()
+    }
+    fn tag(&self, _: u64) -> &'static str {
+        "grpo"
+    }
+    fn train_batch(&mut self, batch: &GrpoBatch) -> Result<GrpoStats> {
+        self.step(batch)
+    }
+    fn save_checkpoint(&self, dir: &Path) -> Result<()> {
+        GrpoTrainer::save_checkpoint(self, dir)
+    }
+}
+
+/// A GRPO run.
+pub type GrpoRun<B> = Run<GrpoTrainer<B>>;
+
+impl<B: AutodiffBackend> Run<GrpoTrainer<B>> {
+    /// GRPO from `policy` (also the frozen reference) with rewards from `reward`, into `out`.
+    /// Resumed from `out`'s checkpoint when it has one: then `policy` must again be the policy the
+    /// run started from (it is the reference) and `reward` the same source.
+    pub fn grpo(
+        config: &GrpoRunConfig,
+        policy: QwenModel<B>,
+        reward: GrpoReward<B::InnerBackend>,
+        out: impl AsRef<Path>,
+        device: &B::Device,
+    ) -> Result<Self> {
+        let out = out.as_ref();
+        let c = config.clone();
+        let (trainer, resumed) = match prepare(out, config)? {
+            Some(dir) => {
+                let reference = policy.valid();
+                let t = GrpoTrainer::resume(
+                    dir, reference, reward, c.grpo, c.optim, c.schedule, c.stop_ids, c.pad_id, device,
+                )?;
+                (t, true)
+            }
+            None => (GrpoTrainer::new(policy, reward, c.grpo, c.optim, c.schedule, c.stop_ids, c.pad_id)?, false),
         };
         Run::new(trainer, out, config.steps, config.checkpoint_every, resumed)
     }

@@ -193,7 +193,7 @@ fn gae_is_the_discounted_sum_of_td_errors() {
         assert!((adv[t] - want).abs() < 1e-6, "{t}: {} vs {want}", adv[t]);
         assert!((ret[t] - (want + values[t])).abs() < 1e-6);
     }
-    let r = kl_penalized_rewards(2.0, &[-1.0, -2.0], &[-1.5, -1.0], 0.1);
+    let r = kl_penalized_rewards(2.0, &[-1.0, -2.0], &[-1.5, -1.0], 0.1, KlEstimator::K1, ScorePlacement::LastToken);
     assert!((r[0] + 0.05).abs() < 1e-6 && (r[1] - (0.1 + 2.0)).abs() < 1e-6, "{r:?}");
     let mut x = [1.0, 2.0, 3.0, 6.0];
     whiten(&mut x);
@@ -360,6 +360,61 @@ fn ppo_run(minibatch_rows: usize) {
     let (after, _) = expected(&ppo.valid_policy());
     // Over 300 random runs the smallest gain was 11% of the way (the median ~60%).
     assert!(after - before > 0.05 * (best - before), "expected score {before} -> {after}, best {best}");
+}
+
+/// A verifier over the tiny vocabulary: the response's ids as text, checked against the answer.
+fn id_verifier() -> GrpoReward<Inner> {
+    let decode: Decode = Box::new(|ids: &[u32]| Ok(ids.iter().map(u32::to_string).collect::<Vec<_>>().join(" ")));
+    GrpoReward::Verifier { verifier: verifier("exact_match").unwrap(), decode }
+}
+
+/// GRPO with the exact-match verifier on one-token answers: each prompt's answer is token 10. The
+/// policy's exact expected reward `π(10 | prompt)` (no sampling noise in the check) rises, the
+/// KL to the reference grows from 0, and the statistics carry TRL's names.
+#[test]
+fn grpo_raises_the_verifier_reward() {
+    let device = Default::default();
+    let policy = QwenModel::<B>::random(config(), 0.1, &device);
+    let grpo = GrpoConfig { group_size: 8, max_new_tokens: 1, ..GrpoConfig::default() };
+    let mut trainer =
+        GrpoTrainer::new(policy, id_verifier(), grpo, OptimConfig::default(), constant(1e-2, 0), vec![], 0).unwrap();
+    let prompts: Vec<Vec<u32>> = pairs(4, 0).into_iter().map(|p| p.prompt).collect();
+    let batch = GrpoBatch { prompts: prompts.clone(), answers: vec![Some("10".into()); 4] };
+    let expected = |policy: &QwenModel<Inner>| -> f32 {
+        let last = policy.forward(&prompts).unwrap().narrow(1, prompts[0].len() - 1, 1);
+        let probs = burn::tensor::activation::softmax(last, 2).into_data().to_vec::<f32>().unwrap();
+        (0..prompts.len()).map(|i| probs[i * 64 + 10]).sum::<f32>() / prompts.len() as f32
+    };
+    let before = expected(&trainer.valid_policy());
+    let mut first = None;
+    for _ in 0..20 {
+        let s = trainer.step(&batch).unwrap();
+        assert!(s.loss.is_finite() && s.mean_length == 1.0 && (0.0..=1.0).contains(&s.reward), "{s:?}");
+        assert!((0.0..=1.0).contains(&s.frac_reward_zero_std) && s.clip_region == 0.0, "one update: ratio 1, {s:?}");
+        first.get_or_insert(s);
+    }
+    let first = first.unwrap();
+    assert!(first.kl.abs() < 1e-6, "the first step's policy is the reference: {first:?}");
+    let after = expected(&trainer.valid_policy());
+    eprintln!("grpo, exact match on token 10: expected verifier reward {before:.4} -> {after:.4} in 20 steps");
+    assert!(after > before + 0.2, "expected verifier reward {before} -> {after}");
+    let json = serde_json::to_value(&first).unwrap();
+    for key in [
+        "reward",
+        "reward_std",
+        "frac_reward_zero_std",
+        "kl",
+        "entropy",
+        "clip_ratio/region_mean",
+        "completions/mean_length",
+    ] {
+        assert!(json.get(key).is_some(), "{key} missing from {json}");
+    }
+    // A prompt without an answer is a typed error for exact_match; so is an unknown verifier.
+    let no_answer = GrpoBatch { prompts: prompts.clone(), answers: vec![None; 4] };
+    assert!(matches!(trainer.step(&no_answer), Err(AlignError::Batch(_))));
+    assert!(matches!(verifier("nope"), Err(AlignError::Config(_))));
+    assert!(GrpoConfig { group_size: 1, ..GrpoConfig::default() }.validate().is_err());
 }
 
 /// A reward model saved in HF `Qwen2ForSequenceClassification` layout loads back with the same
@@ -619,6 +674,46 @@ fn dpo_and_ppo_runs_resume_exactly() {
     let open = |d: &std::path::Path| Run::ppo(&ppo, policy.clone(), value.clone(), reward.clone(), d, &device).unwrap();
     let data = |s: u64| PpoBatch { prompts: pairs(2, s as u32).into_iter().map(|p| p.prompt).collect(), ptx: None };
     assert_resumes_exactly("ppo", &ppo, &open, &data, 3);
+
+    // PPO with TRL's conventions (k3, the score one slot after the response) resumes exactly too.
+    let trl_like = PpoRunConfig {
+        ppo: PpoConfig {
+            kl_estimator: KlEstimator::K3,
+            score_placement: ScorePlacement::AfterResponse,
+            ..ppo.ppo.clone()
+        },
+        ..ppo.clone()
+    };
+    let open =
+        |d: &std::path::Path| Run::ppo(&trl_like, policy.clone(), value.clone(), reward.clone(), d, &device).unwrap();
+    assert_resumes_exactly("ppo-trl", &trl_like, &open, &data, 3);
+}
+
+#[test]
+fn grpo_runs_resume_exactly() {
+    let device = Default::default();
+    let policy = QwenModel::<B>::random(config(), 0.1, &device);
+    let reward = ScoreModel::from_lm(QwenModel::<Inner>::random(config(), 0.1, &device));
+    let grpo = GrpoRunConfig {
+        grpo: GrpoConfig { group_size: 3, max_new_tokens: 2, iterations: 2, ..GrpoConfig::default() },
+        optim: OptimConfig::default(),
+        schedule: constant(1e-2, 0),
+        stop_ids: vec![10],
+        pad_id: 0,
+        steps: 5,
+        checkpoint_every: 2,
+    };
+    let data =
+        |s: u64| GrpoBatch { prompts: pairs(2, s as u32).into_iter().map(|p| p.prompt).collect(), answers: vec![] };
+    let open =
+        |d: &std::path::Path| Run::grpo(&grpo, policy.clone(), GrpoReward::Model(reward.clone()), d, &device).unwrap();
+    assert_resumes_exactly("grpo-model", &grpo, &open, &data, 3);
+    let data = |s: u64| GrpoBatch {
+        prompts: pairs(2, s as u32).into_iter().map(|p| p.prompt).collect(),
+        answers: vec![Some("10".into()); 2],
+    };
+    let open = |d: &std::path::Path| Run::grpo(&grpo, policy.clone(), id_verifier(), d, &device).unwrap();
+    assert_resumes_exactly("grpo-verifier", &grpo, &open, &data, 3);
 }
 
 #[test]

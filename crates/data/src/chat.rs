@@ -17,7 +17,15 @@
 //! {"prompt": [{"role": "user", "content": "..."}], "chosen": "...", "rejected": "..."}
 //! ```
 //!
-//! Both readers stream: [`ChatJsonl`] and [`PreferenceJsonl`] are iterators that parse one line at
+//! A prompt record is what RL (PPO, GRPO) samples responses to, with an optional reference answer
+//! that a verifier checks responses against:
+//!
+//! ```text
+//! {"prompt": "..."}
+//! {"prompt": [{"role": "user", "content": "..."}], "answer": "..."}
+//! ```
+//!
+//! The readers ([`ChatJsonl`], [`PreferenceJsonl`], [`PromptJsonl`]) stream: iterators that parse one line at
 //! a time. A malformed line yields [`DataError::MalformedJsonl`] with its line number, and the
 //! iterator goes on with the next line; blank lines are skipped.
 
@@ -48,6 +56,17 @@ pub struct PreferenceRecord {
     pub prompt: Vec<Message>,
     pub chosen: String,
     pub rejected: String,
+}
+
+/// A prompt to sample responses to (PPO, GRPO), with an optional reference answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PromptRecord {
+    /// The system prompt, when the prompt starts with one.
+    pub system: Option<String>,
+    /// The conversation so far; its last message is the user's.
+    pub prompt: Vec<Message>,
+    /// The `answer` field, for verifiers.
+    pub answer: Option<String>,
 }
 
 fn role(name: &str) -> std::result::Result<Role, String> {
@@ -90,18 +109,38 @@ impl ChatRecord {
     }
 }
 
+/// A `"prompt"` field: a string (one user message) or a message list ending with the user's.
+fn prompt_field(v: &Value) -> std::result::Result<(Option<String>, Vec<Message>), String> {
+    let prompt = v.get("prompt").ok_or("no \"prompt\"")?;
+    let (system, prompt) = match prompt {
+        Value::String(s) => (None, vec![Message::new(Role::User, s.as_str())]),
+        other => messages(other)?,
+    };
+    if prompt.last().is_none_or(|m| m.role != Role::User) {
+        return Err("the prompt must end with a user message".into());
+    }
+    Ok((system, prompt))
+}
+
+impl PromptRecord {
+    /// Parses one JSON object (see the module docs): `prompt` as in a preference record, `answer`
+    /// (optional) a string.
+    pub fn from_json(v: &Value) -> std::result::Result<Self, String> {
+        let (system, prompt) = prompt_field(v)?;
+        let answer = match v.get("answer") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(_) => return Err("\"answer\" must be a string".into()),
+        };
+        Ok(Self { system, prompt, answer })
+    }
+}
+
 impl PreferenceRecord {
     /// Parses one JSON object (see the module docs). The prompt is a string (one user message)
     /// or a message list ending with a user message; both responses must be strings.
     pub fn from_json(v: &Value) -> std::result::Result<Self, String> {
-        let prompt = v.get("prompt").ok_or("no \"prompt\"")?;
-        let (system, prompt) = match prompt {
-            Value::String(s) => (None, vec![Message::new(Role::User, s.as_str())]),
-            other => messages(other)?,
-        };
-        if prompt.last().is_none_or(|m| m.role != Role::User) {
-            return Err("the prompt must end with a user message".into());
-        }
+        let (system, prompt) = prompt_field(v)?;
         let text = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned).ok_or(format!("no string \"{k}\""));
         Ok(Self { system, prompt, chosen: text("chosen")?, rejected: text("rejected")? })
     }
@@ -120,6 +159,8 @@ pub struct Jsonl<T> {
 pub type ChatJsonl = Jsonl<ChatRecord>;
 /// Preference pairs from a JSON Lines file.
 pub type PreferenceJsonl = Jsonl<PreferenceRecord>;
+/// RL prompts from a JSON Lines file.
+pub type PromptJsonl = Jsonl<PromptRecord>;
 
 impl ChatJsonl {
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
@@ -130,6 +171,12 @@ impl ChatJsonl {
 impl PreferenceJsonl {
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         Jsonl::with_parser(path, PreferenceRecord::from_json)
+    }
+}
+
+impl PromptJsonl {
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        Jsonl::with_parser(path, PromptRecord::from_json)
     }
 }
 

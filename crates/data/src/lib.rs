@@ -45,7 +45,7 @@ pub mod shard;
 pub mod source;
 
 pub use batch::{Batcher, TokenBatch, TokenBatcher};
-pub use chat::{ChatJsonl, ChatRecord, Jsonl, PreferenceJsonl, PreferenceRecord};
+pub use chat::{ChatJsonl, ChatRecord, Jsonl, PreferenceJsonl, PreferenceRecord, PromptJsonl, PromptRecord};
 pub use corpus::{CorpusConfig, CorpusFiles, CorpusReport, PreparedCorpus, SourceSpec};
 pub use dedup::{Dedup, DedupConfig, DedupStats, ExactDedup, MinHasher, NearDedup};
 pub use error::{DataError, Result};

@@ -1,7 +1,7 @@
 mod common;
 
 use common::TempDir;
-use qwen_data::{ChatJsonl, DataError, PreferenceJsonl};
+use qwen_data::{ChatJsonl, DataError, PreferenceJsonl, PromptJsonl};
 use qwen_tokenizer::{Message, Role};
 
 #[test]
@@ -69,4 +69,35 @@ fn preference_records_with_string_or_message_prompts() {
     assert_eq!((b.system.as_deref(), b.prompt.len()), (Some("s"), 1));
     assert!(matches!(all[2], Err(DataError::MalformedJsonl { line: 3, .. })), "a prompt must end with the user");
     assert!(matches!(all[3], Err(DataError::MalformedJsonl { line: 4, .. })), "rejected is missing");
+}
+
+#[test]
+fn prompt_records_with_optional_answers_and_errors_by_line() {
+    let dir = TempDir::new("prompts");
+    let p = dir.write(
+        "prompts.jsonl",
+        concat!(
+            r#"{"prompt": "2+2?", "answer": "4"}"#,
+            "\n\n",
+            r#"{"prompt": [{"role": "system", "content": "s"}, {"role": "user", "content": "q"}]}"#,
+            "\n",
+            r#"{"prompt": "q", "answer": 4}"#,
+            "\n",
+            r#"{"question": "q"}"#,
+            "\n",
+            "not json\n",
+        ),
+    );
+    let all: Vec<_> = PromptJsonl::open(&p).unwrap().collect();
+    assert_eq!(all.len(), 5);
+    let a = all[0].as_ref().unwrap();
+    assert_eq!(
+        (a.prompt.clone(), a.answer.as_deref(), a.system.as_deref()),
+        (vec![Message::new(Role::User, "2+2?")], Some("4"), None)
+    );
+    let b = all[1].as_ref().unwrap();
+    assert_eq!((b.system.as_deref(), b.prompt.len(), b.answer.as_deref()), (Some("s"), 1, None));
+    assert!(matches!(all[2], Err(DataError::MalformedJsonl { line: 4, .. })), "the answer must be a string");
+    assert!(matches!(all[3], Err(DataError::MalformedJsonl { line: 5, .. })), "no prompt");
+    assert!(matches!(all[4], Err(DataError::MalformedJsonl { line: 6, .. })), "not JSON");
 }
