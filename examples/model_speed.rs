@@ -1,12 +1,12 @@
 //! Prefill and decode speed and peak memory of a random-weight model of a given shape, as one
 //! JSON line (used by `tools/reference/bench_vs_torch.sh model` to compare with PyTorch on the
-//! same shape, threads and inputs). Default shape: Qwen2.5-0.5B (tied, f32).
+//! same shape, threads and inputs). Default shape: Qwen2.5-0.5B (tied, f32; `--bf16`: bf16 matmuls).
 
 use std::time::Instant;
 
 use clap::Parser;
 use qwen::backend::{device, Backend};
-use qwen_model::{KvCache, QwenConfigBuilder, QwenModel};
+use qwen_model::{KvCache, Precision, QwenConfigBuilder, QwenModel};
 
 /// Measures prefill tokens/s, decode tokens/s and peak resident memory.
 #[derive(Parser)]
@@ -21,6 +21,9 @@ struct Args {
     /// Repetitions; the best is reported.
     #[arg(long, default_value_t = 3)]
     reps: usize,
+    /// Matmuls in bf16 (f32 weights cast around each matmul, `qwen_model::Precision::Bf16`).
+    #[arg(long)]
+    bf16: bool,
 }
 
 fn peak_rss_mb() -> f64 {
@@ -34,13 +37,14 @@ fn peak_rss_mb() -> f64 {
 
 fn last_value(t: burn::tensor::Tensor<Backend, 3>) -> f32 {
     let [_, s, v] = t.dims();
-    t.narrow(1, s - 1, 1).into_data().to_vec::<f32>().unwrap()[v - 1]
+    t.narrow(1, s - 1, 1).into_data().convert::<f32>().to_vec::<f32>().unwrap()[v - 1]
 }
 
 fn main() {
     let args = Args::parse();
     let config = QwenConfigBuilder::qwen2_5_0_5b().layers(args.layers).build().unwrap();
-    let model = QwenModel::<Backend>::random(config, 0.02, &device());
+    let mut model = QwenModel::<Backend>::random(config, 0.02, &device());
+    model.precision = if args.bf16 { Precision::Bf16 } else { Precision::Full };
     let prompt: Vec<u32> = (0..args.prefill as u32).map(|i| (i * 7919 + 13) % 151_000).collect();
     let (mut prefill, mut decode) = (f64::INFINITY, f64::INFINITY);
     for _ in 0..args.reps {
@@ -57,7 +61,7 @@ fn main() {
     println!(
         "{}",
         serde_json::json!({
-            "impl": format!("qwen-rs/{}", qwen::backend::name()),
+            "impl": format!("qwen-rs/{}{}", qwen::backend::name(), if args.bf16 { "/bf16" } else { "" }),
             "layers": args.layers,
             "prefill_tokens_per_s": args.prefill as f64 / prefill,
             "decode_tokens_per_s": args.decode as f64 / decode,

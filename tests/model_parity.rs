@@ -4,34 +4,17 @@
 //! holds the checkpoint exactly as the reference saved it and `reference.safetensors` with the
 //! inputs, the logits (no KV cache, inference mode) and the greedy generations.
 
-use std::path::{Path, PathBuf};
-
 use burn::backend::Flex;
 use qwen_model::{GenerateConfig, QwenModel, SamplingConfig};
 
 mod common;
 
-use common::{max_diff, Reference};
+use common::{max_diff, model_cases as cases, model_meta as meta, Reference};
 
 type B = Flex;
 
 /// Max |logit error| allowed in f32.
 const TOLERANCE: f32 = 1e-4;
-
-fn cases() -> Vec<PathBuf> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/model");
-    let mut v: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.join("reference.safetensors").is_file())
-        .collect();
-    v.sort();
-    v
-}
-
-fn meta(dir: &Path) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap()
-}
 
 #[test]
 fn logits_match_the_references() {

@@ -127,3 +127,34 @@ for entry in "${CORPORA[@]}"; do
   touch "$stamp"
   echo "corpus/$name: extracted from $req (sdist sha256 $want)"
 done
+
+# ---------------------------------------------------------------------------------------------
+# A Vulkan driver for the wgpu tests (tests/wgpu.rs): Mesa's lavapipe runs wgpu's compute shaders on
+# the CPU, so burn's GPU code path is tested on every CI run without a GPU (docs/gpu.md). Installed
+# from Debian when no Vulkan ICD is registered and we are root (CI); a GPU machine's own driver
+# (an ICD file already present) is left alone. Set QWEN_SKIP_VULKAN=1 to skip this step.
+ICD_DIRS=(/usr/share/vulkan/icd.d /etc/vulkan/icd.d /usr/local/share/vulkan/icd.d)
+have_icd() {
+  local d
+  for d in "${ICD_DIRS[@]}"; do
+    compgen -G "$d/*.json" >/dev/null && return 0
+  done
+  [ -n "${VK_ICD_FILENAMES:-}${VK_DRIVER_FILES:-}" ]
+}
+if [ "${QWEN_SKIP_VULKAN:-0}" = 1 ]; then
+  echo "vulkan: skipped (QWEN_SKIP_VULKAN=1)"
+elif have_icd && ldconfig -p 2>/dev/null | grep -q 'libvulkan\.so\.1'; then
+  echo "vulkan: ok (an ICD and libvulkan.so.1 are present)"
+elif [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "vulkan: installing Mesa's lavapipe (Debian mesa-vulkan-drivers libvulkan1) for the wgpu tests"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >"$TMP/apt.log" 2>&1 || { cat "$TMP/apt.log" >&2; die "apt-get update failed"; }
+  apt-get install -y -qq --no-install-recommends mesa-vulkan-drivers libvulkan1 >"$TMP/apt.log" 2>&1 \
+    || { cat "$TMP/apt.log" >&2; die "apt-get install mesa-vulkan-drivers libvulkan1 failed"; }
+  have_icd || die "mesa-vulkan-drivers is installed but no Vulkan ICD file appeared in ${ICD_DIRS[*]}"
+  echo "vulkan: lavapipe installed"
+else
+  echo "setup.sh: WARNING: no Vulkan driver found and cannot install one (not root or no apt-get)." >&2
+  echo "  The wgpu tests (tools/test.sh, tests/wgpu.rs) need one: as root run" >&2
+  echo "  apt-get install mesa-vulkan-drivers libvulkan1   (Mesa's lavapipe, Vulkan on the CPU)" >&2
+fi

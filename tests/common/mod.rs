@@ -52,6 +52,31 @@ pub fn ids(v: &serde_json::Value) -> Vec<u32> {
     v.as_array().expect("ids array").iter().map(|x| x.as_u64().expect("id") as u32).collect()
 }
 
+/// The model fixture folders (`tests/fixtures/model/<case>/`, each with a `reference.safetensors`),
+/// sorted by name.
+pub fn model_cases() -> Vec<PathBuf> {
+    let dir = root().join("tests/fixtures/model");
+    let mut v: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.join("reference.safetensors").is_file())
+        .collect();
+    v.sort();
+    v
+}
+
+/// One model fixture folder by case name (`qwen2_gqa`, `qwen1_plain`, ...).
+pub fn model_case(name: &str) -> PathBuf {
+    let p = root().join("tests/fixtures/model").join(name);
+    assert!(p.join("reference.safetensors").is_file(), "{}: no such model fixture", p.display());
+    p
+}
+
+/// A model fixture's `reference.json`.
+pub fn model_meta(dir: &std::path::Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap()
+}
+
 /// The tensors of a model fixture's `reference.safetensors` (`tools/reference/model_fixtures.py`).
 pub struct Reference {
     bytes: Vec<u8>,
