@@ -25,10 +25,11 @@ status=0
 for t in "${TARGETS[@]}"; do
   mkdir -p "corpus/$t"
   log="$(mktemp)"
-  # -max_len: inputs up to 16 KiB; -timeout: one input taking 10 s is a hang; -rss_limit_mb and
-  # -malloc_limit_mb: a process over 2 GiB, or one allocation over 512 MiB, is a failure.
+  # -max_len: inputs up to 16 KiB; -timeout: one input taking 30 s is a hang (generous, for a
+  # loaded 2-core machine); -rss_limit_mb and -malloc_limit_mb: a process over 2 GiB, or one
+  # allocation over 512 MiB, is a failure.
   if cargo +nightly fuzz run "$t" "corpus/$t" "seeds/$t" -- \
-      -max_total_time="$SECONDS_EACH" -max_len=16384 -timeout=10 -rss_limit_mb=2048 -malloc_limit_mb=512 \
+      -max_total_time="$SECONDS_EACH" -max_len=16384 -timeout=30 -rss_limit_mb=2048 -malloc_limit_mb=512 \
       ${FUZZ_RUNS:+-runs=$FUZZ_RUNS} -print_final_stats=1 >"$log" 2>&1; then
     result=ok
   else

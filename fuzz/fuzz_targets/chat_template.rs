@@ -30,7 +30,7 @@ fn fixtures() -> &'static (Tokenizer, Vec<ChatTemplate>) {
     })
 }
 
-fuzz_target!(|data: &[u8]| {
+fuzz_target!(init: { fixtures(); }, |data: &[u8]| {
     let Some((&which, rest)) = data.split_first() else { return };
     let (messages, source) = common::split(rest, 0);
     let Ok(serde_json::Value::Array(messages)) = serde_json::from_slice(messages) else { return };

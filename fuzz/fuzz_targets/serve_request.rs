@@ -28,7 +28,7 @@ fn fixtures() -> &'static (Tokenizer, [ChatFormat; 2]) {
     })
 }
 
-fuzz_target!(|data: &[u8]| {
+fuzz_target!(init: { fixtures(); }, |data: &[u8]| {
     let Some((&which, body)) = data.split_first() else { return };
     if which % 2 == 1 {
         let _ = serde_json::from_slice::<CompletionRequest>(body);
