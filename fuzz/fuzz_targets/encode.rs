@@ -17,7 +17,7 @@ fn tokenizer() -> &'static (Tokenizer, Pretokenizer) {
     })
 }
 
-fuzz_target!(|data: &[u8]| {
+fuzz_target!(init: { tokenizer(); }, |data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else { return };
     let (tok, regex) = tokenizer();
     assert_eq!(Pretokenizer::Qwen.pieces(text).unwrap(), regex.pieces(text).unwrap());

@@ -27,7 +27,9 @@
 //!
 //! The readers ([`ChatJsonl`], [`PreferenceJsonl`], [`PromptJsonl`]) stream: iterators that parse one line at
 //! a time. A malformed line yields [`DataError::MalformedJsonl`] with its line number, and the
-//! iterator goes on with the next line; blank lines are skipped.
+//! iterator goes on with the next line; blank lines are skipped. A line longer than
+//! [`MAX_LINE_BYTES`](crate::MAX_LINE_BYTES) yields [`DataError::LineTooLong`] without being held in
+//! memory, and the iterator goes on after it.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader};
@@ -149,7 +151,7 @@ impl PreferenceRecord {
 /// Streams records of type `T` from a JSON Lines file.
 pub struct Jsonl<T> {
     path: PathBuf,
-    reader: BufReader<File>,
+    reader: Box<dyn BufRead + Send>,
     line_no: usize,
     line: String,
     parse: fn(&Value) -> std::result::Result<T, String>,
@@ -166,11 +168,21 @@ impl ChatJsonl {
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         Jsonl::with_parser(path, ChatRecord::from_json)
     }
+
+    /// Conversations from any reader; `name` stands for the path in errors.
+    pub fn from_reader(name: impl Into<PathBuf>, reader: impl BufRead + Send + 'static) -> Self {
+        Jsonl::new(name.into(), Box::new(reader), ChatRecord::from_json)
+    }
 }
 
 impl PreferenceJsonl {
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         Jsonl::with_parser(path, PreferenceRecord::from_json)
+    }
+
+    /// Preference pairs from any reader; `name` stands for the path in errors.
+    pub fn from_reader(name: impl Into<PathBuf>, reader: impl BufRead + Send + 'static) -> Self {
+        Jsonl::new(name.into(), Box::new(reader), PreferenceRecord::from_json)
     }
 }
 
@@ -184,7 +196,15 @@ impl<T> Jsonl<T> {
     fn with_parser(path: impl AsRef<Path>, parse: fn(&Value) -> std::result::Result<T, String>) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
         let reader = File::open(&path).map(BufReader::new).map_err(|e| DataError::io(&path, e))?;
-        Ok(Self { path, reader, line_no: 0, line: String::new(), parse })
+        Ok(Self::new(path, Box::new(reader), parse))
+    }
+
+    fn new(
+        path: PathBuf,
+        reader: Box<dyn BufRead + Send>,
+        parse: fn(&Value) -> std::result::Result<T, String>,
+    ) -> Self {
+        Self { path, reader, line_no: 0, line: String::new(), parse }
     }
 }
 
@@ -193,13 +213,12 @@ impl<T> Iterator for Jsonl<T> {
 
     fn next(&mut self) -> Option<Self::Item> {
         loop {
-            self.line.clear();
             self.line_no += 1;
-            match self.reader.read_line(&mut self.line) {
+            match crate::line::read_line(&mut self.reader, &mut self.line, &self.path, self.line_no) {
                 Ok(0) => return None,
                 Ok(_) if self.line.trim().is_empty() => continue,
                 Ok(_) => {}
-                Err(e) => return Some(Err(DataError::io(&self.path, e))),
+                Err(e) => return Some(Err(e)),
             }
             let bad =
                 |reason: String| DataError::MalformedJsonl { path: self.path.clone(), line: self.line_no, reason };

@@ -15,6 +15,9 @@ pub enum DataError {
     /// A JSON Lines line is not valid JSON (or not a JSON object).
     #[error("malformed JSON at {path}:{line}: {reason}")]
     MalformedJsonl { path: PathBuf, line: usize, reason: String },
+    /// A line longer than [`crate::line::MAX_LINE_BYTES`] (refused before it is read whole).
+    #[error("{path}:{line}: line longer than {limit} bytes")]
+    LineTooLong { path: PathBuf, line: usize, limit: usize },
     /// A JSON Lines record has no string `text` field.
     #[error("record at {path}:{line} has no string \"text\" field")]
     MissingText { path: PathBuf, line: usize },

@@ -38,6 +38,7 @@ pub mod corpus;
 pub mod dedup;
 mod error;
 pub mod filter;
+pub mod line;
 pub mod mix;
 pub mod pack;
 pub mod rng;
@@ -49,6 +50,7 @@ pub use chat::{ChatJsonl, ChatRecord, Jsonl, PreferenceJsonl, PreferenceRecord, 
 pub use corpus::{CorpusConfig, CorpusFiles, CorpusReport, PreparedCorpus, SourceSpec};
 pub use dedup::{Dedup, DedupConfig, DedupStats, ExactDedup, MinHasher, NearDedup};
 pub use error::{DataError, Result};
+pub use line::MAX_LINE_BYTES;
 pub use filter::{FilterConfig, FilterStats, QualityFilter};
 pub use mix::{MixSource, MixStats, Mixer};
 pub use pack::{PackConfig, PackStats, Sequence, SequencePacker, ENDOFTEXT};

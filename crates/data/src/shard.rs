@@ -247,7 +247,7 @@ impl LoaderState {
 }
 
 /// Serves shuffled fixed-length windows from several shards, epoch after epoch (an endless
-/// iterator, unless there are no windows at all).
+/// iterator, unless there are no windows at all; it ends after epoch `u64::MAX`).
 #[derive(Debug)]
 pub struct ShardLoader {
     shards: Vec<ShardReader>,
@@ -329,7 +329,8 @@ impl Iterator for ShardLoader {
 
     fn next(&mut self) -> Option<Sequence> {
         if self.state.position >= self.windows_per_epoch() {
-            self.state.epoch += 1;
+            // A resumed state can say any epoch: after the last representable one the stream ends.
+            self.state.epoch = self.state.epoch.checked_add(1)?;
             self.state.position = 0;
         }
         self.ensure_order();

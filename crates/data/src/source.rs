@@ -7,7 +7,8 @@
 //!   as JSON Lines, every other file as text.
 //!
 //! Each is an `Iterator<Item = Result<Document>>`. A malformed JSONL record yields an error and
-//! the iterator moves on to the next line (the caller decides whether to stop); an I/O error ends
+//! the iterator moves on to the next line (the caller decides whether to stop), as does a line past
+//! [`MAX_LINE_BYTES`](crate::MAX_LINE_BYTES) ([`DataError::LineTooLong`]); an I/O error ends
 //! the stream after it is yielded. Every document carries the name of its source (by default the
 //! path given to the constructor, or the name given with `named`) for per-source filters and
 //! mixture statistics.
@@ -188,11 +189,14 @@ impl Iterator for JsonlSource {
     fn next(&mut self) -> Option<Self::Item> {
         loop {
             let reader = self.reader.as_mut()?;
-            self.line.clear();
-            match reader.read_line(&mut self.line) {
+            match crate::line::read_line(reader, &mut self.line, &self.path, self.line_no + 1) {
+                Err(e @ DataError::LineTooLong { .. }) => {
+                    self.line_no += 1;
+                    return Some(Err(e));
+                }
                 Err(e) => {
                     self.reader = None;
-                    return Some(Err(DataError::io(&self.path, e)));
+                    return Some(Err(e));
                 }
                 Ok(0) => {
                     self.reader = None;

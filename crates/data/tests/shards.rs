@@ -165,6 +165,21 @@ fn loader_rejects_unusable_input() {
     assert!(ShardLoader::from_state(tiny(), 1, bad).is_err());
 }
 
+/// Found by the `qwtk_shard` fuzz target: a saved state at the last epoch, at the end of it, made
+/// the next window overflow the epoch counter (a panic in debug builds). The stream now ends.
+#[test]
+fn loader_resumed_at_the_last_epoch_ends_instead_of_overflowing() {
+    let dir = TempDir::new("loader-last-epoch");
+    write_shard(dir.join("s.bin"), 10, &[1, 2, 3, 4, 5]).unwrap();
+    let open = || vec![ShardReader::open(dir.join("s.bin"), 10, true).unwrap()];
+    let last = LoaderState { epoch: u64::MAX, position: 0, seed: 7 };
+    let mut loader = ShardLoader::from_state(open(), 2, last).unwrap();
+    assert_eq!(loader.by_ref().count(), 2, "the two windows of the last epoch, then the end");
+    assert_eq!(loader.state(), LoaderState { epoch: u64::MAX, position: 2, seed: 7 });
+    let end = LoaderState { epoch: u64::MAX, position: 2, seed: 7 };
+    assert!(ShardLoader::from_state(open(), 2, end).unwrap().next().is_none());
+}
+
 #[test]
 fn token_batcher() {
     let dir = TempDir::new("batcher");

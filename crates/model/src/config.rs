@@ -227,6 +227,14 @@ fn invalid(msg: impl Into<String>) -> ModelError {
     ModelError::Config(msg.into())
 }
 
+/// The layer count is checked before anything per layer (windows, sparse-layer flags) is built.
+fn check_layers(layers: usize) -> Result<()> {
+    if layers > MAX_LAYERS {
+        return Err(invalid(format!("num_hidden_layers {layers} exceeds {MAX_LAYERS}")));
+    }
+    Ok(())
+}
+
 impl QwenConfig {
     /// Parses and validates an HF `config.json`.
     pub fn from_json_str(text: &str) -> Result<Self> {
@@ -237,8 +245,7 @@ impl QwenConfig {
     /// Reads and validates `config.json` from a file.
     pub fn from_file(path: impl AsRef<std::path::Path>) -> Result<Self> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io { path: path.into(), source })?;
-        Self::from_json_str(&text)
+        Self::from_json_str(&crate::load::read_json_text(path)?)
     }
 
     /// Validates a parsed `config.json`.
@@ -270,6 +277,7 @@ impl QwenConfig {
             (Some(v), _) | (None, Some(v)) => v,
             (None, None) => return Err(invalid("Qwen-1 config: missing field `vocab_size`")),
         };
+        check_layers(c.num_hidden_layers)?;
         if !c.no_bias {
             return Err(ModelError::Unsupported("Qwen-1 with no_bias = false (biases on every projection)".into()));
         }
@@ -363,6 +371,7 @@ impl QwenConfig {
             other => return Err(ModelError::Unsupported(format!("rope type {other:?}"))),
         };
         let layers = c.num_hidden_layers;
+        check_layers(layers)?;
         let windows = match (&c.layer_types, c.use_sliding_window, c.sliding_window) {
             (_, false, _) | (_, true, None) => LayerWindows::full(layers),
             // Qwen3-MoE's attention takes `config.sliding_window` in every layer (no layer types).
@@ -544,10 +553,7 @@ impl QwenConfig {
                 return Err(invalid(format!("{what} = {a} × {b} exceeds {MAX_TENSOR_ELEMENTS} elements")));
             }
         }
-        if self.num_hidden_layers > MAX_LAYERS {
-            return Err(invalid(format!("num_hidden_layers {} exceeds {MAX_LAYERS}", self.num_hidden_layers)));
-        }
-        Ok(())
+        check_layers(self.num_hidden_layers)
     }
 
     /// Heads sharing one key/value head.

@@ -39,13 +39,34 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ModelError + '_ {
     move |source| ModelError::Io { path: path.to_path_buf(), source }
 }
 
+/// The largest JSON file (`config.json`, `model.safetensors.index.json`) read: 64 MiB, hundreds of
+/// times the largest published index.
+pub const MAX_JSON_BYTES: u64 = 64 << 20;
+
+/// A JSON file's text, refused with [`std::io::ErrorKind::FileTooLarge`] past [`MAX_JSON_BYTES`]
+/// before more than the limit is read.
+pub(crate) fn read_json_text(path: &Path) -> Result<String> {
+    use std::io::Read;
+    let mut text = String::new();
+    let file = std::fs::File::open(path).map_err(io(path))?;
+    let len = file.metadata().map_err(io(path))?.len();
+    if len <= MAX_JSON_BYTES {
+        file.take(MAX_JSON_BYTES + 1).read_to_string(&mut text).map_err(io(path))?;
+    }
+    if len.max(text.len() as u64) > MAX_JSON_BYTES {
+        let reason = format!("longer than the limit of {MAX_JSON_BYTES} bytes");
+        return Err(io(path)(std::io::Error::new(std::io::ErrorKind::FileTooLarge, reason)));
+    }
+    Ok(text)
+}
+
 impl Checkpoint {
     /// Opens the safetensors files of `dir`.
     pub fn open(dir: &Path) -> Result<Self> {
         let single = dir.join("model.safetensors");
         let index = dir.join("model.safetensors.index.json");
         let paths: Vec<PathBuf> = if index.is_file() {
-            let text = std::fs::read_to_string(&index).map_err(io(&index))?;
+            let text = read_json_text(&index)?;
             let bad = |reason: String| ModelError::Index { path: index.clone(), reason };
             let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
             let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| bad("no weight_map".into()))?;

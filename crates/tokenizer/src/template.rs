@@ -7,6 +7,8 @@
 //! that writes what Python's `json.dumps(x, ensure_ascii=False)` writes (`", "` and `": "`
 //! separators, `indent`, `sort_keys`), Python string and dict methods (`.startswith`, `.split`,
 //! `.strip('\n')`, `.get`, ... via minijinja-contrib's pycompat), and insertion-ordered maps.
+//! Rendering runs on fuel ([`DEFAULT_FUEL`] instructions, [`ChatTemplate::with_fuel`]): a template
+//! that loops without end (a hostile `tokenizer_config.json`) is an error, not a hung server.
 //! Template variables: `messages`, `tools`, `add_generation_prompt`, `bos_token`, `eos_token`,
 //! `enable_thinking` when set (Qwen3: `false` renders an empty `<think>\n\n</think>\n\n` block
 //! after the generation prompt) and any extra keyword arguments (OpenAI's `chat_template_kwargs`).
@@ -78,6 +80,11 @@ pub struct ChatTemplate {
 
 const NAME: &str = "chat_template";
 
+/// The template instructions one render may run: ample for any published template on a
+/// conversation of thousands of messages (Qwen3's costs a few hundred per message), and small
+/// enough that a runaway template fails within about a second.
+pub const DEFAULT_FUEL: u64 = 20_000_000;
+
 impl ChatTemplate {
     /// Compiles a template.
     ///
@@ -88,6 +95,7 @@ impl ChatTemplate {
         let mut env = Environment::new();
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
+        env.set_fuel(Some(DEFAULT_FUEL));
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.set_formatter(python_formatter);
         env.add_filter("tojson", tojson);
@@ -103,6 +111,12 @@ impl ChatTemplate {
     pub fn with_special_tokens(mut self, bos: Option<String>, eos: Option<String>) -> Self {
         self.bos_token = bos;
         self.eos_token = eos;
+        self
+    }
+
+    /// Sets the instructions one render may run (see [`DEFAULT_FUEL`]).
+    pub fn with_fuel(mut self, fuel: u64) -> Self {
+        self.env.set_fuel(Some(fuel));
         self
     }
 
@@ -240,7 +254,11 @@ fn template_error(e: JinjaError) -> TokenizerError {
 }
 
 fn read_text(path: &Path) -> Result<String> {
-    std::fs::read_to_string(path).map_err(|e| TokenizerError::Io { path: path.to_path_buf(), source: e })
+    let bytes = crate::tiktoken::read(path)?;
+    String::from_utf8(bytes).map_err(|e| TokenizerError::Io {
+        path: path.to_path_buf(),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidData, e.utf8_error()),
+    })
 }
 
 fn read_json(path: &Path) -> Result<Value> {

@@ -2,7 +2,7 @@
 //!
 //! The file holds no pattern and no special tokens; [`Tokenizer::qwen_from_file`] adds Qwen-1's.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::Path;
 
 use base64::engine::general_purpose::STANDARD as B64;
@@ -49,8 +49,25 @@ pub fn write_ranks<'a>(mut w: impl Write, ranks: impl IntoIterator<Item = (&'a [
     Ok(())
 }
 
+/// The largest vocabulary, tokenizer or template file read: 256 MiB (Qwen's `qwen.tiktoken` is
+/// 2.5 MB, the largest published `tokenizer.json` files a few tens of MB).
+pub const MAX_FILE_BYTES: u64 = 256 << 20;
+
+/// The whole file, refused with [`std::io::ErrorKind::FileTooLarge`] past [`MAX_FILE_BYTES`]
+/// (before it is read: at most the limit is ever held in memory).
 pub(crate) fn read(path: &Path) -> Result<Vec<u8>> {
-    std::fs::read(path).map_err(|source| TokenizerError::Io { path: path.to_path_buf(), source })
+    let io = |source| TokenizerError::Io { path: path.to_path_buf(), source };
+    let mut bytes = Vec::new();
+    let file = std::fs::File::open(path).map_err(io)?;
+    let len = file.metadata().map_err(io)?.len();
+    if len <= MAX_FILE_BYTES {
+        file.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes).map_err(io)?;
+    }
+    if len.max(bytes.len() as u64) > MAX_FILE_BYTES {
+        let reason = format!("longer than the limit of {MAX_FILE_BYTES} bytes");
+        return Err(io(std::io::Error::new(std::io::ErrorKind::FileTooLarge, reason)));
+    }
+    Ok(bytes)
 }
 
 /// Writes `bytes` to `path` atomically (temporary file in the same folder, then rename).

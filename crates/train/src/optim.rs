@@ -79,7 +79,9 @@ impl OptimConfig {
         let ok = (0.0..1.0).contains(&self.beta_1)
             && (0.0..1.0).contains(&self.beta_2)
             && self.epsilon > 0.0
+            && self.epsilon.is_finite()
             && self.weight_decay >= 0.0
+            && self.weight_decay.is_finite()
             && self.clip_norm.is_none_or(|c| c > 0.0 && c.is_finite());
         if ok {
             Ok(())

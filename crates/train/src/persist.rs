@@ -269,7 +269,7 @@ pub fn verify_checksums(dir: impl AsRef<Path>) -> Result<()> {
     let dir = dir.as_ref();
     let corrupt = |file: &str, reason: String| TrainError::Corrupt { path: dir.into(), file: file.into(), reason };
     let path = dir.join(CHECKSUMS_FILE);
-    let bytes = std::fs::read(&path).map_err(|e| corrupt(CHECKSUMS_FILE, e.to_string()))?;
+    let bytes = read_bounded(&path).map_err(|e| corrupt(CHECKSUMS_FILE, e.to_string()))?;
     let sums: Checksums = serde_json::from_slice(&bytes).map_err(|e| corrupt(CHECKSUMS_FILE, e.to_string()))?;
     if sums.format != CHECKSUMS_FORMAT {
         return Err(corrupt(CHECKSUMS_FILE, format!("format {} (this build reads {CHECKSUMS_FORMAT})", sums.format)));
@@ -407,10 +407,29 @@ pub fn write_json<T: Serialize>(path: impl AsRef<Path>, value: &T) -> Result<()>
     write_file_atomically(path, &json)
 }
 
-/// The JSON value in `path`.
+/// The largest JSON file of a checkpoint read (`trainer_state.json`, `checksums.json`, ...): 64 MiB.
+pub const MAX_JSON_BYTES: u64 = 64 << 20;
+
+/// The bytes of a checkpoint's JSON file, refused with [`std::io::ErrorKind::FileTooLarge`] past
+/// [`MAX_JSON_BYTES`] before more than the limit is read.
+fn read_bounded(path: &Path) -> std::io::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    let file = std::fs::File::open(path)?;
+    let len = file.metadata()?.len();
+    if len <= MAX_JSON_BYTES {
+        file.take(MAX_JSON_BYTES + 1).read_to_end(&mut bytes)?;
+    }
+    if len.max(bytes.len() as u64) > MAX_JSON_BYTES {
+        let reason = format!("longer than the limit of {MAX_JSON_BYTES} bytes");
+        return Err(std::io::Error::new(std::io::ErrorKind::FileTooLarge, reason));
+    }
+    Ok(bytes)
+}
+
+/// The JSON value in `path` (at most [`MAX_JSON_BYTES`]).
 pub fn read_json<T: DeserializeOwned>(path: impl AsRef<Path>) -> Result<T> {
     let path = path.as_ref();
-    let bytes = std::fs::read(path).map_err(io(path))?;
+    let bytes = read_bounded(path).map_err(io(path))?;
     serde_json::from_slice(&bytes).map_err(|source| TrainError::State { path: path.into(), source })
 }
 
