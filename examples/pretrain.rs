@@ -180,10 +180,11 @@ fn on_node(
 
 #[cfg(not(feature = "collective"))]
 fn on_node(
-    _: &Args,
+    args: &Args,
     _: &PretrainConfig,
     _: &[burn::tensor::Device<qwen::backend::Backend>],
 ) -> Result<qwen_train::run::Pretrained<TrainBackend>> {
+    let _ = (args.node_rank, &args.node_host, args.data_port, args.collective_timeout);
     bail!("--nodes and --coordinator need a build with --features collective")
 }
 
