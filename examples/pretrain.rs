@@ -7,6 +7,9 @@
 //! cargo run --release --example pretrain                # ~10 minutes on 2 CPU cores
 //! cargo run --release --example pretrain -- --config small --data my_docs/ --steps 5000 --out runs/small
 //! cargo run --release --no-default-features --features cuda --example pretrain -- --config small
+//! # two machines (build with --features collective), the orchestrator on the first:
+//! cargo run --release --features collective --example pretrain -- --nodes 2 --node-rank 0 --coordinator 10.0.0.1:29500
+//! cargo run --release --features collective --example pretrain -- --nodes 2 --node-rank 1 --coordinator 10.0.0.1:29500
 //! ```
 //!
 //! The default corpus is the documentation shipped in the docutils (public domain) and Sphinx
@@ -99,6 +102,28 @@ struct Args {
     bf16: bool,
     #[arg(long, default_value_t = 1234)]
     seed: u64,
+    /// Nodes (processes, one per machine) of a multi-node run through burn-collective's global
+    /// orchestrator (build with `--features collective`; see docs/training.md). Each step then
+    /// covers `nodes` x `devices` times the batch.
+    #[arg(long, default_value_t = 1)]
+    nodes: usize,
+    /// This node's rank, 0..nodes; rank 0 starts the global orchestrator.
+    #[arg(long, default_value_t = 0)]
+    node_rank: usize,
+    /// HOST:PORT of the global orchestrator (rank 0's machine), the same on every node.
+    #[arg(long)]
+    coordinator: Option<String>,
+    /// This node's address as the other nodes reach it (default: the one that routes to the
+    /// coordinator).
+    #[arg(long)]
+    node_host: Option<String>,
+    /// Port of this node's tensor data service (default: the coordinator's port + 1 + rank).
+    #[arg(long)]
+    data_port: Option<u16>,
+    /// Seconds any collective operation (joining included) may wait before the node stops with
+    /// an error.
+    #[arg(long, default_value_t = 300.0)]
+    collective_timeout: f64,
 }
 
 fn config(args: &Args) -> PretrainConfig {
@@ -131,6 +156,38 @@ fn config(args: &Args) -> PretrainConfig {
     PretrainConfig { corpus, run }
 }
 
+/// This process as node `--node-rank` of `--nodes`.
+#[cfg(feature = "collective")]
+fn on_node(
+    args: &Args,
+    config: &PretrainConfig,
+    devices: &[burn::tensor::Device<qwen::backend::Backend>],
+) -> Result<qwen_train::run::Pretrained<TrainBackend>> {
+    use qwen_train::multinode::NodeConfig;
+    let Some(coordinator) = &args.coordinator else { bail!("--nodes {} needs --coordinator HOST:PORT", args.nodes) };
+    ensure!(
+        args.collective_timeout.is_finite() && args.collective_timeout > 0.0,
+        "--collective-timeout must be a positive number of seconds"
+    );
+    let mut node = NodeConfig::new(args.nodes, args.node_rank, coordinator, args.devices)?;
+    node.host = args.node_host.clone().unwrap_or(node.host);
+    node.data_port = args.data_port.unwrap_or(node.data_port);
+    node.timeout = std::time::Duration::from_secs_f64(args.collective_timeout);
+    node.validate()?;
+    eprintln!("node {} of {}: data service {}:{}, orchestrator {coordinator}", node.rank, node.nodes, node.host, node.data_port);
+    Ok(qwen_train::run::pretrain_on_node::<TrainBackend>(config, &args.out, args.resume, devices, &node, &mut Progress::new())?)
+}
+
+#[cfg(not(feature = "collective"))]
+fn on_node(
+    args: &Args,
+    _: &PretrainConfig,
+    _: &[burn::tensor::Device<qwen::backend::Backend>],
+) -> Result<qwen_train::run::Pretrained<TrainBackend>> {
+    let _ = (args.node_rank, &args.node_host, args.data_port, args.collective_timeout);
+    bail!("--nodes and --coordinator need a build with --features collective")
+}
+
 fn main() -> Result<()> {
     let args = Args::parse();
     qwen::keep_freed_memory();
@@ -147,7 +204,11 @@ fn main() -> Result<()> {
         }
     }
     let devices: Vec<_> = (0..args.devices).map(device_at).collect();
-    let done = pretrain::<TrainBackend>(&config, out, args.resume, &devices, &mut Progress::new())?;
+    let done = if args.nodes > 1 || args.coordinator.is_some() {
+        on_node(&args, &config, &devices)?
+    } else {
+        pretrain::<TrainBackend>(&config, out, args.resume, &devices, &mut Progress::new())?
+    };
     let (tok, run) = (&done.tokenizer, &done.run);
     let s = &run.summary;
     if run.plot_has_text == Some(false) {

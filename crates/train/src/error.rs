@@ -39,6 +39,17 @@ pub enum TrainError {
     /// burn-collective refused or failed an operation (registration, all-reduce).
     #[error("collective: {0}")]
     Collective(String),
+    /// A multi-node setting is wrong (rank out of range, bad `HOST:PORT`, colliding ports, ...).
+    #[error("invalid node config: {0}")]
+    NodeConfig(String),
+    /// A collective operation got no answer within the node's timeout: another node stopped, cannot
+    /// be reached, or burn-collective is stuck (see `docs/training.md`). The process should exit:
+    /// burn's waiting thread cannot be cancelled.
+    #[error("collective {op} got no answer within {seconds} s: another node stopped, is unreachable, or burn-collective is stuck")]
+    CollectiveTimeout { op: &'static str, seconds: f64 },
+    /// burn-collective's global orchestrator could not be started on rank 0.
+    #[error("global orchestrator on port {port}: {reason}")]
+    Orchestrator { port: u16, reason: String },
     /// A chart could not be drawn or written.
     #[error("plot: {0}")]
     Plot(String),

@@ -10,7 +10,8 @@
 //!   and exact resume; [`persist`]: the atomic writes, state files and parameter ids they are
 //!   made of, for any run.
 //! - [`eval`]: held-out loss and perplexity.
-//! - `parallel` (feature `collective`): data parallelism over devices with burn's all-reduce.
+//! - `parallel` (feature `collective`): data parallelism over devices with burn's all-reduce;
+//!   `multinode`: over processes and machines (burn-collective's global orchestrator).
 //! - [`metrics`]: the JSON Lines metrics log; [`plot`] (feature `plot`, on by default): PNG charts.
 //! - [`run`]: a whole pretraining run as one call ([`run::pretrain`], [`run::train`]): corpus,
 //!   step loop, evaluation cadence, metrics, curves, checkpoints, exact resume, replicas;
@@ -33,6 +34,8 @@ pub mod eval;
 pub mod loss;
 pub mod metrics;
 pub mod optim;
+#[cfg(feature = "collective")]
+pub mod multinode;
 #[cfg(feature = "collective")]
 pub mod parallel;
 pub mod persist;

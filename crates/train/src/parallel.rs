@@ -12,8 +12,9 @@
 //! collective calls, so no replica is left waiting.
 //!
 //! On one machine burn-collective all-reduces between devices in process (on CUDA through its own
-//! transfers); across machines it has a global orchestrator (`CollectiveConfig`'s node and global
-//! addresses), which this crate passes through but has not exercised.
+//! transfers); across machines, a replica joins with [`Trainer::join_node`] and a
+//! [`NodeConfig`]: burn-collective's global mode ([`crate::multinode`]), every collective call
+//! bounded by the node's timeout ([`Peer::timeout`]).
 //!
 //! [`Replicas`] runs replicas 1..N on their own threads for a caller whose own trainer is replica
 //! 0 (what [`crate::run`] does): it starts them from that trainer (or its checkpoint), feeds each
@@ -22,6 +23,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{channel, Sender};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use burn::collective::{finish_collective, register, CollectiveConfig, PeerId, ReduceOperation};
 use burn::module::Module;
@@ -32,18 +34,33 @@ use qwen_data::TokenBatch;
 use qwen_model::QwenModel;
 
 use crate::error::{Result, TrainError};
+use crate::multinode::{bounded, NodeConfig};
 use crate::trainer::{count_targets, StepStats, Trainer};
 
 fn collective_err(e: burn::collective::CollectiveError) -> TrainError {
     TrainError::Collective(format!("{e:?}"))
 }
 
+/// A replica's place in the collective: its peer id, and how long any collective call may wait
+/// (`None`: without a bound, as within one process).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peer {
+    pub id: PeerId,
+    pub timeout: Option<Duration>,
+}
+
+impl From<PeerId> for Peer {
+    fn from(id: PeerId) -> Self {
+        Self { id, timeout: None }
+    }
+}
+
 /// Sums a scalar across the replicas.
-fn all_reduce_scalar<B: AutodiffBackend>(peer: PeerId, value: f64, device: &B::Device) -> Result<f64> {
-    let t = Tensor::<B::InnerBackend, 1>::from_floats([value as f32], device);
-    let summed =
-        burn::collective::all_reduce::<B::InnerBackend>(peer, t.into_primitive().tensor(), ReduceOperation::Sum)
-            .map_err(collective_err)?;
+fn all_reduce_scalar<B: AutodiffBackend>(peer: Peer, value: f64, device: &B::Device) -> Result<f64> {
+    let t = Tensor::<B::InnerBackend, 1>::from_floats([value as f32], device).into_primitive().tensor();
+    let summed = bounded("all-reduce", peer.timeout, move || {
+        burn::collective::all_reduce::<B::InnerBackend>(peer.id, t, ReduceOperation::Sum).map_err(collective_err)
+    })?;
     Ok(Tensor::<B::InnerBackend, 1>::from_primitive(TensorPrimitive::Float(summed)).into_scalar().elem::<f64>())
 }
 
@@ -55,14 +72,37 @@ impl<B: AutodiffBackend> Trainer<B> {
         register::<B::InnerBackend>(peer, self.model.device(), config).map_err(collective_err)
     }
 
+    /// Registers this replica as `node.peer(local)` of a multi-node collective (every local
+    /// replica on its own thread; returns once every node has joined). The model must have the
+    /// same parameter ids in every process ([`crate::persist::with_stable_ids`]: burn's all-reduce
+    /// matches gradients by parameter id).
+    ///
+    /// # Errors
+    /// [`TrainError::CollectiveTimeout`] when not every node joined within `node.timeout`;
+    /// [`TrainError::Collective`] when burn refuses.
+    pub fn join_node(&self, local: usize, node: &NodeConfig) -> Result<Peer> {
+        node.validate()?;
+        if local >= node.devices {
+            return Err(TrainError::NodeConfig(format!("replica {local} of a node of {} devices", node.devices)));
+        }
+        let peer = Peer { id: node.peer(local), timeout: Some(node.timeout) };
+        let (device, config) = (self.model.device(), node.collective_config());
+        bounded("register", peer.timeout, move || {
+            register::<B::InnerBackend>(peer.id, device, config).map_err(collective_err)
+        })?;
+        Ok(peer)
+    }
+
     /// Leaves the collective (after the last step).
-    pub fn leave_collective(&self, peer: PeerId) -> Result<()> {
-        finish_collective::<B::InnerBackend>(peer).map_err(collective_err)
+    pub fn leave_collective(&self, peer: impl Into<Peer>) -> Result<()> {
+        let peer = peer.into();
+        bounded("finish", peer.timeout, move || finish_collective::<B::InnerBackend>(peer.id).map_err(collective_err))
     }
 
     /// One data-parallel optimizer step: this replica's `batches`, gradients summed with the other
     /// replicas' (see the module docs). The returned loss and token count are the global ones.
-    pub fn train_step_collective(&mut self, batches: &[TokenBatch], peer: PeerId) -> Result<StepStats> {
+    pub fn train_step_collective(&mut self, batches: &[TokenBatch], peer: impl Into<Peer>) -> Result<StepStats> {
+        let peer = peer.into();
         let device = self.model.device();
         let local = count_targets(batches)?;
         // f32 holds counts exactly up to 2^24 targets per step.
@@ -72,7 +112,9 @@ impl<B: AutodiffBackend> Trainer<B> {
         }
         let (nll, grads) = self.nll_and_grads(batches, total)?;
         let nll = all_reduce_scalar::<B>(peer, nll, &device)?;
-        let grads = grads.all_reduce::<B::InnerBackend>(peer, ReduceOperation::Sum).map_err(collective_err)?;
+        let grads = bounded("gradient all-reduce", peer.timeout, move || {
+            grads.all_reduce::<B::InnerBackend>(peer.id, ReduceOperation::Sum).map_err(collective_err)
+        })?;
         self.apply((nll / total as f64) as f32, grads, total)
     }
 }
@@ -81,10 +123,13 @@ impl<B: AutodiffBackend> Trainer<B> {
 type Worker = (Sender<Vec<TokenBatch>>, JoinHandle<Result<()>>);
 
 /// The other data-parallel replicas (devices 1..N), each a [`Trainer`] on its own thread fed its
-/// micro-batches through a channel; the caller's trainer is replica 0. With one device, steps are
-/// plain [`Trainer::train_step`]s.
+/// micro-batches through a channel; the caller's trainer is replica 0. With one device (and one
+/// node), steps are plain [`Trainer::train_step`]s. With a [`NodeConfig`], these are one node's
+/// replicas of a multi-node run.
 pub struct Replicas<B: AutodiffBackend> {
     workers: Vec<Worker>,
+    /// The caller's replica in the collective (`None` alone on one device).
+    peer: Option<Peer>,
     _backend: std::marker::PhantomData<B>,
 }
 
@@ -93,10 +138,28 @@ impl<B: AutodiffBackend> Replicas<B> {
     /// parameter ids: a fork of its model, or, when `resume` names the checkpoint `trainer` was
     /// resumed from, that checkpoint. Registers `trainer` as peer 0 when there is more than one.
     pub fn start(trainer: &Trainer<B>, devices: &[B::Device], resume: Option<&Path>) -> Result<Self> {
+        Self::start_on_node(trainer, devices, resume, None)
+    }
+
+    /// [`Replicas::start`] as one `node` of a multi-node run (`None`: alone), `node.devices` being
+    /// `devices.len()`; returns once every node has joined. Every node must start from the same
+    /// weights and parameter ids.
+    pub fn start_on_node(
+        trainer: &Trainer<B>,
+        devices: &[B::Device],
+        resume: Option<&Path>,
+        node: Option<&NodeConfig>,
+    ) -> Result<Self> {
         if devices.is_empty() {
             return Err(TrainError::Config("data parallelism needs at least one device".into()));
         }
         let n = devices.len();
+        if let Some(node) = node {
+            node.validate()?;
+            if node.devices != n {
+                return Err(TrainError::NodeConfig(format!("{n} devices given for a node of {}", node.devices)));
+            }
+        }
         let mut workers = Vec::new();
         for (i, device) in devices.iter().enumerate().skip(1) {
             let (tx, rx) = channel::<Vec<TokenBatch>>();
@@ -104,27 +167,39 @@ impl<B: AutodiffBackend> Replicas<B> {
             let model = trainer.model().clone();
             let config = *trainer.config();
             let resume = resume.map(PathBuf::from);
+            let node = node.cloned();
             let handle = std::thread::spawn(move || -> Result<()> {
                 let mut t = match resume {
                     Some(dir) => Trainer::<B>::resume(&dir, &device)?.0,
                     None => Trainer::new(QwenModel { model: model.model.fork(&device), ..model }, config)?,
                 };
-                let id = PeerId::from(i as u32);
-                t.join_collective(id, n)?;
+                let peer = match &node {
+                    Some(node) => t.join_node(i, node)?,
+                    None => {
+                        let id = PeerId::from(i as u32);
+                        t.join_collective(id, n)?;
+                        Peer::from(id)
+                    }
+                };
                 while let Ok(batches) = rx.recv() {
-                    t.train_step_collective(&batches, id)?;
+                    t.train_step_collective(&batches, peer)?;
                 }
-                t.leave_collective(id)
+                t.leave_collective(peer)
             });
             workers.push((tx, handle));
         }
-        if n > 1 {
-            trainer.join_collective(PeerId::from(0), n)?;
-        }
-        Ok(Self { workers, _backend: std::marker::PhantomData })
+        let peer = match node {
+            Some(node) => Some(trainer.join_node(0, node)?),
+            None if n > 1 => {
+                trainer.join_collective(PeerId::from(0), n)?;
+                Some(Peer::from(PeerId::from(0)))
+            }
+            None => None,
+        };
+        Ok(Self { workers, peer, _backend: std::marker::PhantomData })
     }
 
-    /// Replicas in all, the caller's included.
+    /// Replicas in all on this node, the caller's included.
     pub fn len(&self) -> usize {
         self.workers.len() + 1
     }
@@ -140,24 +215,24 @@ impl<B: AutodiffBackend> Replicas<B> {
             return Err(TrainError::Batch(format!("{} batch lists for {} replicas", batches.len(), self.len())));
         }
         let mine = batches.remove(0);
-        if self.workers.is_empty() {
+        let Some(peer) = self.peer else {
             return trainer.train_step(&mine);
-        }
+        };
         for ((tx, _), b) in self.workers.iter().zip(batches) {
             tx.send(b).map_err(|_| TrainError::Collective("a replica stopped".into()))?;
         }
-        trainer.train_step_collective(&mine, PeerId::from(0))
+        trainer.train_step_collective(&mine, peer)
     }
 
     /// Closes every channel (the replicas then leave the collective with `trainer`) and joins the
     /// threads; the first error of any replica is returned.
     pub fn finish(self, trainer: &Trainer<B>) -> Result<()> {
-        if self.workers.is_empty() {
+        let Some(peer) = self.peer else {
             return Ok(());
-        }
+        };
         let (senders, handles): (Vec<_>, Vec<_>) = self.workers.into_iter().unzip();
         drop(senders);
-        let mut result = trainer.leave_collective(PeerId::from(0));
+        let mut result = trainer.leave_collective(peer);
         for handle in handles {
             let r = handle.join().map_err(|_| TrainError::Collective("a replica panicked".into())).and_then(|r| r);
             result = result.and(r);

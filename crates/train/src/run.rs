@@ -4,7 +4,8 @@
 //!   [`train`]. With `resume`, the corpus already in the folder is reused.
 //! - [`train`]: a [`RunConfig`] → a model (a [`ModelPreset`] or an HF `config.json` object) →
 //!   the step loop over the training shard (gradient accumulation, data-parallel [`Replicas`]
-//!   over several devices with feature `collective`), held-out evaluation every `eval_every`
+//!   over several devices with feature `collective`, and over several machines with
+//!   `pretrain_on_node`), held-out evaluation every `eval_every`
 //!   steps and at the end, atomic checkpoints every `save_every` steps and at the end, one JSON
 //!   Lines record per step and per evaluation ([`StepRecord`], [`EvalRecord`]), the loss curves as
 //!   a PNG (feature `plot`) and the [`RunSummary`] (which holds the [`RunConfig`]).
@@ -428,14 +429,56 @@ pub fn pretrain<B: AutodiffBackend>(
 ) -> Result<Pretrained<B>> {
     config.corpus.validate()?;
     config.run.validate()?;
-    let (tokenizer, report) = if resume {
-        (CorpusFiles::in_dir(out).load_tokenizer()?, None)
-    } else {
-        let prepared = corpus::prepare(&config.corpus, out)?;
-        observer.corpus(&prepared.report);
-        (prepared.tokenizer, Some(prepared.report))
-    };
-    let run = train_on(&config.run, out, tokenizer.vocab_size(), resume, devices, observer)?;
+    let (tokenizer, report) = corpus_of(config, out, resume, observer)?;
+    let run = train_on(&config.run, out, tokenizer.vocab_size(), resume, devices, None, observer)?;
+    Ok(Pretrained { tokenizer, corpus: report, run })
+}
+
+/// The corpus in `out`: prepared from `config.corpus`, or (`resume`) the one already there.
+fn corpus_of(
+    config: &PretrainConfig,
+    out: &Path,
+    resume: bool,
+    observer: &mut dyn RunObserver,
+) -> Result<(Tokenizer, Option<CorpusReport>)> {
+    if resume {
+        return Ok((CorpusFiles::in_dir(out).load_tokenizer()?, None));
+    }
+    let prepared = corpus::prepare(&config.corpus, out)?;
+    observer.corpus(&prepared.report);
+    Ok((prepared.tokenizer, Some(prepared.report)))
+}
+
+/// [`pretrain`] as one node of a multi-node run (feature `collective`; see
+/// [`crate::multinode`]): every node prepares the same corpus into its own `out` (the same config
+/// gives the same files), starts from the same weights (seeded, with
+/// [`crate::persist::with_stable_ids`]) and draws the same `nodes x devices` replica batches per
+/// step from identical loaders, keeping its own `devices` of them; every node writes the same
+/// checkpoints, metrics and summary. Rank 0 starts the orchestrator when `node.orchestrator`.
+///
+/// # Errors
+/// As [`pretrain`], plus [`TrainError::NodeConfig`] when `node.devices` is not
+/// `config.run.devices`, [`TrainError::Orchestrator`] and [`TrainError::CollectiveTimeout`].
+#[cfg(feature = "collective")]
+pub fn pretrain_on_node<B: AutodiffBackend>(
+    config: &PretrainConfig,
+    out: &Path,
+    resume: bool,
+    devices: &[B::Device],
+    node: &crate::multinode::NodeConfig,
+    observer: &mut dyn RunObserver,
+) -> Result<Pretrained<B>> {
+    config.corpus.validate()?;
+    config.run.validate()?;
+    node.validate()?;
+    if node.devices != config.run.devices {
+        return Err(TrainError::NodeConfig(format!("a node of {} devices for devices = {}", node.devices, config.run.devices)));
+    }
+    if node.orchestrator {
+        crate::multinode::start_orchestrator(node)?;
+    }
+    let (tokenizer, report) = corpus_of(config, out, resume, observer)?;
+    let run = train_on(&config.run, out, tokenizer.vocab_size(), resume, devices, Some(node), observer)?;
     Ok(Pretrained { tokenizer, corpus: report, run })
 }
 
@@ -454,7 +497,7 @@ pub fn train<B: AutodiffBackend>(
     observer: &mut dyn RunObserver,
 ) -> Result<RunOutcome<B>> {
     let vocab = CorpusFiles::in_dir(out).load_tokenizer()?.vocab_size();
-    train_on(config, out, vocab, resume, devices, observer)
+    train_on(config, out, vocab, resume, devices, None, observer)
 }
 
 /// Held-out windows of `seq_len` tokens (at most `max`), as batches of `batch`.
@@ -484,13 +527,19 @@ type Group<B> = crate::parallel::Replicas<B>;
 #[cfg(not(feature = "collective"))]
 type Group<B> = Single<B>;
 
+/// A node of a multi-node run (none can exist without feature `collective`).
+#[cfg(feature = "collective")]
+use crate::multinode::NodeConfig as Node;
+#[cfg(not(feature = "collective"))]
+enum Node {}
+
 /// One replica: what [`crate::parallel::Replicas`] is without the `collective` feature.
 #[cfg(not(feature = "collective"))]
 struct Single<B>(std::marker::PhantomData<B>);
 
 #[cfg(not(feature = "collective"))]
 impl<B: AutodiffBackend> Single<B> {
-    fn start(_: &Trainer<B>, devices: &[B::Device], _: Option<&Path>) -> Result<Self> {
+    fn start_on_node(_: &Trainer<B>, devices: &[B::Device], _: Option<&Path>, _: Option<&Node>) -> Result<Self> {
         if devices.len() != 1 {
             return Err(TrainError::Config(format!("{} devices need the `collective` feature", devices.len())));
         }
@@ -512,9 +561,15 @@ fn train_on<B: AutodiffBackend>(
     vocab: usize,
     resume: bool,
     devices: &[B::Device],
+    node: Option<&Node>,
     observer: &mut dyn RunObserver,
 ) -> Result<RunOutcome<B>> {
     config.validate()?;
+    // This node's replicas among all: (nodes, rank).
+    #[cfg(feature = "collective")]
+    let (nodes, rank) = node.map_or((1, 0), |n| (n.nodes, n.rank));
+    #[cfg(not(feature = "collective"))]
+    let (nodes, rank) = (1, 0);
     if devices.len() != config.devices {
         return Err(TrainError::Config(format!("{} devices given for devices = {}", devices.len(), config.devices)));
     }
@@ -540,11 +595,15 @@ fn train_on<B: AutodiffBackend>(
     } else {
         let model_config = config.model.config(vocab)?;
         B::seed(dev, config.seed);
-        let model = QwenModel::<B>::random(model_config, config.init_std, dev);
+        let mut model = QwenModel::<B>::random(model_config, config.init_std, dev);
+        if node.is_some() {
+            // burn's all-reduce matches gradients by parameter id: the same ids in every process.
+            model = QwenModel { model: crate::persist::with_stable_ids::<B, _>(model.model), ..model };
+        }
         let loader = ShardLoader::new(vec![train_reader], config.seq_len, config.seed)?;
         (Trainer::new(model, config.train_config())?, loader, MetricsLog::create(&files.metrics)?, None)
     };
-    let replicas = Group::<B>::start(&trainer, devices, resume.then_some(files.checkpoint.as_path()))?;
+    let replicas = Group::<B>::start_on_node(&trainer, devices, resume.then_some(files.checkpoint.as_path()), node)?;
     let steps = trainer.config().schedule.total_steps;
     let params = trainer.model().model.num_params();
 
@@ -573,13 +632,15 @@ fn train_on<B: AutodiffBackend>(
     let mut seen = 0u64;
     while trainer.step() < steps {
         let t = Instant::now();
+        // Every node draws every replica's micro-batches (identical loaders) and keeps its own.
         let mut batches = Vec::with_capacity(config.devices);
-        for _ in 0..config.devices {
-            batches.push(
-                (0..config.accum)
-                    .map(|_| TokenBatcher.batch(loader.next_batch(config.batch)))
-                    .collect::<qwen_data::Result<Vec<_>>>()?,
-            );
+        for r in 0..nodes * config.devices {
+            let mine = (0..config.accum)
+                .map(|_| TokenBatcher.batch(loader.next_batch(config.batch)))
+                .collect::<qwen_data::Result<Vec<_>>>()?;
+            if r / config.devices == rank {
+                batches.push(mine);
+            }
         }
         let stats = replicas.step(&mut trainer, batches)?;
         seen += stats.tokens as u64;
@@ -608,7 +669,7 @@ fn train_on<B: AutodiffBackend>(
     let after = evaluate(&model, &heldout, Mode::Training)?;
     let plot_has_text =
         plot_losses(&files, &format!("pretraining {} (S = {}, vocab {vocab})", config.model, config.seq_len))?;
-    let per_step = (config.devices * config.batch * config.accum * config.seq_len) as u64;
+    let per_step = (nodes * config.devices * config.batch * config.accum * config.seq_len) as u64;
     let summary = RunSummary {
         size: config.model.clone(),
         seq_len: config.seq_len,

@@ -5,41 +5,13 @@
 
 use burn::backend::{Autodiff, Flex};
 use burn::collective::PeerId;
-use qwen_data::TokenBatch;
 use qwen_model::QwenModel;
-use qwen_train::{Schedule, TrainConfig, Trainer, IGNORE_INDEX};
+use qwen_train::{Schedule, TrainConfig, Trainer};
 
 mod common;
-use common::config;
+use common::{config, micro, params};
 
 type B = Autodiff<Flex>;
-
-
-/// Micro-batch `i` of step `step`; the second one has ignored targets, so the replicas count
-/// different numbers of tokens and the weighting matters.
-fn micro(step: u32, i: u32) -> TokenBatch {
-    let (batch, seq) = (2, 12);
-    let mut out = TokenBatch { batch, seq_len: seq, ..Default::default() };
-    for r in 0..batch as u32 {
-        let row: Vec<u32> = (0..=seq as u32).map(|t| (t * 5 + r * 11 + i * 17 + step * 3 + t * t % 7) % 64).collect();
-        out.inputs.extend(&row[..seq]);
-        out.targets.extend(&row[1..]);
-    }
-    if i == 1 {
-        for t in out.targets.iter_mut().take(9) {
-            *t = IGNORE_INDEX;
-        }
-    }
-    out
-}
-
-fn params(t: &Trainer<B>) -> Vec<f32> {
-    let m = t.valid_model().model;
-    let mut v = m.lm_head.weight.val().into_data().to_vec::<f32>().unwrap();
-    v.extend(m.layers[0].self_attn.q_proj.weight.val().into_data().to_vec::<f32>().unwrap());
-    v.extend(m.norm.gamma.val().into_data().to_vec::<f32>().unwrap());
-    v
-}
 
 #[test]
 fn two_replicas_equal_one_trainer_with_all_micro_batches() {
