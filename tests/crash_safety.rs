@@ -731,8 +731,9 @@ fn disk_full_is_a_typed_error_and_the_run_resumes() {
     verify_checksums(&ckpt).unwrap();
     assert_eq!(checkpoint_step(&ckpt), 2);
     let before = files(&ckpt);
-    // The killed write's temporary folder stays until a write succeeds.
-    let left_by_kill = leftovers(&out);
+    // The killed write's temporary folder stays until the next launch resumes from the intact
+    // checkpoint beside it (`persist::resume_dir` removes it).
+    assert!(!leftovers(&out).is_empty(), "a kill inside a checkpoint write left nothing behind");
 
     // Files limited to 1 MiB (the tiny model's safetensors is ~13 MB): the next checkpoint cannot
     // be written.
@@ -742,7 +743,11 @@ fn disk_full_is_a_typed_error_and_the_run_resumes() {
     assert!(stderr.contains("Error:") && stderr.contains("File too large"), "{stderr}");
     verify_checksums(&ckpt).unwrap();
     assert!(files(&ckpt) == before, "the previous checkpoint changed");
-    assert_eq!(leftovers(&out), left_by_kill, "the failed write left its temporary folder behind");
+    assert_eq!(
+        leftovers(&out),
+        Vec::<String>::new(),
+        "resume removes what the killed write left, and the failed write removes its own folder"
+    );
     let full_err = stderr.lines().find(|l| l.starts_with("Error:")).unwrap_or_default().to_string();
 
     // A read-only output folder (only where permissions apply: not as root).
