@@ -19,6 +19,11 @@
 //! generation files beside it, so `generate`, `chat` and `serve` open `--out` as it is. A run killed
 //! at any point continues with `--resume` and ends with the bytes an uninterrupted one writes.
 //!
+//! `--pack`: several conversations share each row of `--seq-len` (best-fit decreasing, once, before
+//! training; `--batch` then counts rows). Each attends only to itself and its positions restart at
+//! 0, so the loss and gradients are those of the conversations trained one per row, with less
+//! padding. Held-out evaluation stays one conversation a row.
+//!
 //! LoRA: `--lora-rank R [--lora-alpha A] [--lora-dropout P] [--lora-targets q_proj,...] [--merge]`
 //! trains adapters on the chosen projections with the base frozen (learning rate 3e-4 unless
 //! `--lr`, as Qwen's `finetune.py` LoRA scripts). The end is then `--out/adapter/` in PEFT's layout
@@ -31,7 +36,7 @@ use std::time::Instant;
 use anyhow::{bail, ensure, Context, Result};
 use clap::Parser;
 use qwen::backend::{device, optimizer_update, TrainBackend};
-use qwen_align::{EpochSampler, Overflow, Run, SftBatcher, SftConfig};
+use qwen_align::{pack_rows, EpochSampler, Overflow, PackedSftBatcher, Run, SftBatcher, SftConfig};
 use qwen_data::{Batcher, ChatJsonl, TokenBatch};
 use qwen_model::Mode;
 use qwen_tokenizer::{ChatMl, ChatTokens};
@@ -76,6 +81,9 @@ struct Args {
     /// Keep the first --seq-len tokens of longer conversations (as finetune.py does) instead of failing.
     #[arg(long)]
     truncate: bool,
+    /// Pack several conversations into each row (no attention between them; positions restart).
+    #[arg(long)]
+    pack: bool,
     #[command(flatten)]
     #[serde(flatten)]
     lora: finetune::LoraArgs,
@@ -135,7 +143,24 @@ fn main() -> Result<()> {
     let model = args.lora.apply(model, args.run.seed)?;
     let lr = args.lr.unwrap_or(if args.lora.lora_rank.is_some() { 3e-4 } else { 1e-5 });
     let per_step = args.batch * args.accum;
-    let steps = finetune::epoch_steps(args.run.epochs, train.len(), per_step)?;
+    // The training rows: one conversation each, or several packed.
+    let rows: Vec<Vec<usize>> = if args.pack {
+        let lengths: Vec<usize> = train.iter().map(|(_, c)| c.ids.len()).collect();
+        pack_rows(&lengths, args.seq_len)
+    } else {
+        (0..train.len()).map(|i| vec![i]).collect()
+    };
+    if args.pack {
+        let tokens: usize = train.iter().map(|(_, c)| c.ids.len().min(args.seq_len)).sum();
+        eprintln!(
+            "sft: packed {} conversations into {} rows of {} ({:.1}% tokens, the rest padding)",
+            train.len(),
+            rows.len(),
+            args.seq_len,
+            100.0 * tokens as f64 / (rows.len() * args.seq_len) as f64
+        );
+    }
+    let steps = finetune::epoch_steps(args.run.epochs, rows.len(), per_step)?;
     let warmup = args.warmup_steps.unwrap_or((steps / 100).max(1)).min(steps);
     let config = SftConfig {
         train: TrainConfig {
@@ -157,8 +182,9 @@ fn main() -> Result<()> {
     let mut run = Run::sft(&config, model, &args.run.out, &dev)?;
     qwen_train::persist::write_json(args.run.out.join("sft_args.json"), &args)?;
     eprintln!(
-        "sft: {} conversations, {steps} steps of {per_step} ({} x {}), seq {}, lr {} (warm-up {warmup}), backend {}{}",
+        "sft: {} conversations, {steps} steps of {per_step} {} ({} x {}), seq {}, lr {} (warm-up {warmup}), backend {}{}",
         train.len(),
+        if args.pack { "packed rows" } else { "conversations" },
         args.batch,
         args.accum,
         args.seq_len,
@@ -166,10 +192,18 @@ fn main() -> Result<()> {
         qwen::backend::name(),
         run.resumed_from().map(|s| format!("; resumed at step {s}")).unwrap_or_default()
     );
-    let sampler = EpochSampler { len: train.len(), batch: per_step, seed: args.run.seed };
+    let sampler = EpochSampler { len: rows.len(), batch: per_step, seed: args.run.seed };
+    let packer = PackedSftBatcher { seq_len: args.seq_len, pad_id, overflow };
     let mut data = |step: u64| -> qwen_align::Result<Vec<TokenBatch>> {
-        let items: Vec<ChatTokens> = sampler.indices(step).into_iter().map(|i| train[i].1.clone()).collect();
-        items.chunks(args.batch).map(|c| Ok(batcher.batch(c.to_vec())?)).collect()
+        let picked: Vec<Vec<ChatTokens>> =
+            sampler.indices(step).into_iter().map(|r| rows[r].iter().map(|&i| train[i].1.clone()).collect()).collect();
+        picked
+            .chunks(args.batch)
+            .map(|c| match args.pack {
+                true => Ok(packer.batch(c.to_vec())?),
+                false => Ok(batcher.batch(c.iter().flatten().cloned().collect())?),
+            })
+            .collect()
     };
     let pb = finetune::progress("sft", steps, run.step())?;
     let started = Instant::now();

@@ -68,7 +68,13 @@ fn main() -> anyhow::Result<()> {
     let n = a.batch * a.seq;
     let batch = |step: usize| {
         let ids: Vec<u32> = (0..n + 1).map(|i| ((i * 7919 + step * 104_729) % a.vocab) as u32).collect();
-        TokenBatch { inputs: ids[..n].to_vec(), targets: ids[1..].to_vec(), batch: a.batch, seq_len: a.seq }
+        TokenBatch {
+            inputs: ids[..n].to_vec(),
+            targets: ids[1..].to_vec(),
+            batch: a.batch,
+            seq_len: a.seq,
+            segments: Vec::new(),
+        }
     };
     for s in 0..2 {
         trainer.train_step(&[batch(s)])?;

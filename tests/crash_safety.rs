@@ -80,6 +80,21 @@ const SFT: Job = Job {
 };
 
 static SFT_LORA_REFERENCE: OnceLock<(PathBuf, Duration)> = OnceLock::new();
+static SFT_PACK_REFERENCE: OnceLock<(PathBuf, Duration)> = OnceLock::new();
+
+/// SFT with `--pack`: two conversations a row of 128, packed once at the start, so a resumed run
+/// must pack and shuffle the rows exactly as the uninterrupted one did.
+const SFT_PACK: Job = Job {
+    tag: "sft-pack",
+    steps: 20,
+    save_every: 2,
+    command: sft_pack_command,
+    outputs: &["config.json", "model.safetensors", "tokenizer.json", "run_config.json", "loss.png"],
+    summary: &[],
+    checkpoint: ONE_MODEL,
+    step_key: "loss",
+    reference: &SFT_PACK_REFERENCE,
+};
 
 /// SFT with LoRA (rank 8 on every projection, dropout on) and `--merge`: the adapters, the
 /// optimizer state of the adapters alone, and the adapter and merged model written at the end.
@@ -330,6 +345,17 @@ fn sft_command(out: &Path, resume: bool) -> Command {
     c.arg("--eval-data").arg(inputs.join("held.jsonl"));
     c.args(["--system", "Capitals.", "--seq-len", "72", "--batch", "8", "--accum", "2", "--epochs", "8"]);
     c.args(["--lr", "1e-3", "--seed", "7", "--checkpoint-every", &SFT.save_every.to_string()]);
+    c
+}
+
+/// SFT of the tiny model with `--pack` (rows of 128: 20 rows of two conversations): 20 steps of
+/// 2 x 8 rows (16 epochs), a checkpoint every 2.
+fn sft_pack_command(out: &Path, resume: bool) -> Command {
+    let inputs = sft_inputs();
+    let mut c = launch("sft", out, resume);
+    c.arg("--model").arg(inputs).arg("--data").arg(inputs.join("chat.jsonl"));
+    c.args(["--system", "Capitals.", "--pack", "--seq-len", "128", "--batch", "8", "--accum", "2", "--epochs", "16"]);
+    c.args(["--lr", "1e-3", "--seed", "7", "--checkpoint-every", &SFT_PACK.save_every.to_string()]);
     c
 }
 
@@ -590,6 +616,11 @@ fn sft_sigkill_anywhere_then_resume_is_bit_identical() {
 #[test]
 fn sft_lora_sigkill_anywhere_then_resume_is_bit_identical() {
     kill_and_resume(&SFT_LORA);
+}
+
+#[test]
+fn sft_pack_sigkill_anywhere_then_resume_is_bit_identical() {
+    kill_and_resume(&SFT_PACK);
 }
 
 #[test]

@@ -332,7 +332,13 @@ fn the_trainer_steps_on_the_aux_loss() {
     let mut on = off.clone();
     on.config.moe.as_mut().unwrap().output_router_logits = true;
     let row: Vec<u32> = (0..17).map(|i| (i * 29 % 256) as u32).collect();
-    let batch = qwen_data::TokenBatch { inputs: row[..16].to_vec(), targets: row[1..].to_vec(), batch: 1, seq_len: 16 };
+    let batch = qwen_data::TokenBatch {
+        inputs: row[..16].to_vec(),
+        targets: row[1..].to_vec(),
+        batch: 1,
+        seq_len: 16,
+        segments: Vec::new(),
+    };
     let router = |m: &QwenModel<A>| match &m.model.layers[1].mlp {
         qwen_model::FeedForward::Sparse(moe) => moe.gate.weight.clone(),
         _ => panic!("layer 1 is sparse"),

@@ -68,4 +68,4 @@ pub use run::{
     load_config, DpoRun, DpoRunConfig, EpochSampler, GrpoRun, GrpoRunConfig, PpoBatch, PpoRun, PpoRunConfig,
     RewardConfig, RewardRun, RewardStage, Run, RunConfig, SftBatch, SftConfig, SftRun, Stage, StepData,
 };
-pub use sft::{sft_labels, sft_sequence, Overflow, SftBatcher};
+pub use sft::{pack_rows, sft_labels, sft_sequence, Overflow, PackedSftBatcher, SftBatcher};

@@ -10,6 +10,14 @@
 //!
 //! Training then is the pretraining [`Trainer`](qwen_train::Trainer) on these batches: its loss
 //! averages over non-ignored targets, as `finetune.py`'s cross-entropy does.
+//!
+//! Packing ([`pack_rows`], [`PackedSftBatcher`]): several conversations share one row of `seq_len`
+//! instead of one padded row each. Every conversation keeps its own shifted labels (its last token
+//! has no target, so nothing is learned across a boundary) and is one segment of the row
+//! ([`TokenBatch::segments`]): the model attends only within a segment and restarts positions at
+//! its first token, so a packed conversation computes exactly what it computes alone.
+
+use std::collections::BTreeSet;
 
 use qwen_data::{Batcher, DataError, Sequence, TokenBatch};
 use qwen_tokenizer::{ChatMl, ChatTokens, Message, DEFAULT_SYSTEM};
@@ -77,6 +85,81 @@ impl Batcher<ChatTokens, TokenBatch> for SftBatcher {
                 .map_err(|e| DataError::Config(format!("conversation {i}: {e}")))?;
             out.inputs.extend(s.input);
             out.targets.extend(s.target);
+        }
+        Ok(out)
+    }
+}
+
+/// Groups conversations of `lengths` tokens (each counted as at most `seq_len`) into rows of
+/// `seq_len` tokens: best-fit decreasing, longest first, each into the fullest row it still fits
+/// (ties: the earlier row), else a new row. Returns each row's conversation indices in the order
+/// they were placed. Deterministic: the same lengths always give the same rows.
+pub fn pack_rows(lengths: &[usize], seq_len: usize) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..lengths.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(lengths[i].min(seq_len)));
+    let mut rows: Vec<Vec<usize>> = Vec::new();
+    // (free tokens, row): the fullest row that still fits is the first with enough room.
+    let mut free: BTreeSet<(usize, usize)> = BTreeSet::new();
+    for i in order {
+        let len = lengths[i].min(seq_len);
+        match free.range((len, 0)..).next().copied() {
+            Some((room, row)) => {
+                free.remove(&(room, row));
+                free.insert((room - len, row));
+                rows[row].push(i);
+            }
+            None => {
+                free.insert((seq_len - len, rows.len()));
+                rows.push(vec![i]);
+            }
+        }
+    }
+    rows
+}
+
+/// Rows of packed conversations ([`pack_rows`]) → a [`TokenBatch`] with segments: in each row the
+/// conversations one after the other, each with the ids and shifted labels [`sft_sequence`] gives
+/// it alone, then padding (`pad_id`, ignored targets) as one more segment.
+#[derive(Debug, Clone, Copy)]
+pub struct PackedSftBatcher {
+    pub seq_len: usize,
+    pub pad_id: u32,
+    pub overflow: Overflow,
+}
+
+impl Batcher<Vec<ChatTokens>, TokenBatch> for PackedSftBatcher {
+    /// Fails with [`DataError::Config`] when a row's conversations do not fit `seq_len` together,
+    /// or one is longer than `seq_len` under [`Overflow::Error`].
+    fn batch(&self, rows: Vec<Vec<ChatTokens>>) -> qwen_data::Result<TokenBatch> {
+        let mut out = TokenBatch { batch: rows.len(), seq_len: self.seq_len, ..Default::default() };
+        for (r, row) in rows.iter().enumerate() {
+            let mut used = 0;
+            for (k, chat) in row.iter().enumerate() {
+                let n = chat.ids.len();
+                if n > self.seq_len && self.overflow == Overflow::Error {
+                    return Err(DataError::Config(format!(
+                        "row {r}, conversation {k}: {}",
+                        AlignError::TooLong { len: n, limit: self.seq_len }
+                    )));
+                }
+                let keep = n.min(self.seq_len);
+                if used + keep > self.seq_len {
+                    return Err(DataError::Config(format!(
+                        "row {r}: its conversations need more than {} tokens",
+                        self.seq_len
+                    )));
+                }
+                let s = sft_sequence(chat, keep, self.pad_id, Overflow::Truncate)
+                    .map_err(|e| DataError::Config(format!("row {r}, conversation {k}: {e}")))?;
+                out.inputs.extend(s.input);
+                out.targets.extend(s.target);
+                out.segments.extend(std::iter::repeat_n(k as u32, keep));
+                used += keep;
+            }
+            let pad = self.seq_len - used;
+            out.inputs.extend(std::iter::repeat_n(self.pad_id, pad));
+            out.targets.extend(std::iter::repeat_n(IGNORE_INDEX, pad));
+            out.segments.extend(std::iter::repeat_n(row.len() as u32, pad));
         }
         Ok(out)
     }

@@ -15,6 +15,10 @@ pub struct TokenBatch {
     pub targets: Vec<u32>,
     pub batch: usize,
     pub seq_len: usize,
+    /// Packed rows: a segment id per input, row-major `[batch, seq_len]`. A run of equal ids in a
+    /// row is one sequence: its tokens attend only to earlier tokens of the run and their positions
+    /// restart at 0 where it starts. Empty when every row is one sequence.
+    pub segments: Vec<u32>,
 }
 
 impl TokenBatch {
@@ -25,6 +29,10 @@ impl TokenBatch {
     /// Row `i` of the targets.
     pub fn target_row(&self, i: usize) -> &[u32] {
         &self.targets[i * self.seq_len..(i + 1) * self.seq_len]
+    }
+    /// The segment ids of every input when the rows are packed, `None` otherwise.
+    pub fn packed_segments(&self) -> Option<&[u32]> {
+        (!self.segments.is_empty()).then_some(self.segments.as_slice())
     }
 }
 
@@ -42,6 +50,7 @@ impl Batcher<Sequence, TokenBatch> for TokenBatcher {
             targets: Vec::with_capacity(items.len() * seq_len),
             batch: items.len(),
             seq_len,
+            segments: Vec::new(),
         };
         for s in items {
             if s.input.len() != seq_len || s.target.len() != seq_len {

@@ -4,6 +4,10 @@
 //! column to every row and reads the logits of one column. Row `r` of a batch has `left_pad[r]`
 //! padding columns: they are masked from every query, and positions count from the row's first
 //! real token, so a padded row computes exactly what it computes alone.
+//!
+//! Training may instead pack several sequences into one unpadded row ([`Batch::with_segments`]):
+//! each token then attends only to the earlier tokens of its own segment, and positions restart
+//! at 0 where a segment starts, so every packed sequence computes what it computes alone.
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
@@ -22,13 +26,15 @@ pub const PAD_ID: u32 = 0;
 pub struct Batch<B: Backend> {
     pub ids: Tensor<B, 2, Int>,
     pub left_pad: Vec<usize>,
+    /// Packed rows: a segment id per token, row-major `[batch, seq]` (see [`Batch::with_segments`]).
+    pub segments: Option<Vec<u32>>,
 }
 
 impl<B: Backend> Batch<B> {
     /// Rows that are all real tokens.
     pub fn unpadded(ids: Tensor<B, 2, Int>) -> Self {
         let rows = ids.dims()[0];
-        Self { ids, left_pad: vec![0; rows] }
+        Self { ids, left_pad: vec![0; rows], segments: None }
     }
 
     /// Ids with a padding count per row. The ids are not checked against a vocabulary here (they
@@ -45,7 +51,26 @@ impl<B: Backend> Batch<B> {
         if let Some(p) = left_pad.iter().find(|&&p| p >= seq) {
             return Err(ModelError::Config(format!("a row of {seq} columns with {p} of padding has no token")));
         }
-        Ok(Self { ids, left_pad })
+        Ok(Self { ids, left_pad, segments: None })
+    }
+
+    /// The same rows packed: `segments` holds a segment id per token, row-major `[batch, seq]`, and
+    /// each run of equal ids in a row is one sequence. A token attends only to the earlier tokens
+    /// of its run and its position counts from the run's first token. Only the training forward
+    /// without a cache takes packed rows.
+    ///
+    /// # Errors
+    /// [`ModelError::Config`] when `segments` does not have one id per token or a row is padded.
+    pub fn with_segments(mut self, segments: Vec<u32>) -> Result<Self> {
+        let [rows, seq] = self.dims();
+        if segments.len() != rows * seq {
+            return Err(ModelError::Config(format!("{} segment ids for {rows} rows of {seq}", segments.len())));
+        }
+        if self.is_padded() {
+            return Err(ModelError::Config("packed rows cannot be left-padded".into()));
+        }
+        self.segments = Some(segments);
+        Ok(self)
     }
 
     /// Host rows left-padded with [`PAD_ID`] to the longest.
@@ -67,7 +92,7 @@ impl<B: Backend> Batch<B> {
             flat.extend(row.iter().map(|&t| t as i64));
         }
         let ids = Tensor::from_data(TensorData::new(flat, [rows.len(), seq]), device);
-        Ok(Self { ids, left_pad })
+        Ok(Self { ids, left_pad, segments: None })
     }
 
     /// `[batch, seq]`.

@@ -21,10 +21,10 @@ use serde::{Deserialize, Serialize};
 use qwen_context::{RopeConvention, RopeFrequencies};
 
 use crate::batch::Batch;
-use crate::lora::{adapted, Lora};
-use crate::moe::SparseMoe;
 use crate::config::QwenConfig;
 use crate::error::{ModelError, Result};
+use crate::lora::{adapted, Lora};
+use crate::moe::SparseMoe;
 
 // ---------------------------------------------------------------------------------------------
 // Rotary embedding
@@ -57,14 +57,29 @@ impl<B: Backend> RopeTables<B> {
     /// Angles are computed in f32 as the references do (`outer(positions, inv_freq)`), then cos/sin
     /// scaled by the attention factor.
     pub fn rows(rows: &[(&RopeFrequencies, i64)], len: usize, convention: RopeConvention, device: &B::Device) -> Self {
-        let dim = rows.first().map_or(0, |(f, _)| 2 * f.inv_freq.len());
-        let n = rows.len() * len * dim;
+        let positions: Vec<i64> = rows.iter().flat_map(|&(_, first)| (0..len as i64).map(move |j| first + j)).collect();
+        let freqs: Vec<&RopeFrequencies> = rows.iter().map(|&(f, _)| f).collect();
+        Self::positions(&freqs, &positions, len, convention, device)
+    }
+
+    /// Tables for explicit positions: row `r` (frequencies `freqs[r]`) has positions
+    /// `positions[r * len..(r + 1) * len]` (below 0 counts as 0). `[rows, len, 1, rotary_dim]`.
+    /// Packed training rows restart their positions at each packed sequence.
+    pub fn positions(
+        freqs: &[&RopeFrequencies],
+        positions: &[i64],
+        len: usize,
+        convention: RopeConvention,
+        device: &B::Device,
+    ) -> Self {
+        let dim = freqs.first().map_or(0, |f| 2 * f.inv_freq.len());
+        let n = freqs.len() * len * dim;
         let (mut cos, mut sin) = (Vec::with_capacity(n), Vec::with_capacity(n));
-        for &(freqs, first) in rows {
+        for (r, freqs) in freqs.iter().enumerate() {
             let half = freqs.inv_freq.len();
             let f = freqs.attention_factor;
-            for j in 0..len as i64 {
-                let p = (first + j).max(0) as f32;
+            for &p in &positions[r * len..(r + 1) * len] {
+                let p = p.max(0) as f32;
                 let angle = |i: usize| p * freqs.inv_freq[i];
                 match convention {
                     // emb = cat(freqs, freqs)
@@ -89,7 +104,7 @@ impl<B: Backend> RopeTables<B> {
             }
         }
         // Sequence-major, broadcast over heads (and over the batch when there is one row): see `apply`.
-        let shape = [rows.len(), len, 1, dim];
+        let shape = [freqs.len(), len, 1, dim];
         Self {
             cos: Tensor::from_data(TensorData::new(cos, shape), device),
             sin: Tensor::from_data(TensorData::new(sin, shape), device),
@@ -552,6 +567,10 @@ pub struct Step<'a, B: Backend> {
     pub offset: usize,
     /// Padding columns at the start of each row, when any row has some.
     pub left_pad: Option<&'a [usize]>,
+    /// Packed rows: `true` where a query may NOT see a key because it belongs to another packed
+    /// sequence or comes after the query, `[batch, 1, seq, seq]`; built once per forward
+    /// ([`packed_mask`]), shared by every layer.
+    pub packed: Option<Tensor<B, 4, Bool>>,
     pub precision: Precision,
 }
 
@@ -606,6 +625,13 @@ impl<B: Backend> Attention<B> {
         // A mask only when padding or the window hides a key from some query; otherwise burn's
         // causal attention (bottom-right aligned) is the same thing.
         let mask = attention_mask::<B>(s, kv_len, step.offset, key_start, window, step.left_pad, &q.device());
+        // Packed rows (training, no cache, no padding): their block-diagonal causal mask, and the
+        // window's on top where a layer has one.
+        let mask = match (&step.packed, mask) {
+            (Some(p), None) => Some(p.clone()),
+            (Some(p), Some(w)) => Some(p.clone().bool_or(w.expand([b, 1, s, kv_len]))),
+            (None, m) => m,
+        };
         let scale = Some(1.0 / (hd as f64).sqrt());
         let out = if s == 1 && groups > 1 {
             // One query per row (decode): the `groups` query heads that share a key/value head are
@@ -674,6 +700,34 @@ fn attention_mask<B: Backend>(
     }
     let mask = Tensor::<B, 3, Bool>::from_data(TensorData::new(m, [rows, queries, keys]), device);
     Some(mask.unsqueeze_dim::<4>(1))
+}
+
+/// Where each token's packed sequence starts: the column of the first token of its run of equal
+/// segment ids, per row of `seq` columns.
+fn segment_starts(segments: &[u32], seq: usize) -> Vec<usize> {
+    let mut starts = Vec::with_capacity(segments.len());
+    for row in segments.chunks(seq) {
+        let mut start = 0;
+        for (c, id) in row.iter().enumerate() {
+            if c > 0 && *id != row[c - 1] {
+                start = c;
+            }
+            starts.push(start);
+        }
+    }
+    starts
+}
+
+/// The mask of packed rows, `[batch, 1, seq, seq]`: `true` where a query may NOT see a key, i.e.
+/// the key comes after the query or before the first token of the query's packed sequence
+/// (`starts` from [`segment_starts`]). Block-diagonal causal: no packed sequence sees another.
+fn packed_mask<B: Backend>(starts: &[usize], batch: usize, seq: usize, device: &B::Device) -> Tensor<B, 4, Bool> {
+    let mut m = Vec::with_capacity(batch * seq * seq);
+    for (i, &start) in starts.iter().enumerate() {
+        let q = i % seq;
+        m.extend((0..seq).map(|k| k > q || k < start));
+    }
+    Tensor::<B, 3, Bool>::from_data(TensorData::new(m, [batch, seq, seq]), device).unsqueeze_dim::<4>(1)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -949,6 +1003,11 @@ impl<B: Backend> QwenModel<B> {
             return Err(ModelError::EmptyInput);
         }
         let padded = batch.left_pad.iter().any(|&p| p > 0);
+        if batch.segments.is_some() && (cache.is_some() || mode != Mode::Training || padded) {
+            return Err(ModelError::Config(
+                "packed rows are for the training forward only (no cache, no padding)".into(),
+            ));
+        }
         let (offset, left_pad) = match cache.as_deref_mut() {
             Some(c) => {
                 if c.batch != b {
@@ -993,7 +1052,14 @@ impl<B: Backend> QwenModel<B> {
         };
         let device = self.device();
         let shared = !any_pad && freqs.iter().all(|f| *f == freqs[0]);
-        let rope = if shared {
+        // Packed rows: positions restart at each packed sequence, and one block-diagonal causal
+        // mask serves every layer.
+        let starts = batch.segments.as_deref().map(|seg| segment_starts(seg, s));
+        let packed = starts.as_deref().map(|st| packed_mask::<B>(st, b, s, &device));
+        let rope = if let Some(starts) = &starts {
+            let positions: Vec<i64> = starts.iter().enumerate().map(|(i, &st)| (i % s - st) as i64).collect();
+            RopeTables::positions(&vec![&freqs[0]; b], &positions, s, self.convention, &device)
+        } else if shared {
             RopeTables::new(&freqs[0], offset, s, self.convention, &device)
         } else {
             let rows: Vec<(&RopeFrequencies, i64)> =
@@ -1009,6 +1075,7 @@ impl<B: Backend> QwenModel<B> {
             query_scale,
             offset,
             left_pad: any_pad.then_some(left_pad.as_slice()),
+            packed,
             precision: self.precision,
         };
         let mut h = self.model.embed(batch.ids.clone());
@@ -1056,6 +1123,25 @@ impl<B: burn::tensor::backend::AutodiffBackend> QwenModel<B> {
 mod tests {
     use super::*;
     use burn::backend::Flex;
+
+    /// Packed rows: each token's sequence starts at the first column of its run of equal ids (so
+    /// its position is its distance from there), and the mask lets a query see exactly the keys
+    /// from that start up to itself.
+    #[test]
+    fn packed_rows_restart_positions_and_mask_other_sequences() {
+        // Two rows of 6: [a a a b b pad], [a b b b c c]; ids may repeat across rows.
+        let segments = [0, 0, 0, 1, 1, 2, 7, 3, 3, 3, 7, 7];
+        let starts = segment_starts(&segments, 6);
+        assert_eq!(starts, [0, 0, 0, 3, 3, 5, 0, 1, 1, 1, 4, 4]);
+        let mask = packed_mask::<Flex>(&starts, 2, 6, &Default::default());
+        assert_eq!(mask.dims(), [2, 1, 6, 6]);
+        let m = mask.into_data().to_vec::<bool>().unwrap();
+        for (i, &start) in starts.iter().enumerate() {
+            let (row, q) = (i / 6, i % 6);
+            let seen: Vec<usize> = (0..6).filter(|&k| !m[(row * 6 + q) * 6 + k]).collect();
+            assert_eq!(seen, (start..=q).collect::<Vec<_>>(), "row {row}, query {q}");
+        }
+    }
 
     /// `apply` against the formula written per element, for both conventions, with a rotary
     /// dimension smaller than the head (the rest passes through), several heads and a batch of 2.

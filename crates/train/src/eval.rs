@@ -37,8 +37,7 @@ pub fn evaluate<B: Backend, M: CausalLm<B>>(model: &M, batches: &[TokenBatch], m
         if b.batch * b.seq_len == 0 || b.inputs.len() != b.batch * b.seq_len {
             return Err(TrainError::Batch(format!("batch {}x{} with {} inputs", b.batch, b.seq_len, b.inputs.len())));
         }
-        let rows: Vec<Vec<u32>> = (0..b.batch).map(|i| b.input_row(i).to_vec()).collect();
-        let logits = model.logits_of(&rows, mode)?;
+        let logits = model.logits(model.hidden(&crate::trainer::model_batch(model, b)?, mode)?);
         let (s, n) = cross_entropy_sum(logits, &b.targets)?;
         sum += s.into_scalar().elem::<f64>();
         tokens += n;

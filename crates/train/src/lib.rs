@@ -33,9 +33,9 @@ mod error;
 pub mod eval;
 pub mod loss;
 pub mod metrics;
-pub mod optim;
 #[cfg(feature = "collective")]
 pub mod multinode;
+pub mod optim;
 #[cfg(feature = "collective")]
 pub mod parallel;
 pub mod persist;
@@ -59,4 +59,4 @@ pub use metrics::{read_metrics, MetricsLog};
 pub use optim::{clip_global_norm, global_norm, OptimConfig, QwenAdamW, QwenOptimizer, Update};
 pub use schedule::Schedule;
 pub use step::{constant, Applied, Stepper, StepperState};
-pub use trainer::{lm_nll_and_grads, lora_seed, StepStats, TrainConfig, Trainer};
+pub use trainer::{lm_nll_and_grads, lora_seed, model_batch, StepStats, TrainConfig, Trainer};

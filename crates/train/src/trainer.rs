@@ -12,11 +12,11 @@
 
 use burn::module::AutodiffModule;
 use burn::optim::{GradientsAccumulator, GradientsParams};
-use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use serde::{Deserialize, Serialize};
 
 use qwen_data::TokenBatch;
-use qwen_model::{CausalLm, Mode, Precision, Qwen, QwenModel};
+use qwen_model::{Batch, CausalLm, Mode, Precision, Qwen, QwenModel};
 
 use crate::error::{Result, TrainError};
 use crate::loss::{head_cross_entropy_fused, IGNORE_INDEX};
@@ -196,6 +196,16 @@ pub(crate) fn count_targets(batches: &[TokenBatch]) -> Result<usize> {
     Ok(tokens)
 }
 
+/// `b`'s inputs as a batch for `model`: left-padded rows, or packed ones with their segments.
+pub fn model_batch<B: Backend, M: CausalLm<B>>(model: &M, b: &TokenBatch) -> Result<Batch<B>> {
+    let rows: Vec<Vec<u32>> = (0..b.batch).map(|i| b.input_row(i).to_vec()).collect();
+    let batch = model.batch(&rows)?;
+    Ok(match b.packed_segments() {
+        Some(seg) => batch.with_segments(seg.to_vec())?,
+        None => batch,
+    })
+}
+
 /// The next-token loss of any [`CausalLm`] on `batches`: the summed NLL and the gradients of
 /// `sum NLL / normalizer`, accumulated over the micro-batches. The head is fused with the loss
 /// ([`head_cross_entropy_fused`]): its gradient is computed in closed form outside the graph and
@@ -209,8 +219,7 @@ pub fn lm_nll_and_grads<B: AutodiffBackend, M: CausalLm<B> + AutodiffModule<B>>(
     let mut nll = 0f64;
     let scale = 1.0 / normalizer as f64;
     for b in batches {
-        let rows: Vec<Vec<u32>> = (0..b.batch).map(|i| b.input_row(i).to_vec()).collect();
-        let (hidden, aux) = model.hidden_and_aux(&model.batch(&rows)?, Mode::Training)?;
+        let (hidden, aux) = model.hidden_and_aux(&model_batch(model, b)?, Mode::Training)?;
         let fused = head_cross_entropy_fused(hidden, model.lm_head(), &b.targets, scale, model.precision())?;
         nll += fused.nll_sum;
         // An MoE model's load-balancing term, weighted by this micro-batch's share of the tokens

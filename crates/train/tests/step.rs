@@ -90,7 +90,7 @@ fn non_finite_losses_and_norms_are_refused_with_nothing_changed() {
 fn batch(seed: u32) -> TokenBatch {
     let ids: Vec<u32> = (0..18).map(|i| (i * 11 + seed * 5 + i * i % 3) % 64).collect();
     let (inputs, targets) = ([&ids[0..8], &ids[9..17]].concat(), [&ids[1..9], &ids[10..18]].concat());
-    TokenBatch { inputs, targets, batch: 2, seq_len: 8 }
+    TokenBatch { inputs, targets, batch: 2, seq_len: 8, segments: Vec::new() }
 }
 
 /// The pretraining trainer's update is the stepper's: the same loss and gradients through a bare
