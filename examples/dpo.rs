@@ -135,11 +135,7 @@ fn main() -> Result<()> {
     let tuned = run.stage.policy.valid();
     let metrics = run.metrics_path().to_path_buf();
     drop(run);
-    if tuned.has_lora() {
-        args.lora.write_outputs(&tuned, &args.policy, &tok_path, &args.run.out)?;
-    } else {
-        finetune::write_model(&tuned, &args.policy, &tok_path, &args.run.out)?;
-    }
+    args.lora.write_end(&tuned, &args.policy, &tok_path, &args.run.out)?;
 
     let (loss, accuracy) = (finetune::series(&metrics, "loss")?, finetune::series(&metrics, "accuracy")?);
     finetune::plot(

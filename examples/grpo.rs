@@ -20,6 +20,11 @@
 //! `reward.png`, `kl.png`, `run_config.json`, `grpo_args.json`, `checkpoint/` (atomic, every
 //! `--checkpoint-every` steps; `--resume` continues exactly after a kill) and at the end the policy
 //! as an HF checkpoint with the source folder's tokenizer and generation files.
+//!
+//! LoRA: `--lora-rank R [--lora-alpha A] [--lora-dropout P] [--lora-targets q_proj,...] [--merge]`, as
+//! `sft`: adapters trained with the base frozen, the reference the policy with fresh adapters (the
+//! starting policy); the end is `--out/adapter/` (PEFT's layout) and, with `--merge`, `--out/merged/`.
+//! The learning rate stays `--lr` (a LoRA run usually wants a larger one than the full default).
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -91,6 +96,9 @@ struct Args {
     lr: f64,
     #[arg(long, default_value_t = 0)]
     warmup_steps: u64,
+    #[command(flatten)]
+    #[serde(flatten)]
+    lora: finetune::LoraArgs,
 }
 
 fn main() -> Result<()> {
@@ -107,6 +115,8 @@ fn main() -> Result<()> {
     let dev = device();
     let policy =
         qwen_model::load::<TrainBackend>(&r.policy, &dev).with_context(|| format!("loading {}", r.policy.display()))?;
+    // With LoRA the reference is the policy with fresh adapters (B = 0): the starting policy.
+    let policy = args.lora.apply(policy, r.seed)?;
     let make_reward = || -> Result<GrpoReward<qwen::backend::Backend>> {
         Ok(match (&args.reward, &args.verifier) {
             (Some(dir), _) => GrpoReward::Model(
@@ -181,7 +191,7 @@ fn main() -> Result<()> {
     let tuned = run.stage.valid_policy();
     let metrics = run.metrics_path().to_path_buf();
     drop(run);
-    finetune::write_model(&tuned, &r.policy, &tok_path, &r.out)?;
+    args.lora.write_end(&tuned, &r.policy, &tok_path, &r.out)?;
 
     let reward = finetune::series(&metrics, "reward")?;
     finetune::plot("GRPO", "mean reward of the rollout", vec![("reward", reward.clone())], &r.out.join("reward.png"))?;

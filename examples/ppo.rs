@@ -21,6 +21,12 @@
 //! model with their optimizer states, atomic; `--resume` continues exactly after a kill) and at the
 //! end the policy as an HF checkpoint with the source folder's tokenizer files, and the value model
 //! in `OUT/value/`.
+//!
+//! LoRA: `--lora-rank R [--lora-alpha A] [--lora-dropout P] [--lora-targets q_proj,...] [--merge]`, as
+//! `sft`: the policy's adapters are trained with its base frozen, the reference is the policy with
+//! fresh adapters (the starting policy), the value model stays whole (as TRL's `PPOTrainer` with a
+//! `peft_config`); the end is `--out/adapter/` (PEFT's layout) and, with `--merge`, `--out/merged/`.
+//! The learning rates stay `--policy-lr` / `--value-lr` (a LoRA run usually wants a larger policy one).
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -120,6 +126,9 @@ struct Args {
     /// Responses per update within a pass (0: the whole rollout).
     #[arg(long, default_value_t = 0)]
     minibatch_rows: usize,
+    #[command(flatten)]
+    #[serde(flatten)]
+    lora: finetune::LoraArgs,
 }
 
 /// The documents of `path` tokenized (each closed by `<|endoftext|>`), concatenated and cut into
@@ -154,6 +163,9 @@ fn main() -> Result<()> {
     let dev = device();
     let policy =
         qwen_model::load::<TrainBackend>(&r.policy, &dev).with_context(|| format!("loading {}", r.policy.display()))?;
+    // With LoRA the reference is the policy with fresh adapters (B = 0): the starting policy. The
+    // value model stays a whole trained model (as TRL's PPOTrainer with a peft_config keeps it).
+    let policy = args.lora.apply(policy, r.seed)?;
     let load_rm = || format!("loading the reward model {}", args.reward.display());
     let reward = ScoreModel::<qwen::backend::Backend>::load(&args.reward, &dev).with_context(load_rm)?;
     let value = ScoreModel::<TrainBackend>::load(&args.reward, &dev).with_context(load_rm)?;
@@ -235,7 +247,7 @@ fn main() -> Result<()> {
     let metrics = run.metrics_path().to_path_buf();
     let trainer = run.into_stage();
     let tuned = trainer.valid_policy();
-    finetune::write_model(&tuned, &r.policy, &tok_path, &r.out)?;
+    args.lora.write_end(&tuned, &r.policy, &tok_path, &r.out)?;
     trainer.value.valid().save(r.out.join("value"), SaveDtype::F32)?;
 
     let score = finetune::series(&metrics, "objective/scores")?;

@@ -216,11 +216,7 @@ fn main() -> Result<()> {
     let tuned = run.stage.model().valid();
     let metrics = run.metrics_path().to_path_buf();
     drop(run);
-    if tuned.has_lora() {
-        args.lora.write_outputs(&tuned, &args.model, &tok_path, &args.run.out)?;
-    } else {
-        finetune::write_model(&tuned, &args.model, &tok_path, &args.run.out)?;
-    }
+    args.lora.write_end(&tuned, &args.model, &tok_path, &args.run.out)?;
     let losses = finetune::series(&metrics, "loss")?;
     finetune::plot(
         "SFT",

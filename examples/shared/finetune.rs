@@ -1,6 +1,7 @@
-//! What the fine-tuning commands (`sft`, `reward`, `dpo`) share: the checkpoint folder's tokenizer, refusing
-//! to overwrite a run, the progress bar, the fine-tuned model written as an HF folder with the
-//! source's tokenizer and generation files, and a metric's curve as a PNG.
+//! What the fine-tuning commands (`sft`, `reward`, `dpo`, `ppo`, `grpo`) share: the checkpoint
+//! folder's tokenizer, refusing to overwrite a run, the progress bar, the fine-tuned model (or its
+//! LoRA adapters) written as an HF folder with the source's tokenizer and generation files, and a
+//! metric's curve as a PNG.
 //!
 //! Included by path (`#[path = "shared/finetune.rs"] mod finetune;`): a file under a folder of
 //! `examples/` without `main.rs` is not an example of its own. Each command uses a part of it.
@@ -166,8 +167,8 @@ pub fn plot(title: &str, y_label: &str, series: Vec<(&str, Vec<(f64, f64)>)>, pn
     Ok(())
 }
 
-/// LoRA options (`sft`, `dpo`): with `--lora-rank`, adapters on the chosen projections are trained
-/// and the base stays frozen.
+/// LoRA options (`sft`, `dpo`, `ppo`, `grpo`): with `--lora-rank`, adapters on the chosen
+/// projections are trained and the base stays frozen.
 #[derive(clap::Args, Debug, Serialize)]
 pub struct LoraArgs {
     /// Train LoRA adapters of this rank instead of every weight (the base stays frozen).
@@ -225,10 +226,19 @@ impl LoraArgs {
         Ok(model)
     }
 
-    /// The outputs of a LoRA run: the adapters in `out/adapter/` (PEFT's layout, naming `source`
-    /// as the base) and, with `--merge`, the merged model in `out/merged/` as [`write_model`] writes
-    /// it.
-    pub fn write_outputs<B: Backend>(&self, tuned: &QwenModel<B>, source: &Path, tokenizer: &Path, out: &Path) -> Result<()> {
+    /// The end of a run in `out`: without adapters the whole model ([`write_model`]); with them the
+    /// adapters in `out/adapter/` (PEFT's layout, naming `source` as the base) and, with `--merge`,
+    /// the merged model in `out/merged/` as [`write_model`] writes it.
+    pub fn write_end<B: Backend>(
+        &self,
+        tuned: &QwenModel<B>,
+        source: &Path,
+        tokenizer: &Path,
+        out: &Path,
+    ) -> Result<()> {
+        if !tuned.has_lora() {
+            return write_model(tuned, source, tokenizer, out);
+        }
         let adapter = out.join("adapter");
         tuned.save_adapter(&adapter, &source.to_string_lossy())?;
         copy_companions(source, tokenizer, &adapter)?;

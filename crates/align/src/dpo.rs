@@ -171,11 +171,7 @@ impl<B: AutodiffBackend> DpoTrainer<B> {
         let n = batch.pairs;
         let reference = host(pair_logprobs(&self.reference, batch)?);
         // LoRA dropout masks seeded by the step (a resumed run draws the same ones).
-        let policy = if self.policy.has_lora() {
-            pair_logprobs(&self.policy.clone().reseed_lora(qwen_train::lora_seed(0, self.stepper.step(), 0)), batch)?
-        } else {
-            pair_logprobs(&self.policy, batch)?
-        };
+        let policy = pair_logprobs(&*crate::dropout_seeded(&self.policy, self.stepper.step(), 0), batch)?;
         let stats = DpoStats::from_logprobs(&host(policy.clone()), &reference, n, self.config.beta);
         let device = policy.device();
         let r = vector::<B>(reference, &device);

@@ -425,7 +425,9 @@ impl<B: AutodiffBackend> GrpoTrainer<B> {
         let device = self.policy.device();
         let t = |v: &[f32]| vector::<B>(v.to_vec(), &device);
         for iteration in 0..c.iterations {
-            let logits = self.policy.logits_of(&rows.rows, Mode::Training)?;
+            // LoRA dropout masks seeded by (step, iteration): a resumed run draws the same ones.
+            let policy = crate::dropout_seeded(&self.policy, self.step, iteration as u64);
+            let logits = policy.logits_of(&rows.rows, Mode::Training)?;
             let logp = token_logprobs(logits.clone(), &rows.targets)?
                 .reshape([-1])
                 .select(0, index_tensor::<B>(&positions, &device));
@@ -453,6 +455,7 @@ impl<B: AutodiffBackend> GrpoTrainer<B> {
                 stats.entropy = mean_entropy(logits.inner(), &positions);
                 stats.loss = value;
             }
+            drop(policy);
             let grads = GradientsParams::from_grads(loss.backward(), &self.policy.model);
             let applied = self.stepper.apply(&mut self.policy.model, value, grads)?;
             (stats.lr, stats.grad_norm) = (applied.lr, applied.grad_norm);

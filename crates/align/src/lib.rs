@@ -68,4 +68,20 @@ pub use run::{
     load_config, DpoRun, DpoRunConfig, EpochSampler, GrpoRun, GrpoRunConfig, PpoBatch, PpoRun, PpoRunConfig,
     RewardConfig, RewardRun, RewardStage, Run, RunConfig, SftBatch, SftConfig, SftRun, Stage, StepData,
 };
+/// `policy` for one training forward: with LoRA, a copy whose adapters' dropout masks are seeded by
+/// (`step`, `micro`), so a resumed run draws the masks an uninterrupted one drew (the trainers'
+/// checkpoints do not keep the seeds); without LoRA, the policy itself. The copy shares the
+/// parameters, so its gradients are the policy's.
+pub(crate) fn dropout_seeded<B: burn::tensor::backend::Backend>(
+    policy: &qwen_model::QwenModel<B>,
+    step: u64,
+    micro: u64,
+) -> std::borrow::Cow<'_, qwen_model::QwenModel<B>> {
+    if policy.has_lora() {
+        std::borrow::Cow::Owned(policy.clone().reseed_lora(qwen_train::lora_seed(0, step, micro)))
+    } else {
+        std::borrow::Cow::Borrowed(policy)
+    }
+}
+
 pub use sft::{pack_rows, sft_labels, sft_sequence, Overflow, PackedSftBatcher, SftBatcher};

@@ -728,6 +728,8 @@ impl<B: AutodiffBackend> PpoTrainer<B> {
             token_start.push(token_start.last().copied().unwrap_or(0) + r.len());
             value_start.push(value_start.last().copied().unwrap_or(0) + r.len() + extra);
         }
+        // Policy updates of this step, counted: each seeds its LoRA dropout masks.
+        let mut micro = 0u64;
         for _ in 0..self.config.epochs {
             for first in (0..rows).step_by(size.max(1)) {
                 let last = (first + size).min(rows);
@@ -745,7 +747,8 @@ impl<B: AutodiffBackend> PpoTrainer<B> {
                 };
                 let mut update = self.update_value(&part)?;
                 if update_policy {
-                    stats.lr = self.update_policy(&part, ptx, &mut update)?;
+                    stats.lr = self.update_policy(&part, ptx, micro, &mut update)?;
+                    micro += 1;
                 }
                 stats.minibatches.push(update);
             }
@@ -788,18 +791,21 @@ impl<B: AutodiffBackend> PpoTrainer<B> {
         Ok(UpdateStats { value_loss: loss, value_clip_fraction: clipped, ..UpdateStats::default() })
     }
 
-    /// One policy update on a minibatch (plus the ptx loss when on); fills in the policy's
-    /// statistics and returns the learning rate used.
+    /// One policy update on a minibatch (plus the ptx loss when on), the step's `micro`-th; fills in
+    /// the policy's statistics and returns the learning rate used.
     fn update_policy(
         &mut self,
         part: &Minibatch<'_>,
         ptx: Option<&TokenBatch>,
+        micro: u64,
         stats: &mut UpdateStats,
     ) -> Result<f64> {
         let device = self.policy.device();
         let t = |v: &[f32]| vector::<B>(v.to_vec(), &device);
         let positions = index_tensor::<B>(&part.positions, &device);
-        let logits = self.policy.logits_of(part.rows, Mode::Training)?;
+        // LoRA dropout masks seeded by (step, update): a resumed run draws the same ones.
+        let policy = crate::dropout_seeded(&self.policy, self.step, micro);
+        let logits = policy.logits_of(part.rows, Mode::Training)?;
         stats.entropy = mean_entropy(logits.clone().inner(), &part.positions);
         let logp = token_logprobs(logits, part.targets)?.reshape([-1]).select(0, positions);
         let new_logp = host(logp.clone());
@@ -810,10 +816,11 @@ impl<B: AutodiffBackend> PpoTrainer<B> {
         stats.policy_loss = host(loss.clone())[0];
         if let (Some(b), true) = (ptx, self.config.ptx_coef > 0.0) {
             let ptx_rows: Vec<Vec<u32>> = (0..b.batch).map(|i| b.input_row(i).to_vec()).collect();
-            let lm = cross_entropy(self.policy.logits_of(&ptx_rows, Mode::Training)?, &b.targets)?;
+            let lm = cross_entropy(policy.logits_of(&ptx_rows, Mode::Training)?, &b.targets)?;
             loss = loss + lm.mul_scalar(self.config.ptx_coef);
         }
         let total = host(loss.clone())[0];
+        drop(policy);
         let grads = GradientsParams::from_grads(loss.backward(), &self.policy.model);
         Ok(self.policy_step.apply(&mut self.policy.model, total, grads)?.lr)
     }

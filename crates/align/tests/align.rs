@@ -640,6 +640,26 @@ fn sft_and_reward_runs_resume_exactly() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// PPO on the tiny model: 5 steps of 2-token responses, 2 per prompt, 2 passes in minibatches of 3
+/// rows, value-only for the first `value_warmup_steps`, a checkpoint every 2.
+fn tiny_ppo(value_warmup_steps: u64) -> PpoRunConfig {
+    PpoRunConfig {
+        ppo: PpoConfig {
+            max_new_tokens: 2,
+            value_warmup_steps,
+            responses_per_query: 2,
+            epochs: 2,
+            minibatch_rows: 3,
+            ..PpoConfig::default()
+        },
+        optim: PpoOptim { optim: OptimConfig::default(), policy: constant(1e-2, 0), value: constant(1e-2, 0) },
+        stop_ids: vec![10],
+        pad_id: 0,
+        steps: 5,
+        checkpoint_every: 2,
+    }
+}
+
 #[test]
 fn dpo_and_ppo_runs_resume_exactly() {
     let device = Default::default();
@@ -656,21 +676,7 @@ fn dpo_and_ppo_runs_resume_exactly() {
 
     let value = ScoreModel::from_lm(QwenModel::<B>::random(config(), 0.1, &device));
     let reward = ScoreModel::from_lm(QwenModel::<Inner>::random(config(), 0.1, &device));
-    let ppo = PpoRunConfig {
-        ppo: PpoConfig {
-            max_new_tokens: 2,
-            value_warmup_steps: 1,
-            responses_per_query: 2,
-            epochs: 2,
-            minibatch_rows: 3,
-            ..PpoConfig::default()
-        },
-        optim: PpoOptim { optim: OptimConfig::default(), policy: constant(1e-2, 0), value: constant(1e-2, 0) },
-        stop_ids: vec![10],
-        pad_id: 0,
-        steps: 5,
-        checkpoint_every: 2,
-    };
+    let ppo = tiny_ppo(1);
     let open = |d: &std::path::Path| Run::ppo(&ppo, policy.clone(), value.clone(), reward.clone(), d, &device).unwrap();
     let data = |s: u64| PpoBatch { prompts: pairs(2, s as u32).into_iter().map(|p| p.prompt).collect(), ptx: None };
     assert_resumes_exactly("ppo", &ppo, &open, &data, 3);
@@ -689,12 +695,10 @@ fn dpo_and_ppo_runs_resume_exactly() {
     assert_resumes_exactly("ppo-trl", &trl_like, &open, &data, 3);
 }
 
-#[test]
-fn grpo_runs_resume_exactly() {
-    let device = Default::default();
-    let policy = QwenModel::<B>::random(config(), 0.1, &device);
-    let reward = ScoreModel::from_lm(QwenModel::<Inner>::random(config(), 0.1, &device));
-    let grpo = GrpoRunConfig {
+/// GRPO on the tiny model: 5 steps of groups of 3 two-token replies, 2 updates each, a checkpoint
+/// every 2.
+fn tiny_grpo() -> GrpoRunConfig {
+    GrpoRunConfig {
         grpo: GrpoConfig { group_size: 3, max_new_tokens: 2, iterations: 2, ..GrpoConfig::default() },
         optim: OptimConfig::default(),
         schedule: constant(1e-2, 0),
@@ -702,7 +706,15 @@ fn grpo_runs_resume_exactly() {
         pad_id: 0,
         steps: 5,
         checkpoint_every: 2,
-    };
+    }
+}
+
+#[test]
+fn grpo_runs_resume_exactly() {
+    let device = Default::default();
+    let policy = QwenModel::<B>::random(config(), 0.1, &device);
+    let reward = ScoreModel::from_lm(QwenModel::<Inner>::random(config(), 0.1, &device));
+    let grpo = tiny_grpo();
     let data =
         |s: u64| GrpoBatch { prompts: pairs(2, s as u32).into_iter().map(|p| p.prompt).collect(), answers: vec![] };
     let open =
@@ -730,4 +742,82 @@ fn epoch_sampler_visits_every_item_once_per_epoch_as_a_function_of_the_step() {
     assert_eq!(sampler.indices(3), EpochSampler { len: 10, batch: 4, seed: 3 }.indices(3));
     assert_ne!(sampler.indices(0), EpochSampler { seed: 4, ..sampler }.indices(0));
     assert!(EpochSampler { len: 0, ..sampler }.indices(7).is_empty());
+}
+
+/// A random policy with rank-4 adapters (dropout 0.1) on every projection, its base frozen.
+fn lora_policy(device: &burn::tensor::Device<Inner>) -> QwenModel<B> {
+    let lora = qwen_model::LoraConfig {
+        r: 4,
+        alpha: 8.0,
+        dropout: 0.1,
+        target_modules: qwen_model::LoraConfig::ALL_PROJECTIONS.map(String::from).to_vec(),
+    };
+    QwenModel::<B>::random(config(), 0.1, device).with_lora(&lora, 9).unwrap().freeze_base()
+}
+
+/// `trained` came from `start` by LoRA training: its base weights are `start`'s to the byte, every
+/// adapter's `B` left zero, and its adapter, saved in PEFT's layout, loads back onto the saved base
+/// with `trained`'s logits.
+fn assert_only_adapters_trained(name: &str, start: &QwenModel<Inner>, trained: &QwenModel<Inner>) {
+    let dir = tmp(name);
+    start.save(dir.join("start"), qwen_model::SaveDtype::F32).unwrap();
+    trained.save(dir.join("trained"), qwen_model::SaveDtype::F32).unwrap();
+    let bytes = |d: &str| std::fs::read(dir.join(d).join("model.safetensors")).unwrap();
+    assert_eq!(bytes("start"), bytes("trained"), "{name}: a base weight changed");
+    trained.save_adapter(dir.join("adapter"), "base").unwrap();
+    let file = std::fs::read(dir.join("adapter/adapter_model.safetensors")).unwrap();
+    let tensors = safetensors::SafeTensors::deserialize(&file).unwrap();
+    let b_names: Vec<String> =
+        tensors.names().into_iter().filter(|n| n.ends_with("lora_B.weight")).map(String::from).collect();
+    // 2 layers x 7 projections, PEFT's names.
+    assert_eq!(b_names.len(), 14, "{name}: {b_names:?}");
+    for n in &b_names {
+        assert!(n.starts_with("base_model.model.model.layers."), "{name}: {n} is not PEFT's name");
+        let t = tensors.tensor(n).unwrap();
+        let moved = t.data().chunks(4).any(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) != 0.0);
+        assert!(moved, "{name}: adapter {n} did not train (B is still zero)");
+    }
+    let device = Default::default();
+    let loaded =
+        qwen_model::load::<Inner>(dir.join("trained"), &device).unwrap().load_adapter(dir.join("adapter")).unwrap();
+    let rows: Vec<Vec<u32>> = pairs(2, 5).into_iter().map(|p| [p.prompt, p.chosen].concat()).collect();
+    let (a, b) = (loaded.forward(&rows).unwrap(), trained.forward(&rows).unwrap());
+    let diff = (a - b).abs().max().into_scalar();
+    assert!(diff <= 1e-6, "{name}: the reloaded adapter's logits differ by {diff}");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn ppo_and_grpo_with_lora_train_only_the_adapters_and_resume_exactly() {
+    let device = Default::default();
+    let policy = lora_policy(&device);
+    let start = policy.valid();
+    let value = ScoreModel::from_lm(QwenModel::<B>::random(config(), 0.1, &device));
+    let reward = ScoreModel::from_lm(QwenModel::<Inner>::random(config(), 0.1, &device));
+    let ppo = tiny_ppo(0);
+    let data = |s: u64| PpoBatch { prompts: pairs(2, s as u32).into_iter().map(|p| p.prompt).collect(), ptx: None };
+    let open = |d: &std::path::Path| Run::ppo(&ppo, policy.clone(), value.clone(), reward.clone(), d, &device).unwrap();
+    // Dropout on: a resumed run must draw the masks the uninterrupted one drew.
+    assert_resumes_exactly("ppo-lora", &ppo, &open, &data, 3);
+    let short = PpoRunConfig { steps: 2, ..ppo.clone() };
+    let dir = tmp("ppo-lora-short");
+    let mut run = Run::ppo(&short, policy.clone(), value.clone(), reward.clone(), &dir, &device).unwrap();
+    run.train(&mut |s| Ok(data(s)), |_| {}).unwrap();
+    assert_only_adapters_trained("ppo-lora", &start, &run.stage.valid_policy());
+    drop(run);
+    std::fs::remove_dir_all(dir).unwrap();
+
+    let grpo = tiny_grpo();
+    let data =
+        |s: u64| GrpoBatch { prompts: pairs(2, s as u32).into_iter().map(|p| p.prompt).collect(), answers: vec![] };
+    let open =
+        |d: &std::path::Path| Run::grpo(&grpo, policy.clone(), GrpoReward::Model(reward.clone()), d, &device).unwrap();
+    assert_resumes_exactly("grpo-lora", &grpo, &open, &data, 3);
+    let short = GrpoRunConfig { steps: 2, ..grpo.clone() };
+    let dir = tmp("grpo-lora-short");
+    let mut run = Run::grpo(&short, policy.clone(), GrpoReward::Model(reward.clone()), &dir, &device).unwrap();
+    run.train(&mut |s| Ok(data(s)), |_| {}).unwrap();
+    assert_only_adapters_trained("grpo-lora", &start, &run.stage.valid_policy());
+    drop(run);
+    std::fs::remove_dir_all(dir).unwrap();
 }
