@@ -30,12 +30,14 @@
 //! Each stage is a `qwen_align::run` run with its own folder under `OUT/stages/` (its config
 //! `run_config.json`, its `metrics.jsonl`, its latest checkpoint, written every `--checkpoint-every`
 //! steps); `--resume` continues the stages there after a kill, exactly (without it they start over).
+//! `align.png` has a panel per stage, each line smoothed over its faint raw values; `--replot` only
+//! redraws it from `OUT/metrics.jsonl`.
 //! The batches are functions of the step (seeded per stage and step), so a resumed run sees the
 //! data an uninterrupted one would.
 
 use std::collections::HashSet;
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{ensure, Result};
@@ -51,7 +53,7 @@ use qwen_data::{Batcher, TokenBatch};
 use qwen_model::{GenerateConfig, Mode, QwenConfigBuilder, QwenModel, SamplingConfig, SaveDtype};
 use qwen_tokenizer::train::{BpeTrainer, TrainerConfig};
 use qwen_tokenizer::{AllowedSpecial, ChatMl, ChatTokens, Message, Role, Tokenizer};
-use qwen_train::plot::{save_png, Chart, Series};
+use qwen_train::plot::{save_panels_png, Chart, Series};
 use qwen_train::{evaluate, OptimConfig, Schedule, TrainConfig};
 
 /// SFT, reward modelling (PMP then fine-tuning), PPO and DPO on a capitalisation task, measured.
@@ -107,6 +109,9 @@ struct Args {
     /// wrote them) instead of starting over.
     #[arg(long)]
     resume: bool,
+    /// Only redraw `OUT/align.png` from `OUT/metrics.jsonl` (a finished run's), without training.
+    #[arg(long)]
+    replot: bool,
 }
 
 const SYSTEM: &str = "Write words in capitals.";
@@ -257,9 +262,66 @@ fn mean_reward(task: &Task, reward: &ScoreModel<Backend>, ws: &[String], answers
 /// A pair maker: the word to ask and a generator, to the comparison.
 type MakePair<'a> = dyn Fn(&str, &mut SplitMix64) -> qwen_align::Result<Pair> + 'a;
 
+/// `png`: one panel per stage of the stage-tagged `metrics` (SFT loss; reward-model loss and
+/// accuracy; PPO score and KL; DPO loss and accuracy), each on its own axis, every line a moving
+/// average over its faint raw values. A stage that did not run has no panel.
+fn plot(metrics: &Path, png: &Path) -> Result<()> {
+    let records = qwen_train::read_metrics(metrics)?;
+    let series = |stage: &str, key: &str| -> Vec<(f64, f64)> {
+        records
+            .iter()
+            .filter(|r| r["stage"] == stage)
+            .filter_map(|r| Some((r["step"].as_f64()?, r[key].as_f64()?)))
+            .collect()
+    };
+    // One panel per stage, each on its own axis; every line smoothed over its faint raw values.
+    let panel = |title: &str, y_label: &str, lines: Vec<(&str, &str, &str)>| Chart {
+        title: title.into(),
+        x_label: "step".into(),
+        y_label: y_label.into(),
+        log_x: false,
+        log_y: false,
+        series: lines
+            .into_iter()
+            .map(|(name, stage, key)| Series { name: name.into(), points: series(stage, key) })
+            .collect(),
+    };
+    let panels = [
+        panel("SFT", "loss on assistant tokens (nats)", vec![("loss", "sft", "loss")]),
+        panel(
+            "Reward model: PMP, then fine-tuning",
+            "pairwise loss (nats) / accuracy",
+            vec![
+                ("PMP loss", "pmp", "loss"),
+                ("fine-tune loss", "rm", "loss"),
+                ("PMP accuracy", "pmp", "accuracy"),
+                ("fine-tune accuracy", "rm", "accuracy"),
+            ],
+        ),
+        panel(
+            "PPO: reward",
+            "reward-model score per response",
+            vec![("score", "ppo", "objective/scores"), ("score - KL penalty", "ppo", "objective/rlhf_reward")],
+        ),
+        panel("PPO: KL to the reference", "nats per response", vec![("KL", "ppo", "objective/kl")]),
+        panel(
+            "DPO",
+            "loss (nats) / preference accuracy",
+            vec![("loss", "dpo", "loss"), ("accuracy", "dpo", "accuracy")],
+        ),
+    ];
+    save_panels_png("alignment on capitalising words", &panels, 3, png, 600, 380)?;
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let args = Args::parse();
     qwen::keep_freed_memory();
+    if args.replot {
+        plot(&args.out.join("metrics.jsonl"), &args.out.join("align.png"))?;
+        println!("wrote {}", args.out.join("align.png").display());
+        return Ok(());
+    }
     let stages = args.out.join("stages");
     if !args.resume && stages.exists() {
         std::fs::remove_dir_all(&stages)?;
@@ -534,29 +596,7 @@ fn main() -> Result<()> {
     }
     let metrics_path = args.out.join("metrics.jsonl");
     std::fs::write(&metrics_path, all)?;
-    let records = qwen_train::read_metrics(&metrics_path)?;
-    let series = |stage: &str, key: &str| -> Vec<(f64, f64)> {
-        records
-            .iter()
-            .filter(|r| r["stage"] == stage)
-            .filter_map(|r| Some((r["step"].as_f64()?, r[key].as_f64()?)))
-            .collect()
-    };
-    let chart = Chart {
-        title: "alignment on capitalising words".into(),
-        x_label: "step (of each stage)".into(),
-        y_label: "loss / score".into(),
-        log_x: false,
-        log_y: false,
-        series: vec![
-            Series { name: "SFT loss".into(), points: series("sft", "loss") },
-            Series { name: "RM loss (PMP)".into(), points: series("pmp", "loss") },
-            Series { name: "RM loss (fine-tune)".into(), points: series("rm", "loss") },
-            Series { name: "PPO mean score".into(), points: series("ppo", "objective/scores") },
-            Series { name: "DPO loss".into(), points: series("dpo", "loss") },
-        ],
-    };
-    save_png(&chart, args.out.join("align.png"), 900, 540)?;
+    plot(&metrics_path, &args.out.join("align.png"))?;
     println!("done in {:.0}s; metrics and align.png in {}", started.elapsed().as_secs_f64(), args.out.display());
     Ok(())
 }

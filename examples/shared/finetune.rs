@@ -18,7 +18,7 @@ use qwen_align::{Pair, PairBatch};
 use qwen_data::PreferenceJsonl;
 use qwen_model::{QwenModel, SaveDtype};
 use qwen_tokenizer::{Normalization, Tokenizer};
-use qwen_train::plot::{save_png, Chart, Series};
+use qwen_train::plot::{save_panels_png, Chart, Series};
 use serde::Serialize;
 
 /// The options every fine-tuning command takes.
@@ -153,7 +153,8 @@ pub fn series(metrics: &Path, key: &str) -> Result<Vec<(f64, f64)>> {
         .collect())
 }
 
-/// One line chart of `points` over steps, saved as `png`.
+/// One line chart of `points` over steps, saved as `png`: each line's raw values faint, its moving
+/// average over them (`qwen_train::plot::save_panels_png`).
 pub fn plot(title: &str, y_label: &str, series: Vec<(&str, Vec<(f64, f64)>)>, png: &Path) -> Result<()> {
     let chart = Chart {
         title: title.into(),
@@ -163,7 +164,7 @@ pub fn plot(title: &str, y_label: &str, series: Vec<(&str, Vec<(f64, f64)>)>, pn
         log_y: false,
         series: series.into_iter().map(|(name, points)| Series { name: name.into(), points }).collect(),
     };
-    save_png(&chart, png, 900, 500)?;
+    save_panels_png("", &[chart], 1, png, 900, 500)?;
     Ok(())
 }
 

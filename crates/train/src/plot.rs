@@ -93,20 +93,48 @@ const COLORS: [RGBColor; 6] = [
     RGBColor(140, 86, 75),
 ];
 
-/// A tick label without spurious decimals.
+/// A tick label without spurious decimals (`5`, `2.5`, `0.8`, `0.125`).
 fn tick(v: f64) -> String {
     let a = v.abs();
-    if a >= 100.0 || a == 0.0 {
+    let s = if a >= 100.0 || a == 0.0 {
         format!("{v:.0}")
     } else if a >= 1.0 {
         format!("{v:.1}")
     } else {
         format!("{v:.3}")
+    };
+    if s.contains('.') {
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        s
     }
 }
 
 fn plot_err(e: impl std::fmt::Display) -> TrainError {
     TrainError::Plot(e.to_string())
+}
+
+/// Exponential moving average of `points` in order, debiased as TensorBoard's smoothing is: each
+/// value is the mean of the finite points so far weighted `weight^age` (so the first value is the
+/// first point, not pulled towards 0). `weight` 0 returns the points; non-finite points are dropped.
+pub fn ema(points: &[(f64, f64)], weight: f64) -> Vec<(f64, f64)> {
+    let (mut num, mut den) = (0.0, 0.0);
+    points
+        .iter()
+        .filter(|(x, y)| x.is_finite() && y.is_finite())
+        .map(|&(x, y)| {
+            num = weight * num + y;
+            den = weight * den + 1.0;
+            (x, num / den)
+        })
+        .collect()
+}
+
+/// The smoothing weight for a curve of `n` points: a memory of about a fifth of the curve (pandas'
+/// `span` = n / 5, between 1 and 50), so no smoothing below 10 points.
+pub fn smoothing_weight(n: usize) -> f64 {
+    let span = (n as f64 / 5.0).clamp(1.0, 50.0);
+    1.0 - 2.0 / (span + 1.0)
 }
 
 /// Draws `chart` into a `width` x `height` PNG at `path`.
@@ -115,17 +143,82 @@ fn plot_err(e: impl std::fmt::Display) -> TrainError {
 /// [`TrainError::Plot`] if there is no finite point to draw (or none above zero on a log axis),
 /// or plotters fails (e.g. the file cannot be written).
 pub fn save_png(chart: &Chart, path: impl AsRef<Path>, width: u32, height: u32) -> Result<TextRendering> {
-    let points = || chart.series.iter().flat_map(|s| s.points.iter().copied());
-    let (x0, x1) = range(points().map(|p| p.0), chart.log_x).ok_or_else(|| plot_err("no x values to plot"))?;
-    let (y0, y1) = range(points().map(|p| p.1), chart.log_y).ok_or_else(|| plot_err("no y values to plot"))?;
+    check_points(chart)?;
     let text = font();
     let root = BitMapBackend::new(path.as_ref(), (width, height)).into_drawing_area();
     root.fill(&WHITE).map_err(plot_err)?;
-    let mut builder = ChartBuilder::on(&root);
+    draw(&root, chart, false, text, 22)?;
+    root.present().map_err(plot_err)?;
+    Ok(if text { TextRendering::WithText } else { TextRendering::NoFont })
+}
+
+/// Draws `panels` as a grid of `cols` columns, each `panel_width` x `panel_height`, under `title`,
+/// into a PNG at `path`. Every line is smoothed: its raw points faint, its moving average
+/// ([`ema`], weight [`smoothing_weight`]) drawn over them in the same colour. A panel without
+/// points is left out.
+///
+/// # Errors
+/// [`TrainError::Plot`] if no panel has a point to draw, or plotters fails.
+pub fn save_panels_png(
+    title: &str,
+    panels: &[Chart],
+    cols: usize,
+    path: impl AsRef<Path>,
+    panel_width: u32,
+    panel_height: u32,
+) -> Result<TextRendering> {
+    let panels: Vec<&Chart> = panels.iter().filter(|c| check_points(c).is_ok()).collect();
+    if panels.is_empty() {
+        return Err(plot_err("no panel has points to plot"));
+    }
+    let cols = cols.clamp(1, panels.len());
+    let rows = panels.len().div_ceil(cols);
+    let text = font();
+    let head = if text && !title.is_empty() { 40 } else { 0 };
+    let size = (panel_width * cols as u32, panel_height * rows as u32 + head);
+    let root = BitMapBackend::new(path.as_ref(), size).into_drawing_area();
+    root.fill(&WHITE).map_err(plot_err)?;
+    let body = if head > 0 { root.titled(title, ("sans-serif", 26)).map_err(plot_err)? } else { root.clone() };
+    for (area, chart) in body.split_evenly((rows, cols)).iter().zip(&panels) {
+        draw(area, chart, true, text, 18)?;
+    }
+    root.present().map_err(plot_err)?;
+    Ok(if text { TextRendering::WithText } else { TextRendering::NoFont })
+}
+
+/// Fails when `chart` has no point its axes can show.
+fn check_points(chart: &Chart) -> Result<()> {
+    let points = || chart.series.iter().flat_map(|s| s.points.iter().copied());
+    range(points().map(|p| p.0), chart.log_x).ok_or_else(|| plot_err("no x values to plot"))?;
+    range(points().map(|p| p.1), chart.log_y).ok_or_else(|| plot_err("no y values to plot"))?;
+    Ok(())
+}
+
+/// Draws `chart` on `area` (caption in `caption` px); with `smooth`, each series faint with its
+/// moving average over it.
+fn draw<DB: DrawingBackend>(
+    area: &DrawingArea<DB, plotters::coord::Shift>,
+    chart: &Chart,
+    smooth: bool,
+    text: bool,
+    caption: u32,
+) -> Result<()> {
+    let points = || chart.series.iter().flat_map(|s| s.points.iter().copied());
+    let (x0, x1) = range(points().map(|p| p.0), chart.log_x).ok_or_else(|| plot_err("no x values to plot"))?;
+    let (y0, mut y1) = range(points().map(|p| p.1), chart.log_y).ok_or_else(|| plot_err("no y values to plot"))?;
+    if text && chart.series.len() > 1 {
+        // Headroom for the legend (upper right), so it does not hide the lines.
+        let room = 0.1 + 0.12 * chart.series.len() as f64;
+        y1 = if chart.log_y { y1 * (y1 / y0).powf(room) } else { y1 + room * (y1 - y0) };
+    }
+    let mut builder = ChartBuilder::on(area);
     builder.margin(16).x_label_area_size(if text { 44 } else { 8 }).y_label_area_size(if text { 64 } else { 8 });
     if text {
-        builder.caption(&chart.title, ("sans-serif", 22));
+        builder.caption(&chart.title, ("sans-serif", caption));
     }
+    let visible = |(x, y): &(f64, f64)| {
+        x.is_finite() && y.is_finite() && (!chart.log_y || *y > 0.0) && (!chart.log_x || *x > 0.0)
+    };
     macro_rules! draw {
         ($ctx:expr) => {{
             let mut ctx = $ctx;
@@ -141,20 +234,24 @@ pub fn save_png(chart: &Chart, path: impl AsRef<Path>, width: u32, height: u32) 
             } else {
                 mesh.x_labels(0).y_labels(0);
             }
-            mesh.draw().map_err(plot_err)?;
+            mesh.light_line_style(RGBColor(235, 235, 235)).draw().map_err(plot_err)?;
             for (i, s) in chart.series.iter().enumerate() {
                 let color = COLORS[i % COLORS.len()];
-                let pts = s
-                    .points
-                    .iter()
-                    .copied()
-                    .filter(|(x, y)| x.is_finite() && y.is_finite() && (!chart.log_y || *y > 0.0))
-                    .filter(|(x, _)| !chart.log_x || *x > 0.0);
-                let series = ctx.draw_series(LineSeries::new(pts, color.stroke_width(2))).map_err(plot_err)?;
+                let raw: Vec<(f64, f64)> = s.points.iter().copied().filter(visible).collect();
+                let line = if smooth {
+                    let smoothed = ema(&raw, smoothing_weight(raw.len()));
+                    if smoothed != raw {
+                        ctx.draw_series(LineSeries::new(raw, color.mix(0.35).stroke_width(1))).map_err(plot_err)?;
+                    }
+                    smoothed
+                } else {
+                    raw
+                };
+                let series = ctx.draw_series(LineSeries::new(line, color.stroke_width(2))).map_err(plot_err)?;
                 if text {
-                    series.label(s.name.as_str()).legend(move |(x, y)| {
-                        PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
-                    });
+                    series
+                        .label(s.name.as_str())
+                        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
                 }
             }
             if text && chart.series.len() > 1 {
@@ -162,7 +259,7 @@ pub fn save_png(chart: &Chart, path: impl AsRef<Path>, width: u32, height: u32) 
                     .background_style(WHITE.mix(0.8))
                     .border_style(BLACK)
                     .label_font(("sans-serif", 14))
-                    .position(SeriesLabelPosition::UpperLeft)
+                    .position(SeriesLabelPosition::UpperRight)
                     .draw()
                     .map_err(plot_err)?;
             }
@@ -172,10 +269,11 @@ pub fn save_png(chart: &Chart, path: impl AsRef<Path>, width: u32, height: u32) 
         (false, false) => draw!(builder.build_cartesian_2d(x0..x1, y0..y1).map_err(plot_err)?),
         (true, false) => draw!(builder.build_cartesian_2d((x0..x1).log_scale(), y0..y1).map_err(plot_err)?),
         (false, true) => draw!(builder.build_cartesian_2d(x0..x1, (y0..y1).log_scale()).map_err(plot_err)?),
-        (true, true) => draw!(builder.build_cartesian_2d((x0..x1).log_scale(), (y0..y1).log_scale()).map_err(plot_err)?),
+        (true, true) => {
+            draw!(builder.build_cartesian_2d((x0..x1).log_scale(), (y0..y1).log_scale()).map_err(plot_err)?)
+        }
     }
-    root.present().map_err(plot_err)?;
-    Ok(if text { TextRendering::WithText } else { TextRendering::NoFont })
+    Ok(())
 }
 
 #[cfg(test)]
@@ -204,6 +302,33 @@ mod tests {
         assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n");
         assert!(matches!(save_png(&chart(vec![], false), &path, 640, 400), Err(TrainError::Plot(_))));
         assert!(matches!(save_png(&chart(vec![(1.0, -1.0)], true), &path, 640, 400), Err(TrainError::Plot(_))));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn ema_is_debiased_and_follows_a_step() {
+        let pts: Vec<(f64, f64)> = (0..40).map(|i| (i as f64, if i < 20 { 1.0 } else { 3.0 })).collect();
+        let s = ema(&pts, 0.8);
+        // A constant stays itself from the first point (no pull towards 0).
+        assert!(s[..20].iter().all(|p| (p.1 - 1.0).abs() < 1e-12));
+        // After the step it rises monotonically towards 3 without overshooting.
+        assert!(s[20..].windows(2).all(|w| w[1].1 > w[0].1 && w[1].1 < 3.0));
+        assert!((s[39].1 - 3.0).abs() < 0.05);
+        assert_eq!(ema(&pts, 0.0), pts);
+        assert_eq!(smoothing_weight(5), 0.0);
+        assert!(smoothing_weight(200) > 0.9);
+    }
+
+    #[test]
+    fn panels_skip_empty_charts_and_need_one_with_points() {
+        let dir = std::env::temp_dir().join(format!("qwen-panels-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("panels.png");
+        let noisy: Vec<(f64, f64)> = (0..100).map(|i| (i as f64, (i as f64 * 0.7).sin() + i as f64 * 0.01)).collect();
+        let panels = [chart(noisy, false), chart(vec![], false)];
+        save_panels_png("stages", &panels, 2, &path, 500, 320).unwrap();
+        assert_eq!(&std::fs::read(&path).unwrap()[..8], b"\x89PNG\r\n\x1a\n");
+        assert!(matches!(save_panels_png("none", &panels[1..], 2, &path, 500, 320), Err(TrainError::Plot(_))));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
