@@ -24,6 +24,9 @@
 //! 0, so the loss and gradients are those of the conversations trained one per row, with less
 //! padding. Held-out evaluation stays one conversation a row.
 //!
+//! `--checkpointing`: the same training on burn's `Autodiff<B, BalancedCheckpointing>`, which
+//! recomputes memory-bound operations in the backward pass instead of keeping their outputs.
+//!
 //! LoRA: `--lora-rank R [--lora-alpha A] [--lora-dropout P] [--lora-targets q_proj,...] [--merge]`
 //! trains adapters on the chosen projections with the base frozen (learning rate 3e-4 unless
 //! `--lr`, as Qwen's `finetune.py` LoRA scripts). The end is then `--out/adapter/` in PEFT's layout
@@ -34,8 +37,10 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, ensure, Context, Result};
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::Device;
 use clap::Parser;
-use qwen::backend::{device, optimizer_update, TrainBackend};
+use qwen::backend::{device, optimizer_update, CheckpointedTrainBackend, TrainBackend};
 use qwen_align::{pack_rows, EpochSampler, Overflow, PackedSftBatcher, Run, SftBatcher, SftConfig};
 use qwen_data::{Batcher, ChatJsonl, TokenBatch};
 use qwen_model::Mode;
@@ -84,6 +89,10 @@ struct Args {
     /// Pack several conversations into each row (no attention between them; positions restart).
     #[arg(long)]
     pack: bool,
+    /// Activation checkpointing: burn's balanced strategy recomputes memory-bound operations in the
+    /// backward pass instead of keeping their outputs (less memory, more compute).
+    #[arg(long)]
+    checkpointing: bool,
     #[command(flatten)]
     #[serde(flatten)]
     lora: finetune::LoraArgs,
@@ -138,8 +147,24 @@ fn main() -> Result<()> {
     };
 
     let dev = device();
-    let model = qwen_model::load::<TrainBackend>(&args.model, &dev)
-        .with_context(|| format!("loading {}", args.model.display()))?;
+    if args.checkpointing {
+        fine_tune::<CheckpointedTrainBackend>(&args, &tok_path, pad_id, &train, &held, &dev)
+    } else {
+        fine_tune::<TrainBackend>(&args, &tok_path, pad_id, &train, &held, &dev)
+    }
+}
+
+/// Loads `--model` on the autodiff backend `B` (with or without activation checkpointing), trains it
+/// on `train`, measures `held` before and after, and writes the outputs.
+fn fine_tune<B: AutodiffBackend<InnerBackend = qwen::backend::Backend>>(
+    args: &Args,
+    tok_path: &Path,
+    pad_id: u32,
+    train: &[(usize, ChatTokens)],
+    held: &[(usize, ChatTokens)],
+    dev: &Device<B>,
+) -> Result<()> {
+    let model = qwen_model::load::<B>(&args.model, dev).with_context(|| format!("loading {}", args.model.display()))?;
     let model = args.lora.apply(model, args.run.seed)?;
     let lr = args.lr.unwrap_or(if args.lora.lora_rank.is_some() { 3e-4 } else { 1e-5 });
     let per_step = args.batch * args.accum;
@@ -179,7 +204,7 @@ fn main() -> Result<()> {
     let before =
         (!held_batches.is_empty()).then(|| evaluate(&model.valid(), &held_batches, Mode::Training)).transpose()?;
 
-    let mut run = Run::sft(&config, model, &args.run.out, &dev)?;
+    let mut run = Run::sft(&config, model, &args.run.out, dev)?;
     qwen_train::persist::write_json(args.run.out.join("sft_args.json"), &args)?;
     eprintln!(
         "sft: {} conversations, {steps} steps of {per_step} {} ({} x {}), seq {}, lr {} (warm-up {warmup}), backend {}{}",
@@ -216,7 +241,7 @@ fn main() -> Result<()> {
     let tuned = run.stage.model().valid();
     let metrics = run.metrics_path().to_path_buf();
     drop(run);
-    args.lora.write_end(&tuned, &args.model, &tok_path, &args.run.out)?;
+    args.lora.write_end(&tuned, &args.model, tok_path, &args.run.out)?;
     let losses = finetune::series(&metrics, "loss")?;
     finetune::plot(
         "SFT",

@@ -47,6 +47,12 @@ pub mod backend {
     /// The selected backend with automatic differentiation, for training.
     pub type TrainBackend = burn::backend::Autodiff<Backend>;
 
+    /// [`TrainBackend`] with activation checkpointing: burn's balanced strategy, which recomputes
+    /// memory-bound operations (element-wise ones) during the backward pass instead of keeping
+    /// their outputs from the forward pass (`sft --checkpointing`).
+    pub type CheckpointedTrainBackend =
+        burn::backend::Autodiff<Backend, burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing>;
+
     /// The default device of the selected backend.
     pub fn device() -> burn::tensor::Device<Backend> {
         Default::default()

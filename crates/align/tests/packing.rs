@@ -1,14 +1,18 @@
 //! SFT packing on a tiny random model (`Autodiff<Flex>`): conversations packed into one row compute
 //! exactly what they compute one per unpadded row (every per-token loss, and the gradient of the
-//! summed loss for every parameter), and no packed conversation sees another.
+//! summed loss for every parameter), and no packed conversation sees another. And activation
+//! checkpointing (`sft --checkpointing`, `Autodiff<Flex, BalancedCheckpointing>`) computes the
+//! loss and gradients plain autodiff computes.
 
+use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
 use burn::backend::{Autodiff, Flex};
-use burn::module::{ModuleVisitor, Param};
+use burn::module::{AutodiffModule, Module, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
+use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::Tensor;
 use qwen_align::{pack_rows, Overflow, PackedSftBatcher, SftBatcher};
 use qwen_data::{Batcher, TokenBatch};
-use qwen_model::{Mode, QwenConfig, QwenModel};
+use qwen_model::{Mode, Qwen, QwenConfig, QwenModel};
 use qwen_tokenizer::train::{BpeTrainer, TrainerConfig};
 use qwen_tokenizer::{ChatMl, ChatTokens, Message, Role};
 use qwen_train::{lm_nll_and_grads, model_batch, IGNORE_INDEX};
@@ -140,7 +144,7 @@ fn packed_rows_compute_what_separate_rows_compute() {
     assert!(close(nll_packed, nll_separate, nll_separate), "summed NLL {nll_packed} vs {nll_separate}");
     assert!(close(nll_separate, want.iter().sum(), nll_separate), "the summed NLL is the sum of the token losses");
     let mut same = SameGrads { a: &grads_packed, b: &grads_separate, compared: 0, params: 0 };
-    burn::module::Module::visit(&model, &mut same);
+    model.visit(&mut same);
     assert!(
         same.compared > 0 && same.compared == same.params,
         "{} of {} parameters compared",
@@ -197,4 +201,48 @@ fn pack_rows_fills_rows_without_overflow_or_loss() {
     // 56 tokens in rows of 12: at least 5 rows; best-fit decreasing needs exactly 5 here.
     assert_eq!(rows.len(), 5, "{rows:?}");
     assert_eq!(pack_rows(&lengths, seq), rows, "deterministic");
+}
+
+/// Every parameter's gradient, in visiting order.
+struct Collect<'a> {
+    grads: &'a GradientsParams,
+    out: Vec<Vec<f32>>,
+}
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for Collect<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        let g = self.grads.get::<B::InnerBackend, D>(param.id).expect("every parameter has a gradient");
+        self.out.push(g.into_data().to_vec().unwrap());
+    }
+}
+
+/// The summed NLL of `batch` and every parameter's gradient, with `weights` on backend `B`.
+fn loss_and_grads<B: AutodiffBackend<InnerBackend = Flex>>(
+    weights: &QwenModel<Flex>,
+    batch: &TokenBatch,
+) -> (f64, Vec<Vec<f32>>) {
+    // Trainable parameters (`from_inner` gives constants), with the same ids on either backend.
+    let trunk = qwen_train::persist::with_stable_ids::<B, _>(Qwen::<B>::from_inner(weights.model.clone()));
+    let model = QwenModel::new(weights.config.clone(), trunk);
+    let (nll, grads) = lm_nll_and_grads(&model, std::slice::from_ref(batch), 1).unwrap();
+    let mut collect = Collect { grads: &grads, out: Vec::new() };
+    model.visit(&mut collect);
+    (nll, collect.out)
+}
+
+#[test]
+fn checkpointed_training_computes_the_same_loss_and_gradients() {
+    let weights = model().valid();
+    let (convs, pad_id) = conversations("4");
+    for batch in [packed(&convs, pad_id, 5), separate(&convs, pad_id).swap_remove(1)] {
+        let (nll_a, a) = loss_and_grads::<AD>(&weights, &batch);
+        let (nll_b, b) = loss_and_grads::<Autodiff<Flex, BalancedCheckpointing>>(&weights, &batch);
+        assert!(close(nll_a, nll_b, nll_a.abs()), "loss {nll_a} vs {nll_b}");
+        assert_eq!(a.len(), b.len());
+        for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+            let scale = x.iter().fold(0f32, |m, v| m.max(v.abs())) as f64;
+            let worst = x.iter().zip(y).map(|(p, q)| (p - q).abs()).fold(0f32, f32::max) as f64;
+            assert!(scale > 0.0 && close(worst, 0.0, scale), "parameter {i}: differs by {worst} (scale {scale})");
+        }
+    }
 }
