@@ -198,6 +198,76 @@ const GRPO: Job = Job {
     reference: &GRPO_REFERENCE,
 };
 
+static PPO_LORA_REFERENCE: OnceLock<(PathBuf, Duration)> = OnceLock::new();
+static GRPO_LORA_REFERENCE: OnceLock<(PathBuf, Duration)> = OnceLock::new();
+
+/// PPO with LoRA on the policy (rank 8, dropout on) and `--merge`: the policy's adapters and their
+/// optimizer state in the checkpoint, the adapter and merged policy at the end.
+const PPO_LORA: Job = Job {
+    tag: "ppo-lora",
+    steps: 20,
+    save_every: 2,
+    command: ppo_lora_command,
+    outputs: &[
+        "adapter/adapter_model.safetensors",
+        "adapter/adapter_config.json",
+        "merged/model.safetensors",
+        "run_config.json",
+        "reward.png",
+        "kl.png",
+        "value/model.safetensors",
+    ],
+    summary: &[],
+    checkpoint: &[
+        "checksums.json",
+        "policy/adapter/adapter_config.json",
+        "policy/adapter/adapter_model.safetensors",
+        "policy/config.json",
+        "policy/model.safetensors",
+        "policy/optimizer.bin",
+        "policy/trainer_state.json",
+        "ppo_state.json",
+        "value/config.json",
+        "value/model.safetensors",
+        "value/optimizer.bin",
+        "value/trainer_state.json",
+    ],
+    step_key: "objective/scores",
+    reference: &PPO_LORA_REFERENCE,
+};
+
+/// GRPO with LoRA (rank 8, dropout on) and `--merge`.
+const GRPO_LORA: Job = Job {
+    tag: "grpo-lora",
+    steps: 20,
+    save_every: 2,
+    command: grpo_lora_command,
+    outputs: &[
+        "adapter/adapter_model.safetensors",
+        "adapter/adapter_config.json",
+        "merged/model.safetensors",
+        "run_config.json",
+        "reward.png",
+        "kl.png",
+    ],
+    summary: &[],
+    checkpoint: &[
+        "adapter/adapter_config.json",
+        "adapter/adapter_model.safetensors",
+        "checksums.json",
+        "config.json",
+        "grpo_state.json",
+        "model.safetensors",
+        "optimizer.bin",
+        "trainer_state.json",
+    ],
+    step_key: "reward",
+    reference: &GRPO_LORA_REFERENCE,
+};
+
+/// The LoRA flags of the crash runs: rank 8 on every projection, dropout 0.1, merged at the end.
+const LORA_ARGS: [&str; 7] = ["--lora-rank", "8", "--lora-alpha", "16", "--lora-dropout", "0.1", "--merge"];
+
 /// The tiny model on S = 16 (20 steps, a checkpoint every 2), on three folders of the docutils
 /// documentation (~200 kB).
 const ARGS: [&str; 14] = [
@@ -362,7 +432,21 @@ fn sft_pack_command(out: &Path, resume: bool) -> Command {
 /// [`sft_command`] with LoRA adapters of rank 8 (dropout 0.1) and `--merge`.
 fn sft_lora_command(out: &Path, resume: bool) -> Command {
     let mut c = sft_command(out, resume);
-    c.args(["--lora-rank", "8", "--lora-alpha", "16", "--lora-dropout", "0.1", "--merge"]);
+    c.args(LORA_ARGS);
+    c
+}
+
+/// [`ppo_command`] with LoRA on the policy ([`LORA_ARGS`]).
+fn ppo_lora_command(out: &Path, resume: bool) -> Command {
+    let mut c = ppo_command(out, resume);
+    c.args(LORA_ARGS);
+    c
+}
+
+/// [`grpo_command`] with LoRA ([`LORA_ARGS`]).
+fn grpo_lora_command(out: &Path, resume: bool) -> Command {
+    let mut c = grpo_command(out, resume);
+    c.args(LORA_ARGS);
     c
 }
 
@@ -641,6 +725,16 @@ fn ppo_sigkill_anywhere_then_resume_is_bit_identical() {
 #[test]
 fn grpo_sigkill_anywhere_then_resume_is_bit_identical() {
     kill_and_resume(&GRPO);
+}
+
+#[test]
+fn ppo_lora_sigkill_anywhere_then_resume_is_bit_identical() {
+    kill_and_resume(&PPO_LORA);
+}
+
+#[test]
+fn grpo_lora_sigkill_anywhere_then_resume_is_bit_identical() {
+    kill_and_resume(&GRPO_LORA);
 }
 
 /// Kills `job` 14 times (at each fault point of a checkpoint write, at seeded random moments, during
