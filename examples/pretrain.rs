@@ -174,8 +174,18 @@ fn on_node(
     node.data_port = args.data_port.unwrap_or(node.data_port);
     node.timeout = std::time::Duration::from_secs_f64(args.collective_timeout);
     node.validate()?;
-    eprintln!("node {} of {}: data service {}:{}, orchestrator {coordinator}", node.rank, node.nodes, node.host, node.data_port);
-    Ok(qwen_train::run::pretrain_on_node::<TrainBackend>(config, &args.out, args.resume, devices, &node, &mut Progress::new())?)
+    eprintln!(
+        "node {} of {}: data service {}:{}, orchestrator {coordinator}",
+        node.rank, node.nodes, node.host, node.data_port
+    );
+    Ok(qwen_train::run::pretrain_on_node::<TrainBackend>(
+        config,
+        &args.out,
+        args.resume,
+        devices,
+        &node,
+        &mut Progress::new(),
+    )?)
 }
 
 #[cfg(not(feature = "collective"))]

@@ -376,8 +376,11 @@ fn lora_dropout_is_seeded_and_only_trains() {
             l.lora_b = Param::from_tensor(b.random_like(burn::tensor::Distribution::Normal(0.0, 0.5)));
         }
     }
-    let run = |m: &QwenModel<AD>| -> Vec<f32> { m.forward(std::slice::from_ref(&ids)).unwrap().into_data().to_vec().unwrap() };
-    let (a, b, c) = (run(&model.clone().reseed_lora(1)), run(&model.clone().reseed_lora(1)), run(&model.clone().reseed_lora(2)));
+    let run = |m: &QwenModel<AD>| -> Vec<f32> {
+        m.forward(std::slice::from_ref(&ids)).unwrap().into_data().to_vec().unwrap()
+    };
+    let (a, b, c) =
+        (run(&model.clone().reseed_lora(1)), run(&model.clone().reseed_lora(1)), run(&model.clone().reseed_lora(2)));
     assert_eq!(a, b, "the same seed draws the same masks");
     assert!(max_diff(&a, &c) > 1e-3, "another seed draws other masks");
     // At inference (no autodiff) there is no dropout: the same as the adapters with dropout 0.
@@ -401,10 +404,8 @@ fn lora_dropout_is_seeded_and_only_trains() {
 fn qwen1_adapters_use_pefts_qwen1_names_and_merge_consistently() {
     let device = Default::default();
     let base = qwen_model::load::<B>(root().join("tests/fixtures/model/qwen1_plain"), &device).unwrap();
-    let config = LoraConfig {
-        target_modules: ["c_attn", "c_proj", "w1", "w2"].map(String::from).to_vec(),
-        ..peft_config()
-    };
+    let config =
+        LoraConfig { target_modules: ["c_attn", "c_proj", "w1", "w2"].map(String::from).to_vec(), ..peft_config() };
     let mut model = base.clone().with_lora(&config, 9).unwrap();
     assert_eq!(model.adapters().len(), 2 * 5, "c_attn, attn.c_proj, w1, w2, mlp.c_proj in each of two layers");
     for layer in model.model.layers.iter_mut() {

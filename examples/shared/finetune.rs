@@ -228,7 +228,13 @@ impl LoraArgs {
     /// The outputs of a LoRA run: the adapters in `out/adapter/` (PEFT's layout, naming `source`
     /// as the base) and, with `--merge`, the merged model in `out/merged/` as [`write_model`] writes
     /// it.
-    pub fn write_outputs<B: Backend>(&self, tuned: &QwenModel<B>, source: &Path, tokenizer: &Path, out: &Path) -> Result<()> {
+    pub fn write_outputs<B: Backend>(
+        &self,
+        tuned: &QwenModel<B>,
+        source: &Path,
+        tokenizer: &Path,
+        out: &Path,
+    ) -> Result<()> {
         let adapter = out.join("adapter");
         tuned.save_adapter(&adapter, &source.to_string_lossy())?;
         copy_companions(source, tokenizer, &adapter)?;

@@ -21,10 +21,10 @@ use serde::{Deserialize, Serialize};
 use qwen_context::{RopeConvention, RopeFrequencies};
 
 use crate::batch::Batch;
-use crate::lora::{adapted, Lora};
-use crate::moe::SparseMoe;
 use crate::config::QwenConfig;
 use crate::error::{ModelError, Result};
+use crate::lora::{adapted, Lora};
+use crate::moe::SparseMoe;
 
 // ---------------------------------------------------------------------------------------------
 // Rotary embedding

@@ -33,9 +33,9 @@ mod error;
 pub mod eval;
 pub mod loss;
 pub mod metrics;
-pub mod optim;
 #[cfg(feature = "collective")]
 pub mod multinode;
+pub mod optim;
 #[cfg(feature = "collective")]
 pub mod parallel;
 pub mod persist;

@@ -96,7 +96,9 @@ pub fn parse_host_port(s: &str) -> Result<(String, u16)> {
 /// [`TrainError::NodeConfig`] when `host` does not resolve or no route to it exists.
 pub fn local_host_towards(host: &str, port: u16) -> Result<String> {
     let err = |e: std::io::Error| {
-        TrainError::NodeConfig(format!("cannot tell this node's address towards {host}:{port} ({e}); give it explicitly"))
+        TrainError::NodeConfig(format!(
+            "cannot tell this node's address towards {host}:{port} ({e}); give it explicitly"
+        ))
     };
     let target = (host, port).to_socket_addrs().map_err(err)?.next().ok_or_else(|| {
         TrainError::NodeConfig(format!("{host} does not resolve; give this node's address explicitly"))
@@ -120,10 +122,10 @@ impl NodeConfig {
     /// [`TrainError::NodeConfig`] for what [`NodeConfig::validate`] refuses or a bad `coordinator`.
     pub fn new(nodes: usize, rank: usize, coordinator: &str, devices: usize) -> Result<Self> {
         let (coordinator_host, coordinator_port) = parse_host_port(coordinator)?;
-        let data_port = u16::try_from(rank)
-            .ok()
-            .and_then(|r| coordinator_port.checked_add(1)?.checked_add(r))
-            .ok_or_else(|| TrainError::NodeConfig(format!("no default data port above {coordinator_port} for rank {rank}")))?;
+        let data_port =
+            u16::try_from(rank).ok().and_then(|r| coordinator_port.checked_add(1)?.checked_add(r)).ok_or_else(
+                || TrainError::NodeConfig(format!("no default data port above {coordinator_port} for rank {rank}")),
+            )?;
         let host = local_host_towards(&coordinator_host, coordinator_port)?;
         let config = Self {
             nodes,

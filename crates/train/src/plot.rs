@@ -152,9 +152,9 @@ pub fn save_png(chart: &Chart, path: impl AsRef<Path>, width: u32, height: u32) 
                     .filter(|(x, _)| !chart.log_x || *x > 0.0);
                 let series = ctx.draw_series(LineSeries::new(pts, color.stroke_width(2))).map_err(plot_err)?;
                 if text {
-                    series.label(s.name.as_str()).legend(move |(x, y)| {
-                        PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
-                    });
+                    series
+                        .label(s.name.as_str())
+                        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
                 }
             }
             if text && chart.series.len() > 1 {
@@ -172,7 +172,9 @@ pub fn save_png(chart: &Chart, path: impl AsRef<Path>, width: u32, height: u32) 
         (false, false) => draw!(builder.build_cartesian_2d(x0..x1, y0..y1).map_err(plot_err)?),
         (true, false) => draw!(builder.build_cartesian_2d((x0..x1).log_scale(), y0..y1).map_err(plot_err)?),
         (false, true) => draw!(builder.build_cartesian_2d(x0..x1, (y0..y1).log_scale()).map_err(plot_err)?),
-        (true, true) => draw!(builder.build_cartesian_2d((x0..x1).log_scale(), (y0..y1).log_scale()).map_err(plot_err)?),
+        (true, true) => {
+            draw!(builder.build_cartesian_2d((x0..x1).log_scale(), (y0..y1).log_scale()).map_err(plot_err)?)
+        }
     }
     root.present().map_err(plot_err)?;
     Ok(if text { TextRendering::WithText } else { TextRendering::NoFont })

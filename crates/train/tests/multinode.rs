@@ -102,7 +102,8 @@ impl Nodes {
         (0..self.children.len())
             .map(|r| {
                 let log = fs::read_to_string(self.dir.join(format!("node{r}.log"))).unwrap_or_default();
-                let tail: String = log.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+                let tail: String =
+                    log.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
                 format!("--- node {r} (last lines) ---\n{tail}")
             })
             .collect::<Vec<_>>()
@@ -116,9 +117,8 @@ impl Nodes {
         loop {
             if let Some(status) = child.try_wait().unwrap() {
                 let text = fs::read_to_string(self.result_path(rank)).unwrap_or_default();
-                return serde_json::from_str(&text).unwrap_or_else(|_| {
-                    panic!("node {rank} exited ({status}) without a result\n{}", self.logs())
-                });
+                return serde_json::from_str(&text)
+                    .unwrap_or_else(|_| panic!("node {rank} exited ({status}) without a result\n{}", self.logs()));
             }
             if start.elapsed() > limit {
                 panic!("node {rank} still runs after {limit:?}\n{}", self.logs());
@@ -226,7 +226,8 @@ fn reduce_role(node: &NodeConfig, start: Instant) -> Value {
         let seconds = began.elapsed().as_secs_f64();
         match r {
             Ok(sum) => {
-                let values = Tensor::<Flex, 1>::from_primitive(TensorPrimitive::Float(sum)).into_data().to_vec::<f32>().unwrap();
+                let values =
+                    Tensor::<Flex, 1>::from_primitive(TensorPrimitive::Float(sum)).into_data().to_vec::<f32>().unwrap();
                 ops.push(json!({"op": op, "values": values, "seconds": seconds}));
             }
             Err(e) => {
@@ -345,7 +346,8 @@ fn two_processes_train_like_one_process_with_two_replicas() {
                     let (mut t, _) = Trainer::<B>::resume(init, &Default::default()).unwrap();
                     let id = PeerId::from(peer);
                     t.join_collective(id, 2).unwrap();
-                    let losses = (0..STEPS).map(|s| t.train_step_collective(&[micro(s, peer)], id).unwrap().loss).collect();
+                    let losses =
+                        (0..STEPS).map(|s| t.train_step_collective(&[micro(s, peer)], id).unwrap().loss).collect();
                     t.leave_collective(id).unwrap();
                     (losses, params(&t))
                 })
@@ -361,7 +363,8 @@ fn two_processes_train_like_one_process_with_two_replicas() {
     }
     for rank in 0..2 {
         let r = nodes.wait(rank, Duration::from_secs(180));
-        let losses: Vec<f32> = serde_json::from_value(r["losses"].clone()).unwrap_or_else(|_| panic!("node {rank}: {r}"));
+        let losses: Vec<f32> =
+            serde_json::from_value(r["losses"].clone()).unwrap_or_else(|_| panic!("node {rank}: {r}"));
         let p: Vec<f32> = serde_json::from_value(r["params"].clone()).unwrap();
         let (want_losses, want) = &local[rank];
         for (a, b) in losses.iter().zip(want_losses) {
