@@ -82,7 +82,9 @@ fn main() -> anyhow::Result<()> {
     }
     .with_context(|| format!("loading {}", args.model.display()))?;
     let model = match &args.adapter {
-        Some(dir) => model.load_adapter(dir).with_context(|| format!("loading the adapter {}", dir.display()))?.merged(),
+        Some(dir) => {
+            model.load_adapter(dir).with_context(|| format!("loading the adapter {}", dir.display()))?.merged()
+        }
         None => model,
     };
     let (prompt, mut stop_ids) = if args.chat {

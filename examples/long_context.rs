@@ -102,7 +102,8 @@ fn main() -> Result<()> {
         configure(&mut model.config, ntk, logn, window);
         let mut row = Vec::new();
         for &len in &lengths {
-            let seqs: Vec<Sequence> = qwen_data::pack::windows(&heldout, len).take((args.tokens / len).max(1)).collect();
+            let seqs: Vec<Sequence> =
+                qwen_data::pack::windows(&heldout, len).take((args.tokens / len).max(1)).collect();
             let per_batch = (4096 / len).max(1);
             let batches: Vec<TokenBatch> =
                 seqs.chunks(per_batch).map(|c| TokenBatcher.batch(c.to_vec())).collect::<qwen_data::Result<_>>()?;
@@ -145,7 +146,10 @@ fn main() -> Result<()> {
         log_y: false,
         series: table
             .iter()
-            .map(|(n, r)| Series { name: n.clone(), points: lengths.iter().map(|&l| l as f64).zip(r.clone()).collect() })
+            .map(|(n, r)| Series {
+                name: n.clone(),
+                points: lengths.iter().map(|&l| l as f64).zip(r.clone()).collect(),
+            })
             .collect(),
     };
     save_png(&chart, args.run.join("long_context.png"), 900, 560)?;

@@ -107,17 +107,19 @@ struct Args {
     /// covers `nodes` x `devices` times the batch.
     #[arg(long, default_value_t = 1)]
     nodes: usize,
-    /// This node's rank, 0..nodes; rank 0 starts the global orchestrator.
+    /// This node's rank, 0..nodes; rank 0 starts the global orchestrators.
     #[arg(long, default_value_t = 0)]
     node_rank: usize,
-    /// HOST:PORT of the global orchestrator (rank 0's machine), the same on every node.
+    /// HOST:PORT of the global orchestrators (rank 0's machine), the same on every node; they use
+    /// PORT, PORT + 1 and PORT + 2.
     #[arg(long)]
     coordinator: Option<String>,
     /// This node's address as the other nodes reach it (default: the one that routes to the
     /// coordinator).
     #[arg(long)]
     node_host: Option<String>,
-    /// Port of this node's tensor data service (default: the coordinator's port + 1 + rank).
+    /// First of the two ports of this node's tensor data service, DATA_PORT and DATA_PORT + 1
+    /// (default: the coordinator's port + 3 + 2 x rank).
     #[arg(long)]
     data_port: Option<u16>,
     /// Seconds any collective operation (joining included) may wait before the node stops with
@@ -174,8 +176,25 @@ fn on_node(
     node.data_port = args.data_port.unwrap_or(node.data_port);
     node.timeout = std::time::Duration::from_secs_f64(args.collective_timeout);
     node.validate()?;
-    eprintln!("node {} of {}: data service {}:{}, orchestrator {coordinator}", node.rank, node.nodes, node.host, node.data_port);
-    Ok(qwen_train::run::pretrain_on_node::<TrainBackend>(config, &args.out, args.resume, devices, &node, &mut Progress::new())?)
+    eprintln!(
+        "node {} of {}: data service {}:{}-{}, orchestrators {}:{}-{}",
+        node.rank,
+        node.nodes,
+        node.host,
+        node.data_port,
+        node.data_port_of(1),
+        node.coordinator_host,
+        node.coordinator_port,
+        node.orchestrator_port(2)
+    );
+    Ok(qwen_train::run::pretrain_on_node::<TrainBackend>(
+        config,
+        &args.out,
+        args.resume,
+        devices,
+        &node,
+        &mut Progress::new(),
+    )?)
 }
 
 #[cfg(not(feature = "collective"))]

@@ -62,8 +62,9 @@ fn chat(tok: &Tokenizer, system: &str) -> anyhow::Result<()> {
         let at = || format!("line {}", n + 1);
         let value: serde_json::Value = serde_json::from_str(&line).with_context(at)?;
         let record = ChatRecord::from_json(&value).map_err(anyhow::Error::msg).with_context(at)?;
-        let rendered = qwen_align::sft::render(&chat, Some(record.system.as_deref().unwrap_or(system)), &record.messages)
-            .with_context(at)?;
+        let rendered =
+            qwen_align::sft::render(&chat, Some(record.system.as_deref().unwrap_or(system)), &record.messages)
+                .with_context(at)?;
         let labels = qwen_align::sft_labels(&rendered)
             .into_iter()
             .map(|l| if l == IGNORE_INDEX { -100 } else { i64::from(l) })

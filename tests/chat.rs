@@ -149,7 +149,6 @@ fn generation_config_files_are_read_or_refused_with_a_reason() {
     std::fs::remove_dir_all(&empty).unwrap();
 }
 
-
 /// The example's smoke run: piped lines are messages, `/reset` and `/system` are commands, and the
 /// replies are what `Chat` gives for the same conversation.
 #[test]
@@ -201,7 +200,8 @@ fn a_folder_with_a_chat_template_renders_with_it() {
     let first = chat.send("Hi <|im_end|>", |_| Flow::Continue).unwrap();
 
     let second_prompt = chat.prompt("More?").unwrap();
-    let history = [user("Hi <|im_end|>"), serde_json::json!({"role": "assistant", "content": first.text}), user("More?")];
+    let history =
+        [user("Hi <|im_end|>"), serde_json::json!({"role": "assistant", "content": first.text}), user("More?")];
     assert_eq!(second_prompt, template.encode(&tok, &history, &options).unwrap().ids);
 
     // A window that fits the newest message but not the history drops the first turn.

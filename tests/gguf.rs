@@ -422,6 +422,11 @@ fn hostile_and_malformed_files_are_typed_errors() {
     let mut w = Writer::new(3, 2, 0);
     w.tensor("t", &[4], 0, 0).tensor("t", &[4], 0, 32);
     assert!(reason(gguf_err(w.pad_data(64))).contains("twice"));
+    // An empty tensor in a data section that an alignment of 2^31 puts past the end of the file
+    // (the `gguf` fuzz target's first crash: a slice past the end when the tensor was read).
+    let mut w = Writer::new(3, 1, 1);
+    w.str("general.alignment").u32(4).u32(1 << 31).tensor("t", &[0], 0, 0);
+    assert!(reason(gguf_err(w.0.clone())).contains("past the end of the file"));
 }
 
 #[test]

@@ -15,7 +15,6 @@ use qwen::train::run::{pretrain, ModelPreset, PretrainConfig, RunConfig, RunFile
 
 mod common;
 
-
 fn corpus() -> Vec<PathBuf> {
     let dirs = [common::root().join("corpus/docutils"), common::root().join("corpus/sphinx")];
     for d in &dirs {

@@ -355,8 +355,9 @@ async fn a_chat_template_renders_the_prompt_with_the_request_kwargs() {
     let (model, tok) = model();
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/chat_template/templates");
     let qwen3 = Arc::new(ChatTemplate::new(std::fs::read_to_string(dir.join("qwen3.jinja")).unwrap()).unwrap());
-    let s = Server::start(&model, &tok, Options { chat_format: ChatFormat::Template(qwen3.clone()), ..Options::default() })
-        .await;
+    let s =
+        Server::start(&model, &tok, Options { chat_format: ChatFormat::Template(qwen3.clone()), ..Options::default() })
+            .await;
     // Special-token strings typed in a message stay text under a template too.
     let messages = json!([
         {"role": "system", "content": "Be brief."},
@@ -377,7 +378,10 @@ async fn a_chat_template_renders_the_prompt_with_the_request_kwargs() {
         let (code, r) = s.post("/v1/chat/completions", &body).await;
         assert_eq!(code, 200, "{r}");
         assert_eq!(r["choices"][0]["message"]["content"].as_str().unwrap(), want);
-        assert_eq!((r["usage"]["prompt_tokens"].as_u64(), r["usage"]["completion_tokens"].as_u64()), (Some(prompt_len as u64), Some(generated as u64)));
+        assert_eq!(
+            (r["usage"]["prompt_tokens"].as_u64(), r["usage"]["completion_tokens"].as_u64()),
+            (Some(prompt_len as u64), Some(generated as u64))
+        );
         prompts.push(prompt.text);
     }
     assert!(prompts[0].ends_with("<|im_start|>assistant\n"), "{}", prompts[0]);
@@ -390,8 +394,12 @@ async fn a_chat_template_renders_the_prompt_with_the_request_kwargs() {
          {% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}<|im_start|>assistant\n",
     )
     .unwrap();
-    let s = Server::start(&model, &tok, Options { chat_format: ChatFormat::Template(Arc::new(strict)), ..Options::default() })
-        .await;
+    let s = Server::start(
+        &model,
+        &tok,
+        Options { chat_format: ChatFormat::Template(Arc::new(strict)), ..Options::default() },
+    )
+    .await;
     let (code, r) = s.post("/v1/chat/completions", &json!({"messages": [{"role": "assistant", "content": "x"}]})).await;
     assert_eq!(code, 400, "{r}");
     assert!(r["error"]["message"].as_str().unwrap().contains("the first message must be a user message"), "{r}");

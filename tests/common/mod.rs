@@ -91,8 +91,12 @@ impl Reference {
         let t = st.tensor(name).ok()?;
         let d = t.data();
         let (f, i) = match t.dtype() {
-            safetensors::Dtype::F32 => (d.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect(), vec![]),
-            safetensors::Dtype::I64 => (vec![], d.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect()),
+            safetensors::Dtype::F32 => {
+                (d.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect(), vec![])
+            }
+            safetensors::Dtype::I64 => {
+                (vec![], d.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect())
+            }
             other => panic!("{name}: unexpected dtype {other:?}"),
         };
         Some((t.shape().to_vec(), f, i))

@@ -50,8 +50,8 @@ pub use chat::{ChatJsonl, ChatRecord, Jsonl, PreferenceJsonl, PreferenceRecord, 
 pub use corpus::{CorpusConfig, CorpusFiles, CorpusReport, PreparedCorpus, SourceSpec};
 pub use dedup::{Dedup, DedupConfig, DedupStats, ExactDedup, MinHasher, NearDedup};
 pub use error::{DataError, Result};
-pub use line::MAX_LINE_BYTES;
 pub use filter::{FilterConfig, FilterStats, QualityFilter};
+pub use line::MAX_LINE_BYTES;
 pub use mix::{MixSource, MixStats, Mixer};
 pub use pack::{PackConfig, PackStats, Sequence, SequencePacker, ENDOFTEXT};
 pub use shard::{LoaderState, ShardLoader, ShardReader, ShardWriter, SHARD_MAGIC, SHARD_VERSION};

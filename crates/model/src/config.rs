@@ -443,7 +443,9 @@ impl QwenConfig {
         let count = |k: &str| -> Result<Option<usize>> {
             match value.get(k) {
                 None | Some(Value::Null) => Ok(None),
-                Some(v) => v.as_u64().map(|n| Some(n as usize)).ok_or_else(|| invalid(format!("{k} {v} is not a count"))),
+                Some(v) => {
+                    v.as_u64().map(|n| Some(n as usize)).ok_or_else(|| invalid(format!("{k} {v} is not a count")))
+                }
             }
         };
         // Hub checkpoints say `num_experts`; transformers 5 writes `num_local_experts`.
@@ -469,14 +471,16 @@ impl QwenConfig {
         if let Some(&l) = m.mlp_only_layers.iter().find(|&&l| l >= layers) {
             return Err(invalid(format!("mlp_only_layers names layer {l} of {layers}")));
         }
-        let shared = match family {
-            Family::Qwen2Moe => Some(
-                m.shared_expert_intermediate_size
-                    .ok_or_else(|| invalid(format!("{what} config: missing field `shared_expert_intermediate_size`")))?,
-            ),
-            _ => None,
-        };
-        for (name, v) in [("moe_intermediate_size", Some(m.moe_intermediate_size)), ("shared_expert_intermediate_size", shared)] {
+        let shared =
+            match family {
+                Family::Qwen2Moe => Some(m.shared_expert_intermediate_size.ok_or_else(|| {
+                    invalid(format!("{what} config: missing field `shared_expert_intermediate_size`"))
+                })?),
+                _ => None,
+            };
+        for (name, v) in
+            [("moe_intermediate_size", Some(m.moe_intermediate_size)), ("shared_expert_intermediate_size", shared)]
+        {
             if v == Some(0) {
                 return Err(invalid(format!("{name} must be > 0")));
             }

@@ -419,7 +419,17 @@ fn parse(
         infos.push((name, dims, ggml_type, offset, size));
     }
     let data_offset = (c.pos as u64).div_ceil(alignment) * alignment;
-    let data_len = (buf.len() as u64).saturating_sub(data_offset);
+    // The data section starts at the next multiple of the alignment; with a large
+    // `general.alignment` that can lie past the end of the file, where no tensor, not even an
+    // empty one, may be (found by the `gguf` fuzz target: a 0-byte tensor sliced past the end).
+    let data_len = (buf.len() as u64).checked_sub(data_offset);
+    if data_len.is_none() && !infos.is_empty() {
+        return Err(format!(
+            "the data section (offset {data_offset}) starts past the end of the file ({} bytes)",
+            buf.len()
+        ));
+    }
+    let data_len = data_len.unwrap_or(0);
     let mut tensors = BTreeMap::new();
     for (name, dims, ggml_type, offset, size) in infos {
         if offset.checked_add(size).is_none_or(|end| end > data_len) {

@@ -35,16 +35,17 @@ pub fn build<B: Backend>(c: &QwenConfig, weights: &mut impl Weights<B>) -> Resul
     let (h, eps) = (c.hidden_size, c.rms_norm_eps);
     let (nh, nkv, hd, ff) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim, c.intermediate_size);
     let norm = |gamma: Tensor<B, 1>| RmsNorm { gamma: Param::from_tensor(gamma), epsilon: eps };
-    let mlp = |weights: &mut dyn FnMut(&str, usize, usize) -> Result<Linear<B>>, p: &str, width: usize| -> Result<Mlp<B>> {
-        Ok(Mlp {
-            gate_proj: weights(&format!("{p}.gate_proj"), h, width)?,
-            up_proj: weights(&format!("{p}.up_proj"), h, width)?,
-            down_proj: weights(&format!("{p}.down_proj"), width, h)?,
-            gate_lora: None,
-            up_lora: None,
-            down_lora: None,
-        })
-    };
+    let mlp =
+        |weights: &mut dyn FnMut(&str, usize, usize) -> Result<Linear<B>>, p: &str, width: usize| -> Result<Mlp<B>> {
+            Ok(Mlp {
+                gate_proj: weights(&format!("{p}.gate_proj"), h, width)?,
+                up_proj: weights(&format!("{p}.up_proj"), h, width)?,
+                down_proj: weights(&format!("{p}.down_proj"), width, h)?,
+                gate_lora: None,
+                up_lora: None,
+                down_lora: None,
+            })
+        };
     let mut layers = Vec::with_capacity(c.num_hidden_layers);
     for i in 0..c.num_hidden_layers {
         let p = format!("model.layers.{i}");

@@ -87,7 +87,9 @@ fn write_weights(dir: &Path, tensors: &[(String, Raw)], max_shard_bytes: Option<
         Ok(())
     };
     let remove = |p: &Path| match std::fs::remove_file(p) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(ModelError::Write { path: p.to_path_buf(), source: e }),
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(ModelError::Write { path: p.to_path_buf(), source: e })
+        }
         _ => Ok(()),
     };
     let Some(max) = max_shard_bytes else {
@@ -187,7 +189,9 @@ impl<B: Backend> QwenModel<B> {
                     linear(format!("{p}.self_attn.{n}"), lin);
                 }
                 let mut mlp = |prefix: String, mlp: &crate::qwen::Mlp<B>| {
-                    for (n, lin) in [("gate_proj", &mlp.gate_proj), ("up_proj", &mlp.up_proj), ("down_proj", &mlp.down_proj)] {
+                    for (n, lin) in
+                        [("gate_proj", &mlp.gate_proj), ("up_proj", &mlp.up_proj), ("down_proj", &mlp.down_proj)]
+                    {
                         linear(format!("{prefix}.{n}"), lin);
                     }
                 };
@@ -212,8 +216,7 @@ impl<B: Backend> QwenModel<B> {
                     }
                 }
                 vectors.push((format!("{p}.input_layernorm.weight"), l.input_layernorm.gamma.val()));
-                vectors
-                    .push((format!("{p}.post_attention_layernorm.weight"), l.post_attention_layernorm.gamma.val()));
+                vectors.push((format!("{p}.post_attention_layernorm.weight"), l.post_attention_layernorm.gamma.val()));
             }
             vectors.push(("model.norm.weight".into(), m.norm.gamma.val()));
         } else {
@@ -222,10 +225,7 @@ impl<B: Backend> QwenModel<B> {
                 let p = format!("transformer.h.{i}");
                 let a = &l.self_attn;
                 let mlp = l.mlp.dense().ok_or_else(|| ModelError::Unsupported("Qwen-1 with a sparse MLP".into()))?;
-                put2(
-                    format!("{p}.attn.c_attn.weight"),
-                    Tensor::cat(vec![w(&a.q_proj), w(&a.k_proj), w(&a.v_proj)], 0),
-                );
+                put2(format!("{p}.attn.c_attn.weight"), Tensor::cat(vec![w(&a.q_proj), w(&a.k_proj), w(&a.v_proj)], 0));
                 let bias = |lin: &burn::nn::Linear<B>| lin.bias.as_ref().expect("Qwen-1 q/k/v have biases").val();
                 vectors.push((
                     format!("{p}.attn.c_attn.bias"),

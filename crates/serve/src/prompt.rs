@@ -45,7 +45,12 @@ impl ChatFormat {
     /// # Errors
     /// [`ServeError::BadRequest`] for no messages, content that is not text, or a conversation
     /// the template refuses (its `raise_exception`).
-    pub fn prompt(&self, tokenizer: &Tokenizer, messages: &[ChatMessage], kwargs: &Map<String, Value>) -> Result<Vec<u32>> {
+    pub fn prompt(
+        &self,
+        tokenizer: &Tokenizer,
+        messages: &[ChatMessage],
+        kwargs: &Map<String, Value>,
+    ) -> Result<Vec<u32>> {
         if messages.is_empty() {
             return Err(ServeError::bad("messages", "`messages` must hold at least one message"));
         }
@@ -63,7 +68,12 @@ impl ChatFormat {
     }
 }
 
-fn templated(t: &ChatTemplate, tokenizer: &Tokenizer, messages: &[(Role, String)], kwargs: &Map<String, Value>) -> Result<Vec<u32>> {
+fn templated(
+    t: &ChatTemplate,
+    tokenizer: &Tokenizer,
+    messages: &[(Role, String)],
+    kwargs: &Map<String, Value>,
+) -> Result<Vec<u32>> {
     let messages: Vec<Value> = messages
         .iter()
         .map(|(role, text)| {

@@ -328,8 +328,12 @@ fn tojson(value: JinjaValue, kwargs: Kwargs) -> std::result::Result<JinjaValue, 
         _ => (", ".to_string(), ": ".to_string()),
     };
     let mut out = Vec::new();
-    let formatter =
-        PyFormatter { item: item.into_bytes(), key: key.into_bytes(), indent: indent.map(String::into_bytes), open: Vec::new() };
+    let formatter = PyFormatter {
+        item: item.into_bytes(),
+        key: key.into_bytes(),
+        indent: indent.map(String::into_bytes),
+        open: Vec::new(),
+    };
     let mut ser = serde_json::Serializer::with_formatter(&mut out, formatter);
     serde::Serialize::serialize(&json, &mut ser).map_err(|e| bad(format!("tojson: {e}")))?;
     let text = String::from_utf8(out).map_err(|e| bad(format!("tojson: {e}")))?;

@@ -7,7 +7,7 @@
 //! tensor goes through the *global* all-reduce between the nodes (peer to peer over WebSocket:
 //! every node serves a tensor data service on its [`NodeConfig::data_port`] and downloads from the
 //! others), and the result is broadcast back to the local replicas. The nodes find each other
-//! through the global orchestrator, which rank 0 starts ([`start_orchestrator`]): each node
+//! through a global orchestrator, which rank 0 starts ([`start_orchestrator`]): each node
 //! registers there with its address, waits until all [`NodeConfig::nodes`] have, and gets the list.
 //!
 //! burn-collective 0.21.0 waits without any timeout: an unreachable orchestrator is retried
@@ -18,31 +18,68 @@
 //!
 //! The global all-reduce strategy is a binary tree ([`GLOBAL_STRATEGY`]): burn's global ring
 //! refuses tensors with fewer elements along their longest axis than there are nodes
-//! (`RingReduceImpossible`), and every step all-reduces two one-element counts.
+//! (`RingReduceImpossible`), and every step starts by all-reducing a one-element count.
 //!
-//! **Known upstream bug (burn-collective 0.21.0)**: the barrier that ends every global all-reduce
-//! (`global/node/sync.rs`, `SyncService::sync`) clears a *copy* of its list of synced peers
-//! (`self.syncing_peers.lock().unwrap().to_vec()` … `syncing_peers.clear()`), so the list keeps
-//! the first operation's entries and the second global all-reduce of a process never completes.
-//! Multi-node training therefore stops at its first step with [`TrainError::CollectiveTimeout`];
-//! `crates/train/tests/multinode.rs` reproduces it with two processes and two all-reduces of a
-//! 4-element tensor, and holds the two-process training test (ignored), which passes with the
-//! two-line fix applied to a copy of burn-collective (the diff is in `docs/training.md`).
+//! **Upstream bug and workaround (burn-collective 0.21.0).** The barrier that ends every global
+//! all-reduce (`global/node/sync.rs`, `SyncService::sync`) clears a *copy* of its list of synced
+//! peers (`self.syncing_peers.lock().unwrap().to_vec()` … `syncing_peers.clear()`), so the list
+//! keeps the first operation's entries and the second global all-reduce of one registration
+//! never completes (`crates/train/tests/multinode.rs` reproduces it). That list lives in the
+//! `SyncService` of burn's `Node`, which burn creates when the first local peer registers and
+//! drops when the last one calls `finish_collective` (`reset_collective` keeps it). So a
+//! [`NodeMember`] works in *rounds*: every global all-reduce is the only operation of one
+//! registration; after it every local replica finishes, waits for the node's other replicas to
+//! have finished too (a [`Barrier`]: burn's local server would otherwise take an early
+//! registration for the old round), and registers again — a fresh `Node`, a fresh list. Three
+//! more things make the rounds safe, all from burn's orchestrator and node code:
+//!
+//! - Rounds take turns over [`ORCHESTRATORS`] orchestrators. burn's orchestrator numbers a node
+//!   by how many nodes are registered when it arrives, so a node registering for the next round
+//!   before another has finished the last one would share its number (and get a wrong node list).
+//!   With round `r` on orchestrator `r % 3`, every finish of round `r` reaches it before any
+//!   registration of round `r + 3`: a node registers for `r + 1` only after finishing `r`, and
+//!   round `r + 1` (on another orchestrator) completes only once every node has.
+//! - burn's orchestrator keeps every registration's response socket and task for good (its
+//!   session map is never emptied), one per node and round. So rank 0's replica 0 restarts the
+//!   orchestrator of round `r - 2` (dropping its runtime closes them) just before it registers
+//!   for round `r`: every node finished `r - 2` (round `r - 1` completed), and round `r + 1`,
+//!   the next to use it, cannot start before rank 0 has registered for `r`.
+//! - A node's data service takes turns over [`DATA_PORTS`] ports: burn binds the new round's port
+//!   as soon as the node registers, while the last round's server may still be shutting down.
+//!
+//! Every step therefore costs two rounds (the global target count; then all gradients and the
+//! loss concatenated into one tensor), each a registration with its WebSocket connections and a
+//! restart of one orchestrator on rank 0 (`docs/training.md` has the measured cost: ~50 ms a
+//! round on loopback, nearly all of it burn's `finish_collective`); the move to the next round
+//! runs on a thread of its own while the replica computes. One race of
+//! burn's barrier remains: its `Notified` is created after the check, so a peer's sync that lands
+//! between the two is missed; the node then stops with [`TrainError::CollectiveTimeout`] instead
+//! of hanging.
 
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs, UdpSocket};
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, RecvTimeoutError};
-use std::sync::Arc;
+use std::sync::{Arc, Barrier, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use burn::collective::{AllReduceStrategy, CollectiveConfig, PeerId};
+use burn::collective::{
+    all_reduce, finish_collective, register, AllReduceStrategy, CollectiveConfig, PeerId, ReduceOperation,
+};
+use burn::tensor::backend::Backend;
 use burn_communication::Address;
 
 use crate::error::{Result, TrainError};
 
 /// How nodes all-reduce between each other (see the module docs for why not a ring).
 pub const GLOBAL_STRATEGY: AllReduceStrategy = AllReduceStrategy::Tree(2);
+
+/// Global orchestrators rank 0 runs, on consecutive ports; registration rounds take turns.
+pub const ORCHESTRATORS: u16 = 3;
+
+/// Ports each node's data service takes turns on, consecutive.
+pub const DATA_PORTS: u16 = 2;
 
 /// What a node waits for one collective call (registration included) unless told otherwise.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
@@ -55,13 +92,15 @@ pub struct NodeConfig {
     /// This node, `0..nodes`. Its replicas are peers `rank * devices ..`; rank 0 also runs the
     /// orchestrator unless [`NodeConfig::orchestrator`] says otherwise.
     pub rank: usize,
-    /// Host of the global orchestrator, as the nodes reach it.
+    /// Host of the global orchestrators, as the nodes reach it.
     pub coordinator_host: String,
-    /// Port of the global orchestrator.
+    /// Port of the first global orchestrator; the [`ORCHESTRATORS`] of them listen on
+    /// `coordinator_port..coordinator_port + ORCHESTRATORS` ([`NodeConfig::orchestrator_port`]).
     pub coordinator_port: u16,
     /// This node's host as the other nodes reach it (its tensor data service's address).
     pub host: String,
-    /// Port of this node's tensor data service (burn binds it on every interface).
+    /// First port of this node's tensor data service (burn binds it on every interface); it
+    /// uses `data_port..data_port + DATA_PORTS` in turn ([`NodeConfig::data_port_of`]).
     pub data_port: u16,
     /// Replicas (devices) on this node; every node must have the same number.
     pub devices: usize,
@@ -96,7 +135,9 @@ pub fn parse_host_port(s: &str) -> Result<(String, u16)> {
 /// [`TrainError::NodeConfig`] when `host` does not resolve or no route to it exists.
 pub fn local_host_towards(host: &str, port: u16) -> Result<String> {
     let err = |e: std::io::Error| {
-        TrainError::NodeConfig(format!("cannot tell this node's address towards {host}:{port} ({e}); give it explicitly"))
+        TrainError::NodeConfig(format!(
+            "cannot tell this node's address towards {host}:{port} ({e}); give it explicitly"
+        ))
     };
     let target = (host, port).to_socket_addrs().map_err(err)?.next().ok_or_else(|| {
         TrainError::NodeConfig(format!("{host} does not resolve; give this node's address explicitly"))
@@ -111,10 +152,11 @@ pub fn local_host_towards(host: &str, port: u16) -> Result<String> {
 }
 
 impl NodeConfig {
-    /// Node `rank` of `nodes` with `devices` replicas, the orchestrator at `coordinator`
-    /// (`HOST:PORT`); this node's address is the one that routes to the coordinator, its data port
-    /// the coordinator's port + 1 + `rank` (distinct on one machine, the same rule on many); rank 0
-    /// starts the orchestrator; [`DEFAULT_TIMEOUT`].
+    /// Node `rank` of `nodes` with `devices` replicas, the orchestrators at `coordinator`
+    /// (`HOST:PORT`: ports `PORT..PORT + ORCHESTRATORS`); this node's address is the one that
+    /// routes to the coordinator, its data ports the `DATA_PORTS` after the orchestrators' and
+    /// the lower ranks' (`PORT + ORCHESTRATORS + DATA_PORTS * rank ..`: distinct on one machine,
+    /// the same rule on many); rank 0 starts the orchestrators; [`DEFAULT_TIMEOUT`].
     ///
     /// # Errors
     /// [`TrainError::NodeConfig`] for what [`NodeConfig::validate`] refuses or a bad `coordinator`.
@@ -122,8 +164,10 @@ impl NodeConfig {
         let (coordinator_host, coordinator_port) = parse_host_port(coordinator)?;
         let data_port = u16::try_from(rank)
             .ok()
-            .and_then(|r| coordinator_port.checked_add(1)?.checked_add(r))
-            .ok_or_else(|| TrainError::NodeConfig(format!("no default data port above {coordinator_port} for rank {rank}")))?;
+            .and_then(|r| coordinator_port.checked_add(ORCHESTRATORS)?.checked_add(r.checked_mul(DATA_PORTS)?))
+            .ok_or_else(|| {
+                TrainError::NodeConfig(format!("no default data port above {coordinator_port} for rank {rank}"))
+            })?;
         let host = local_host_towards(&coordinator_host, coordinator_port)?;
         let config = Self {
             nodes,
@@ -163,13 +207,27 @@ impl NodeConfig {
         if self.coordinator_port == 0 || self.data_port == 0 {
             return bad("port 0".into());
         }
+        if self.coordinator_port.checked_add(ORCHESTRATORS - 1).is_none()
+            || self.data_port.checked_add(DATA_PORTS - 1).is_none()
+        {
+            return bad(format!(
+                "ports {}..+{ORCHESTRATORS} and {}..+{DATA_PORTS} do not fit below 65536",
+                self.coordinator_port, self.data_port
+            ));
+        }
         for host in [&self.host, &self.coordinator_host] {
             if host.is_empty() || host.contains(|c: char| c.is_whitespace() || c == '/') {
                 return bad(format!("bad host {host:?}"));
             }
         }
-        if self.data_port == self.coordinator_port && self.host == self.coordinator_host {
-            return bad(format!("the data port {} is the orchestrator's", self.data_port));
+        let data = u32::from(self.data_port)..u32::from(self.data_port) + u32::from(DATA_PORTS);
+        let orchestrators =
+            u32::from(self.coordinator_port)..u32::from(self.coordinator_port) + u32::from(ORCHESTRATORS);
+        if self.host == self.coordinator_host && data.start < orchestrators.end && orchestrators.start < data.end {
+            return bad(format!(
+                "the data ports {data:?} overlap the orchestrators' {orchestrators:?} on {}",
+                self.host
+            ));
         }
         Ok(())
     }
@@ -184,15 +242,27 @@ impl NodeConfig {
         PeerId::from((self.rank * self.devices + local) as u32)
     }
 
-    /// burn-collective's configuration of this node: `devices` local peers, `nodes` nodes, the
-    /// orchestrator's and this node's WebSocket addresses, the data port, [`GLOBAL_STRATEGY`].
-    pub fn collective_config(&self) -> CollectiveConfig {
+    /// The port of the orchestrator that registration `round` goes to (they take turns).
+    pub fn orchestrator_port(&self, round: u64) -> u16 {
+        self.coordinator_port + (round % u64::from(ORCHESTRATORS)) as u16
+    }
+
+    /// The port this node's data service listens on in registration `round` (they take turns).
+    pub fn data_port_of(&self, round: u64) -> u16 {
+        self.data_port + (round % u64::from(DATA_PORTS)) as u16
+    }
+
+    /// burn-collective's configuration of this node for registration `round` (see the module
+    /// docs): `devices` local peers, `nodes` nodes, the WebSocket addresses of that round's
+    /// orchestrator and of this node's data service, its data port, [`GLOBAL_STRATEGY`].
+    pub fn collective_config(&self, round: u64) -> CollectiveConfig {
+        let data_port = self.data_port_of(round);
         CollectiveConfig::default()
             .with_num_devices(self.devices)
             .with_num_nodes(self.nodes as u32)
-            .with_global_address(ws_address(&self.coordinator_host, self.coordinator_port))
-            .with_node_address(ws_address(&self.host, self.data_port))
-            .with_data_service_port(self.data_port)
+            .with_global_address(ws_address(&self.coordinator_host, self.orchestrator_port(round)))
+            .with_node_address(ws_address(&self.host, data_port))
+            .with_data_service_port(data_port)
             .with_global_all_reduce_strategy(GLOBAL_STRATEGY)
     }
 }
@@ -229,46 +299,283 @@ pub fn bounded<T: Send + 'static>(
     }
 }
 
-/// Starts burn-collective's global orchestrator of `config` (its coordinator port, on this
-/// machine) in a thread of its own and waits until it accepts connections. Once it is up, SIGINT
-/// or SIGTERM (which burn's orchestrator catches to stop) end this process with status 130.
-///
-/// # Errors
-/// [`TrainError::Orchestrator`] when the port is taken or not on this machine, or the orchestrator
-/// does not accept connections within `config.timeout`.
-pub fn start_orchestrator(config: &NodeConfig) -> Result<()> {
-    let (host, port) = (config.coordinator_host.as_str(), config.coordinator_port);
+/// An orchestrator this process runs: its own runtime, so that dropping it closes everything
+/// burn's orchestrator holds (see [`restart_orchestrator`]).
+struct Hosted {
+    port: u16,
+    runtime: tokio::runtime::Runtime,
+    /// Set before this process stops it, so that its end is not taken for SIGINT/SIGTERM.
+    stopping: Arc<AtomicBool>,
+}
+
+/// The orchestrators this process started ([`start_orchestrator`]).
+static HOSTED: Mutex<Vec<Hosted>> = Mutex::new(Vec::new());
+
+fn hosted() -> std::sync::MutexGuard<'static, Vec<Hosted>> {
+    HOSTED.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Starts burn-collective's orchestrator on `port` in a runtime of its own and waits (at most
+/// `limit`) until `host:port` accepts connections. Should it stop by itself (burn's orchestrator
+/// catches SIGINT and SIGTERM), the process ends with status 130.
+fn launch(host: &str, port: u16, limit: Duration) -> Result<Hosted> {
     let fail = |reason: String| TrainError::Orchestrator { port, reason };
-    // burn binds every interface and only logs a failure: check the port here first.
-    drop(TcpListener::bind((host, port)).map_err(|e| fail(format!("cannot listen on {host}:{port}: {e}")))?);
-    let up = Arc::new(AtomicBool::new(false));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
+        .thread_name("global orchestrator")
         .enable_all()
         .build()
         .map_err(|e| fail(format!("no async runtime: {e}")))?;
-    let up_in_thread = up.clone();
-    std::thread::Builder::new()
-        .name("global orchestrator".into())
-        .spawn(move || {
-            runtime.block_on(burn_collective::start_global_orchestrator(port));
-            if up_in_thread.load(Ordering::SeqCst) {
-                eprintln!("global orchestrator stopped (SIGINT or SIGTERM): exiting");
-                std::process::exit(130);
-            }
-        })
-        .map_err(|e| fail(format!("cannot start a thread: {e}")))?;
+    let (up, stopping) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+    let (up_in_task, stopping_in_task) = (up.clone(), stopping.clone());
+    runtime.spawn(async move {
+        burn_collective::start_global_orchestrator(port).await;
+        if up_in_task.load(Ordering::SeqCst) && !stopping_in_task.load(Ordering::SeqCst) {
+            eprintln!("global orchestrator stopped (SIGINT or SIGTERM): exiting");
+            std::process::exit(130);
+        }
+    });
     let addr: Vec<SocketAddr> =
         (host, port).to_socket_addrs().map_err(|e| fail(format!("{host} does not resolve: {e}")))?.collect();
     let start = Instant::now();
-    while start.elapsed() < config.timeout {
+    loop {
         if addr.iter().any(|a| TcpStream::connect_timeout(a, Duration::from_millis(200)).is_ok()) {
             up.store(true, Ordering::SeqCst);
-            return Ok(());
+            return Ok(Hosted { port, runtime, stopping });
         }
-        std::thread::sleep(Duration::from_millis(50));
+        if start.elapsed() >= limit {
+            stopping.store(true, Ordering::SeqCst);
+            return Err(fail(format!("not accepting connections after {limit:?}")));
+        }
+        std::thread::sleep(Duration::from_millis(2));
     }
-    Err(fail(format!("not accepting connections after {:?}", config.timeout)))
+}
+
+/// Starts the [`ORCHESTRATORS`] global orchestrators of `config` (its coordinator ports, on this
+/// machine), each in a runtime of its own, and waits until they accept connections. Once they
+/// are up, SIGINT or SIGTERM (which burn's orchestrator catches to stop) end this process with
+/// status 130.
+///
+/// # Errors
+/// [`TrainError::Orchestrator`] when a port is taken or not on this machine, or an orchestrator
+/// does not accept connections within `config.timeout`.
+pub fn start_orchestrator(config: &NodeConfig) -> Result<()> {
+    let host = config.coordinator_host.as_str();
+    for round in 0..u64::from(ORCHESTRATORS) {
+        let port = config.orchestrator_port(round);
+        // burn binds every interface and only logs a failure: check the port here first.
+        drop(
+            TcpListener::bind((host, port)).map_err(|e| TrainError::Orchestrator {
+                port,
+                reason: format!("cannot listen on {host}:{port}: {e}"),
+            })?,
+        );
+        let orchestrator = launch(host, port, config.timeout)?;
+        hosted().push(orchestrator);
+    }
+    Ok(())
+}
+
+/// Stops the orchestrator this process runs on `port` and starts a fresh one there (nothing when
+/// it runs none): burn's orchestrator keeps every registration's response socket and task for
+/// good, dropping its runtime closes them. Only call it while no node can talk to it (see the
+/// module docs). Returns whether it restarted one.
+///
+/// # Errors
+/// [`TrainError::Orchestrator`] when the fresh one does not accept connections within `limit`.
+fn restart_orchestrator(host: &str, port: u16, limit: Duration) -> Result<bool> {
+    let old = {
+        let mut hosted = hosted();
+        match hosted.iter().position(|h| h.port == port) {
+            Some(i) => hosted.swap_remove(i),
+            None => return Ok(false),
+        }
+    };
+    old.stopping.store(true, Ordering::SeqCst);
+    old.runtime.shutdown_timeout(Duration::from_secs(1));
+    let fresh = launch(host, port, limit)?;
+    hosted().push(fresh);
+    Ok(true)
+}
+
+/// The replicas of one node in a multi-node run: its [`NodeConfig`] and what its local replicas
+/// share (a barrier between burn's `finish_collective` and `register`; see the module docs).
+/// Clone it for every replica thread.
+#[derive(Clone)]
+pub struct NodeGroup(Arc<GroupShared>);
+
+struct GroupShared {
+    node: NodeConfig,
+    barrier: Barrier,
+}
+
+impl NodeGroup {
+    /// The group of `node`'s `devices` replicas.
+    ///
+    /// # Errors
+    /// [`TrainError::NodeConfig`] for what [`NodeConfig::validate`] refuses.
+    pub fn new(node: NodeConfig) -> Result<Self> {
+        node.validate()?;
+        let barrier = Barrier::new(node.devices);
+        Ok(Self(Arc::new(GroupShared { node, barrier })))
+    }
+
+    /// The node's configuration.
+    pub fn config(&self) -> &NodeConfig {
+        &self.0.node
+    }
+}
+
+impl std::fmt::Debug for NodeGroup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("NodeGroup").field(&self.0.node).finish()
+    }
+}
+
+fn collective_err(e: burn::collective::CollectiveError) -> TrainError {
+    TrainError::Collective(format!("{e:?}"))
+}
+
+/// One local replica's membership in its node's global collective, in rounds: every global
+/// all-reduce ([`NodeMember::all_reduce`]) is the only collective operation of one registration
+/// with burn-collective, after which the replica finishes and registers again for the next
+/// round (see the module docs for why, and why in this order). That move to the next round runs
+/// on a thread of its own while the caller goes on (computing the next gradients); the next
+/// all-reduce, or [`NodeMember::leave`], waits for it first. Every call is [`bounded`].
+pub struct NodeMember {
+    seat: Arc<Seat>,
+    /// The move to the next round, when one is under way.
+    advancing: Mutex<Option<JoinHandle<Result<()>>>>,
+}
+
+/// Which replica of which node, and the registration round it is in.
+struct Seat {
+    group: NodeGroup,
+    local: usize,
+    round: AtomicU64,
+}
+
+impl Seat {
+    fn peer(&self) -> PeerId {
+        self.group.config().peer(self.local)
+    }
+
+    fn timeout(&self) -> Option<Duration> {
+        Some(self.group.config().timeout)
+    }
+
+    fn register<B: Backend>(&self, device: &B::Device) -> Result<()> {
+        let (peer, device) = (self.peer(), device.clone());
+        let config = self.group.config().collective_config(self.round.load(Ordering::SeqCst));
+        bounded("register", self.timeout(), move || register::<B>(peer, device, config).map_err(collective_err))
+    }
+
+    fn finish<B: Backend>(&self) -> Result<()> {
+        let peer = self.peer();
+        bounded("finish", self.timeout(), move || finish_collective::<B>(peer).map_err(collective_err))
+    }
+
+    /// Finish this round, wait for the node's other replicas to have finished it too, and
+    /// register for the next.
+    fn advance<B: Backend>(&self, device: &B::Device) -> Result<()> {
+        self.finish::<B>()?;
+        if self.group.config().devices > 1 {
+            // burn's local server takes a registration for the next round as one for this round
+            // until every local replica has finished this one.
+            let group = self.group.clone();
+            bounded("finish (local barrier)", self.timeout(), move || {
+                group.0.barrier.wait();
+                Ok(())
+            })?;
+        }
+        let round = self.round.fetch_add(1, Ordering::SeqCst) + 1;
+        let node = self.group.config();
+        if self.local == 0 && round >= 2 {
+            // The orchestrator of round - 2 (the next one to be used, by round + 1): no node talks
+            // to it any more, and none will before this node registers for this round.
+            restart_orchestrator(&node.coordinator_host, node.orchestrator_port(round + 1), node.timeout)?;
+        }
+        self.register::<B>(device)
+    }
+}
+
+impl std::fmt::Debug for NodeMember {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeMember").field("peer", &self.peer()).field("round", &self.round()).finish()
+    }
+}
+
+impl NodeMember {
+    /// Registers local replica `local` (on `device`) of `group` for round 0; returns once every
+    /// node has. Every local replica calls it, each on its own thread.
+    ///
+    /// # Errors
+    /// [`TrainError::NodeConfig`] for a replica out of range; [`TrainError::CollectiveTimeout`]
+    /// when not every node joined within the timeout; [`TrainError::Collective`] when burn refuses.
+    pub fn join<B: Backend>(group: &NodeGroup, local: usize, device: &B::Device) -> Result<Self> {
+        let devices = group.config().devices;
+        if local >= devices {
+            return Err(TrainError::NodeConfig(format!("replica {local} of a node of {devices} devices")));
+        }
+        let seat = Arc::new(Seat { group: group.clone(), local, round: AtomicU64::new(0) });
+        seat.register::<B>(device)?;
+        Ok(Self { seat, advancing: Mutex::new(None) })
+    }
+
+    /// This replica's peer id.
+    pub fn peer(&self) -> PeerId {
+        self.seat.peer()
+    }
+
+    /// The registration round this replica is in: one per global all-reduce done (read while a
+    /// move to the next round is under way, it may not count the last one yet).
+    pub fn round(&self) -> u64 {
+        self.seat.round.load(Ordering::SeqCst)
+    }
+
+    /// Waits for the move to the next round, if one is under way.
+    fn settle(&self) -> Result<()> {
+        let handle = self.advancing.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        match handle {
+            Some(h) => h.join().map_err(|_| TrainError::Collective("moving to the next round panicked".into()))?,
+            None => Ok(()),
+        }
+    }
+
+    /// Sums `tensor` over every replica of every node (burn's all-reduce: locally, then between
+    /// the nodes), then starts moving this replica to the next round (see [`NodeMember`]).
+    ///
+    /// # Errors
+    /// [`TrainError::CollectiveTimeout`] past the node's timeout; [`TrainError::Collective`] when
+    /// burn refuses; the errors of the last move to a new round ([`TrainError::Orchestrator`]
+    /// when rank 0's replica 0 could not restart an orchestrator).
+    pub fn all_reduce<B: Backend>(
+        &self,
+        device: &B::Device,
+        tensor: B::FloatTensorPrimitive,
+    ) -> Result<B::FloatTensorPrimitive> {
+        self.settle()?;
+        let peer = self.peer();
+        let sum = bounded("all-reduce", self.seat.timeout(), move || {
+            all_reduce::<B>(peer, tensor, ReduceOperation::Sum).map_err(collective_err)
+        })?;
+        let (seat, device) = (self.seat.clone(), device.clone());
+        let handle = std::thread::Builder::new()
+            .name("collective round".into())
+            .spawn(move || seat.advance::<B>(&device))
+            .map_err(|e| TrainError::Collective(format!("cannot start a thread: {e}")))?;
+        *self.advancing.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(handle);
+        Ok(sum)
+    }
+
+    /// Leaves the collective (after the last all-reduce).
+    ///
+    /// # Errors
+    /// As [`NodeMember::all_reduce`]'s move to a new round, and the finish.
+    pub fn leave<B: Backend>(&self) -> Result<()> {
+        self.settle()?;
+        self.seat.finish::<B>()
+    }
 }
 
 #[cfg(test)]
@@ -282,14 +589,20 @@ mod tests {
     #[test]
     fn defaults_from_the_coordinator() {
         let n = node(1);
-        assert_eq!((n.coordinator_host.as_str(), n.coordinator_port, n.data_port), ("127.0.0.1", 29500, 29502));
+        assert_eq!((n.coordinator_host.as_str(), n.coordinator_port, n.data_port), ("127.0.0.1", 29500, 29505));
+        assert_eq!(node(0).data_port, 29503);
         assert_eq!(n.host, "127.0.0.1");
         assert!(!n.orchestrator && node(0).orchestrator);
         assert_eq!((n.replicas(), n.peer(0)), (2, PeerId::from(1u32)));
-        let c = n.collective_config();
-        assert!(c.is_valid());
-        let text = c.to_string();
-        assert!(text.contains("ws://127.0.0.1:29500") && text.contains("ws://127.0.0.1:29502"), "{text}");
+        // Rounds take turns: orchestrators 29500, 29501, 29502; data ports 29505, 29506.
+        for (round, orchestrator, data) in [(0, 29500, 29505), (1, 29501, 29506), (2, 29502, 29505), (3, 29500, 29506)]
+        {
+            let c = n.collective_config(round);
+            assert!(c.is_valid());
+            let text = c.to_string();
+            let (o, d) = (format!("ws://127.0.0.1:{orchestrator}"), format!("ws://127.0.0.1:{data}"));
+            assert!(text.contains(&o) && text.contains(&d), "round {round}: {text}");
+        }
     }
 
     #[test]
@@ -306,6 +619,10 @@ mod tests {
         let cases = [
             NodeConfig { timeout: Duration::ZERO, ..n.clone() },
             NodeConfig { data_port: n.coordinator_port, ..n.clone() },
+            NodeConfig { data_port: n.coordinator_port + ORCHESTRATORS - 1, ..n.clone() },
+            NodeConfig { data_port: n.coordinator_port - 1, ..n.clone() },
+            NodeConfig { data_port: u16::MAX, ..n.clone() },
+            NodeConfig { coordinator_port: u16::MAX - 1, ..n.clone() },
             NodeConfig { host: "".into(), ..n.clone() },
             NodeConfig { nodes: usize::MAX, rank: 0, ..n.clone() },
         ];

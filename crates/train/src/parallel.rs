@@ -12,9 +12,10 @@
 //! collective calls, so no replica is left waiting.
 //!
 //! On one machine burn-collective all-reduces between devices in process (on CUDA through its own
-//! transfers); across machines, a replica joins with [`Trainer::join_node`] and a
-//! [`NodeConfig`]: burn-collective's global mode ([`crate::multinode`]), every collective call
-//! bounded by the node's timeout ([`Peer::timeout`]).
+//! transfers); across machines, a replica joins with [`Trainer::join_node`] and its node's
+//! [`NodeGroup`]: burn-collective's global mode ([`crate::multinode`]), in one registration round
+//! per all-reduce ([`NodeMember`]; a step's gradients and loss then go in one concatenated tensor),
+//! every collective call bounded by the node's timeout ([`Peer::timeout`]).
 //!
 //! [`Replicas`] runs replicas 1..N on their own threads for a caller whose own trainer is replica
 //! 0 (what [`crate::run`] does): it starts them from that trainer (or its checkpoint), feeds each
@@ -22,11 +23,13 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{channel, Sender};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use burn::collective::{finish_collective, register, CollectiveConfig, PeerId, ReduceOperation};
-use burn::module::Module;
+use burn::module::{Module, ModuleVisitor, Param, ParamId};
+use burn::optim::GradientsParams;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{ElementConversion, Tensor, TensorPrimitive};
 
@@ -34,7 +37,7 @@ use qwen_data::TokenBatch;
 use qwen_model::QwenModel;
 
 use crate::error::{Result, TrainError};
-use crate::multinode::{bounded, NodeConfig};
+use crate::multinode::{bounded, NodeConfig, NodeGroup, NodeMember};
 use crate::trainer::{count_targets, StepStats, Trainer};
 
 fn collective_err(e: burn::collective::CollectiveError) -> TrainError {
@@ -42,26 +45,84 @@ fn collective_err(e: burn::collective::CollectiveError) -> TrainError {
 }
 
 /// A replica's place in the collective: its peer id, and how long any collective call may wait
-/// (`None`: without a bound, as within one process).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// (`None`: without a bound, as within one process); in a multi-node run, its [`NodeMember`].
+#[derive(Debug, Clone)]
 pub struct Peer {
     pub id: PeerId,
     pub timeout: Option<Duration>,
+    node: Option<Arc<NodeMember>>,
 }
 
 impl From<PeerId> for Peer {
     fn from(id: PeerId) -> Self {
-        Self { id, timeout: None }
+        Self { id, timeout: None, node: None }
     }
 }
 
+/// Sums a float tensor across the replicas (in a multi-node run, one registration round).
+fn all_reduce_tensor<B: AutodiffBackend>(
+    peer: &Peer,
+    t: Tensor<B::InnerBackend, 1>,
+    device: &B::Device,
+) -> Result<Tensor<B::InnerBackend, 1>> {
+    let t = t.into_primitive().tensor();
+    let summed = match &peer.node {
+        Some(member) => member.all_reduce::<B::InnerBackend>(device, t)?,
+        None => {
+            let id = peer.id;
+            bounded("all-reduce", peer.timeout, move || {
+                burn::collective::all_reduce::<B::InnerBackend>(id, t, ReduceOperation::Sum).map_err(collective_err)
+            })?
+        }
+    };
+    Ok(Tensor::from_primitive(TensorPrimitive::Float(summed)))
+}
+
 /// Sums a scalar across the replicas.
-fn all_reduce_scalar<B: AutodiffBackend>(peer: Peer, value: f64, device: &B::Device) -> Result<f64> {
-    let t = Tensor::<B::InnerBackend, 1>::from_floats([value as f32], device).into_primitive().tensor();
-    let summed = bounded("all-reduce", peer.timeout, move || {
-        burn::collective::all_reduce::<B::InnerBackend>(peer.id, t, ReduceOperation::Sum).map_err(collective_err)
-    })?;
-    Ok(Tensor::<B::InnerBackend, 1>::from_primitive(TensorPrimitive::Float(summed)).into_scalar().elem::<f64>())
+fn all_reduce_scalar<B: AutodiffBackend>(peer: &Peer, value: f64, device: &B::Device) -> Result<f64> {
+    let t = Tensor::<B::InnerBackend, 1>::from_floats([value as f32], device);
+    Ok(all_reduce_tensor::<B>(peer, t, device)?.into_scalar().elem::<f64>())
+}
+
+/// Takes every gradient of a module out of `grads`, flattened, in visiting order.
+struct Pack<'a, B: AutodiffBackend> {
+    grads: &'a mut GradientsParams,
+    parts: Vec<Tensor<B::InnerBackend, 1>>,
+    layout: Vec<(ParamId, Vec<usize>)>,
+}
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for Pack<'_, B> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        if let Some(g) = self.grads.remove::<B::InnerBackend, D>(param.id) {
+            let dims = g.dims();
+            self.layout.push((param.id, dims.to_vec()));
+            self.parts.push(g.reshape([dims.iter().product::<usize>()]));
+        }
+    }
+}
+
+/// The inverse of [`Pack`] (visiting the same module): slices `flat` back into gradients of the
+/// packed shapes.
+struct Unpack<'a, B: AutodiffBackend> {
+    flat: &'a Tensor<B::InnerBackend, 1>,
+    layout: &'a [(ParamId, Vec<usize>)],
+    next: usize,
+    offset: usize,
+    grads: GradientsParams,
+}
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for Unpack<'_, B> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        let Some((id, dims)) = self.layout.get(self.next) else { return };
+        if *id != param.id || dims.len() != D {
+            return;
+        }
+        let n = dims.iter().product::<usize>();
+        let shape: [usize; D] = std::array::from_fn(|i| dims[i]);
+        let g = self.flat.clone().narrow(0, self.offset, n).reshape(shape);
+        self.grads.register::<B::InnerBackend, D>(param.id, g);
+        (self.next, self.offset) = (self.next + 1, self.offset + n);
+    }
 }
 
 impl<B: AutodiffBackend> Trainer<B> {
@@ -72,31 +133,27 @@ impl<B: AutodiffBackend> Trainer<B> {
         register::<B::InnerBackend>(peer, self.model.device(), config).map_err(collective_err)
     }
 
-    /// Registers this replica as `node.peer(local)` of a multi-node collective (every local
-    /// replica on its own thread; returns once every node has joined). The model must have the
-    /// same parameter ids in every process ([`crate::persist::with_stable_ids`]: burn's all-reduce
-    /// matches gradients by parameter id).
+    /// Registers this replica as local replica `local` of `group`'s node in a multi-node
+    /// collective (every local replica on its own thread; returns once every node has joined;
+    /// see [`NodeMember`]). The model must have the same parameter ids in every process
+    /// ([`crate::persist::with_stable_ids`]: burn's all-reduce matches gradients by parameter id).
     ///
     /// # Errors
-    /// [`TrainError::CollectiveTimeout`] when not every node joined within `node.timeout`;
-    /// [`TrainError::Collective`] when burn refuses.
-    pub fn join_node(&self, local: usize, node: &NodeConfig) -> Result<Peer> {
-        node.validate()?;
-        if local >= node.devices {
-            return Err(TrainError::NodeConfig(format!("replica {local} of a node of {} devices", node.devices)));
-        }
-        let peer = Peer { id: node.peer(local), timeout: Some(node.timeout) };
-        let (device, config) = (self.model.device(), node.collective_config());
-        bounded("register", peer.timeout, move || {
-            register::<B::InnerBackend>(peer.id, device, config).map_err(collective_err)
-        })?;
-        Ok(peer)
+    /// [`TrainError::CollectiveTimeout`] when not every node joined within the node's timeout;
+    /// [`TrainError::Collective`] when burn refuses; [`TrainError::NodeConfig`] for a bad `local`.
+    pub fn join_node(&self, local: usize, group: &NodeGroup) -> Result<Peer> {
+        let member = NodeMember::join::<B::InnerBackend>(group, local, &self.model.device())?;
+        Ok(Peer { id: member.peer(), timeout: Some(group.config().timeout), node: Some(Arc::new(member)) })
     }
 
     /// Leaves the collective (after the last step).
     pub fn leave_collective(&self, peer: impl Into<Peer>) -> Result<()> {
         let peer = peer.into();
-        bounded("finish", peer.timeout, move || finish_collective::<B::InnerBackend>(peer.id).map_err(collective_err))
+        if let Some(member) = &peer.node {
+            return member.leave::<B::InnerBackend>();
+        }
+        let id = peer.id;
+        bounded("finish", peer.timeout, move || finish_collective::<B::InnerBackend>(id).map_err(collective_err))
     }
 
     /// One data-parallel optimizer step: this replica's `batches`, gradients summed with the other
@@ -106,16 +163,40 @@ impl<B: AutodiffBackend> Trainer<B> {
         let device = self.model.device();
         let local = count_targets(batches)?;
         // f32 holds counts exactly up to 2^24 targets per step.
-        let total = all_reduce_scalar::<B>(peer, local as f64, &device)?.round() as usize;
+        let total = all_reduce_scalar::<B>(&peer, local as f64, &device)?.round() as usize;
         if total == 0 {
             return Err(TrainError::Batch("every target of every replica is ignored".into()));
         }
         let (nll, grads) = self.nll_and_grads(batches, total)?;
-        let nll = all_reduce_scalar::<B>(peer, nll, &device)?;
-        let grads = bounded("gradient all-reduce", peer.timeout, move || {
-            grads.all_reduce::<B::InnerBackend>(peer.id, ReduceOperation::Sum).map_err(collective_err)
-        })?;
+        let (nll, grads) = if peer.node.is_some() {
+            self.all_reduce_packed(&peer, nll, grads)?
+        } else {
+            let nll = all_reduce_scalar::<B>(&peer, nll, &device)?;
+            let id = peer.id;
+            let grads = bounded("gradient all-reduce", peer.timeout, move || {
+                grads.all_reduce::<B::InnerBackend>(id, ReduceOperation::Sum).map_err(collective_err)
+            })?;
+            (nll, grads)
+        };
         self.apply((nll / total as f64) as f32, grads, total)
+    }
+
+    /// Sums `nll` and `grads` across the replicas in one all-reduce: every gradient flattened and
+    /// concatenated in the model's visiting order, `nll` last (the same element-wise sums as one
+    /// all-reduce per parameter; a multi-node run pays one registration round per all-reduce).
+    fn all_reduce_packed(&self, peer: &Peer, nll: f64, mut grads: GradientsParams) -> Result<(f64, GradientsParams)> {
+        let device = self.model.device();
+        let mut pack = Pack::<B> { grads: &mut grads, parts: Vec::new(), layout: Vec::new() };
+        self.model.model.visit(&mut pack);
+        let (mut parts, layout) = (pack.parts, pack.layout);
+        parts.push(Tensor::from_floats([nll as f32], &device));
+        let flat = all_reduce_tensor::<B>(peer, Tensor::cat(parts, 0), &device)?;
+        let n = flat.dims()[0];
+        let nll = flat.clone().narrow(0, n - 1, 1).into_scalar().elem::<f64>();
+        let mut unpack =
+            Unpack::<B> { flat: &flat, layout: &layout, next: 0, offset: 0, grads: GradientsParams::new() };
+        self.model.model.visit(&mut unpack);
+        Ok((nll, unpack.grads))
     }
 }
 
@@ -154,12 +235,15 @@ impl<B: AutodiffBackend> Replicas<B> {
             return Err(TrainError::Config("data parallelism needs at least one device".into()));
         }
         let n = devices.len();
-        if let Some(node) = node {
-            node.validate()?;
-            if node.devices != n {
-                return Err(TrainError::NodeConfig(format!("{n} devices given for a node of {}", node.devices)));
+        let group = match node {
+            Some(node) => {
+                if node.devices != n {
+                    return Err(TrainError::NodeConfig(format!("{n} devices given for a node of {}", node.devices)));
+                }
+                Some(NodeGroup::new(node.clone())?)
             }
-        }
+            None => None,
+        };
         let mut workers = Vec::new();
         for (i, device) in devices.iter().enumerate().skip(1) {
             let (tx, rx) = channel::<Vec<TokenBatch>>();
@@ -167,14 +251,14 @@ impl<B: AutodiffBackend> Replicas<B> {
             let model = trainer.model().clone();
             let config = *trainer.config();
             let resume = resume.map(PathBuf::from);
-            let node = node.cloned();
+            let group = group.clone();
             let handle = std::thread::spawn(move || -> Result<()> {
                 let mut t = match resume {
                     Some(dir) => Trainer::<B>::resume(&dir, &device)?.0,
                     None => Trainer::new(QwenModel { model: model.model.fork(&device), ..model }, config)?,
                 };
-                let peer = match &node {
-                    Some(node) => t.join_node(i, node)?,
+                let peer = match &group {
+                    Some(group) => t.join_node(i, group)?,
                     None => {
                         let id = PeerId::from(i as u32);
                         t.join_collective(id, n)?;
@@ -182,14 +266,14 @@ impl<B: AutodiffBackend> Replicas<B> {
                     }
                 };
                 while let Ok(batches) = rx.recv() {
-                    t.train_step_collective(&batches, peer)?;
+                    t.train_step_collective(&batches, peer.clone())?;
                 }
                 t.leave_collective(peer)
             });
             workers.push((tx, handle));
         }
-        let peer = match node {
-            Some(node) => Some(trainer.join_node(0, node)?),
+        let peer = match &group {
+            Some(group) => Some(trainer.join_node(0, group)?),
             None if n > 1 => {
                 trainer.join_collective(PeerId::from(0), n)?;
                 Some(Peer::from(PeerId::from(0)))
@@ -215,13 +299,13 @@ impl<B: AutodiffBackend> Replicas<B> {
             return Err(TrainError::Batch(format!("{} batch lists for {} replicas", batches.len(), self.len())));
         }
         let mine = batches.remove(0);
-        let Some(peer) = self.peer else {
+        let Some(peer) = &self.peer else {
             return trainer.train_step(&mine);
         };
         for ((tx, _), b) in self.workers.iter().zip(batches) {
             tx.send(b).map_err(|_| TrainError::Collective("a replica stopped".into()))?;
         }
-        trainer.train_step_collective(&mine, peer)
+        trainer.train_step_collective(&mine, peer.clone())
     }
 
     /// Closes every channel (the replicas then leave the collective with `trainer`) and joins the

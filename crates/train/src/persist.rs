@@ -223,7 +223,8 @@ fn file_sum(path: &Path) -> std::io::Result<FileSum> {
 
 /// Every file under `dir` (recursively) as `(relative path with '/', full path)`.
 fn files_under(dir: &Path, rel: &str, out: &mut Vec<(String, PathBuf)>) -> Result<()> {
-    let mut entries: Vec<_> = std::fs::read_dir(dir).map_err(io(dir))?.collect::<std::io::Result<_>>().map_err(io(dir))?;
+    let mut entries: Vec<_> =
+        std::fs::read_dir(dir).map_err(io(dir))?.collect::<std::io::Result<_>>().map_err(io(dir))?;
     entries.sort_by_key(|e| e.file_name());
     for e in entries {
         let name = e.file_name().to_string_lossy().into_owned();
@@ -563,7 +564,9 @@ mod tests {
         // Both damaged: the error names the newest.
         std::fs::write(old.join("state.json"), "{}").unwrap();
         match resume_dir(&dir) {
-            Err(TrainError::Corrupt { path, file, .. }) => assert_eq!((path, file.as_str()), (dir.clone(), "weights.bin")),
+            Err(TrainError::Corrupt { path, file, .. }) => {
+                assert_eq!((path, file.as_str()), (dir.clone(), "weights.bin"))
+            }
             other => panic!("{other:?}"),
         }
         std::fs::remove_dir_all(&base).unwrap();

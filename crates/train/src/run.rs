@@ -472,7 +472,10 @@ pub fn pretrain_on_node<B: AutodiffBackend>(
     config.run.validate()?;
     node.validate()?;
     if node.devices != config.run.devices {
-        return Err(TrainError::NodeConfig(format!("a node of {} devices for devices = {}", node.devices, config.run.devices)));
+        return Err(TrainError::NodeConfig(format!(
+            "a node of {} devices for devices = {}",
+            node.devices, config.run.devices
+        )));
     }
     if node.orchestrator {
         crate::multinode::start_orchestrator(node)?;

@@ -4,18 +4,21 @@
 //! variables — with free ports picked per test, every wait bounded, and the children killed
 //! whatever happens.
 //!
-//! - `burn_collective_0_21_global_mode_completes_one_all_reduce_then_hangs`: the minimal
-//!   reproduction of burn-collective 0.21.0's bug (see `qwen_train::multinode`): two nodes, one
-//!   4-element tensor each; the first global all-reduce returns the right sum, the second never
-//!   completes — here it ends in `CollectiveTimeout` after the bound, on both nodes.
+//! - `raw_burn_collective_0_21_hangs_at_the_second_global_all_reduce_hence_the_rounds`: the
+//!   minimal reproduction of burn-collective 0.21.0's bug (see `qwen_train::multinode`), the
+//!   reason for the workaround: two nodes register once, as burn's API intends, and all-reduce
+//!   one 4-element tensor each; the first global all-reduce returns the right sum, the second
+//!   never completes — here it ends in `CollectiveTimeout` after the bound, on both nodes.
+//! - `rounds_of_one_registration_per_global_all_reduce_complete_many_all_reduces`: the workaround
+//!   (`NodeMember`: finish and register again after every global all-reduce, the orchestrators
+//!   and data ports taking turns) completes 12 global all-reduces in a row, every sum right.
 //! - `a_dead_node_stops_the_other_with_an_error_within_the_timeout`: node 1 joins and is killed
 //!   (SIGKILL); node 0, in its first step, stops with a typed error within its timeout.
 //! - `a_node_without_orchestrator_stops_at_the_timeout`: burn retries an unreachable orchestrator
 //!   forever; the node stops with `CollectiveTimeout` at its bound.
-//! - `two_processes_train_like_one_process_with_two_replicas` (ignored until burn-collective's
-//!   global barrier is fixed): two nodes of one replica each train 3 steps from one checkpoint and
-//!   end with the losses and parameters (within 1e-5) of one process with two replicas; with the
-//!   fix of `docs/training.md` applied to burn-collective it passes (difference 0).
+//! - `two_processes_train_like_one_process_with_two_replicas`: two nodes of one replica each
+//!   train 3 steps from one checkpoint and end with the losses and parameters (within 1e-5) of
+//!   one process with two replicas.
 #![cfg(feature = "collective")]
 
 use std::fs;
@@ -28,7 +31,9 @@ use burn::backend::{Autodiff, Flex};
 use burn::collective::{all_reduce, register, PeerId, ReduceOperation};
 use burn::tensor::{Tensor, TensorPrimitive};
 use qwen_model::QwenModel;
-use qwen_train::multinode::{bounded, start_orchestrator, NodeConfig};
+use qwen_train::multinode::{
+    bounded, start_orchestrator, NodeConfig, NodeGroup, NodeMember, DATA_PORTS, ORCHESTRATORS,
+};
 use qwen_train::{Schedule, TrainConfig, TrainError, Trainer};
 use serde_json::{json, Value};
 
@@ -39,20 +44,32 @@ type B = Autodiff<Flex>;
 
 const STEPS: u32 = 3;
 
-/// The ports of one collective: the orchestrator's and one data port per node.
+/// Consecutive global all-reduces of the rounds test.
+const ROUNDS: u32 = 12;
+
+/// The ports of one collective, laid out as [`NodeConfig::new`] does: the orchestrators' from
+/// `coordinator`, then each node's data ports.
 struct Ports {
     coordinator: u16,
     data: Vec<u16>,
 }
 
 impl Ports {
-    /// Free loopback ports (the listeners are dropped: another process could take one in
-    /// between, which the bounded waits turn into a failure, not a hang).
+    /// A block of free consecutive loopback ports (the listeners are dropped: another process
+    /// could take one in between, which the bounded waits turn into a failure, not a hang).
     fn new(nodes: usize) -> Self {
-        // Bound together so that the picks differ.
-        let listeners: Vec<TcpListener> = (0..=nodes).map(|_| TcpListener::bind("127.0.0.1:0").unwrap()).collect();
-        let mut ports = listeners.iter().map(|l| l.local_addr().unwrap().port());
-        Self { coordinator: ports.next().unwrap(), data: ports.collect() }
+        let len = ORCHESTRATORS + DATA_PORTS * nodes as u16;
+        for _ in 0..100 {
+            let first = TcpListener::bind("127.0.0.1:0").unwrap();
+            let base = first.local_addr().unwrap().port();
+            let Some(end) = base.checked_add(len) else { continue };
+            let rest: Vec<_> = (base + 1..end).map(|p| TcpListener::bind(("127.0.0.1", p))).collect();
+            if rest.iter().all(|l| l.is_ok()) {
+                let data = (0..nodes as u16).map(|r| base + ORCHESTRATORS + DATA_PORTS * r).collect();
+                return Self { coordinator: base, data };
+            }
+        }
+        panic!("no {len} consecutive free ports on 127.0.0.1");
     }
 }
 
@@ -102,7 +119,8 @@ impl Nodes {
         (0..self.children.len())
             .map(|r| {
                 let log = fs::read_to_string(self.dir.join(format!("node{r}.log"))).unwrap_or_default();
-                let tail: String = log.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+                let tail: String =
+                    log.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
                 format!("--- node {r} (last lines) ---\n{tail}")
             })
             .collect::<Vec<_>>()
@@ -116,9 +134,8 @@ impl Nodes {
         loop {
             if let Some(status) = child.try_wait().unwrap() {
                 let text = fs::read_to_string(self.result_path(rank)).unwrap_or_default();
-                return serde_json::from_str(&text).unwrap_or_else(|_| {
-                    panic!("node {rank} exited ({status}) without a result\n{}", self.logs())
-                });
+                return serde_json::from_str(&text)
+                    .unwrap_or_else(|_| panic!("node {rank} exited ({status}) without a result\n{}", self.logs()));
             }
             if start.elapsed() > limit {
                 panic!("node {rank} still runs after {limit:?}\n{}", self.logs());
@@ -185,11 +202,12 @@ fn node_process() {
     let start = Instant::now();
     let result = match env("QWEN_NODE_ROLE").as_str() {
         "reduce" => reduce_role(&node, start),
+        "rounds" => rounds_role(&node, start),
         "train" => train_role(&node, &PathBuf::from(env("QWEN_NODE_INIT")), start),
         "join-then-wait" => {
             let init = PathBuf::from(env("QWEN_NODE_INIT"));
             let (trainer, _) = Trainer::<B>::resume(&init, &Default::default()).unwrap();
-            trainer.join_node(0, &node).unwrap();
+            trainer.join_node(0, &NodeGroup::new(node).unwrap()).unwrap();
             fs::write(out.with_extension("joined"), "").unwrap();
             std::thread::sleep(Duration::from_secs(600));
             json!({})
@@ -208,7 +226,8 @@ fn reduce_role(node: &NodeConfig, start: Instant) -> Value {
         start_orchestrator(node).unwrap();
     }
     let device = Default::default();
-    let (peer, config) = (node.peer(0), node.collective_config());
+    // One registration for all three, as burn-collective's API intends (not the rounds).
+    let (peer, config) = (node.peer(0), node.collective_config(0));
     // Joining waits for the other process to start: a generous bound, not the one under test.
     bounded("register", Some(Duration::from_secs(60)), move || {
         register::<Flex>(peer, device, config).map_err(|e| TrainError::Collective(format!("{e:?}")))
@@ -226,7 +245,8 @@ fn reduce_role(node: &NodeConfig, start: Instant) -> Value {
         let seconds = began.elapsed().as_secs_f64();
         match r {
             Ok(sum) => {
-                let values = Tensor::<Flex, 1>::from_primitive(TensorPrimitive::Float(sum)).into_data().to_vec::<f32>().unwrap();
+                let values =
+                    Tensor::<Flex, 1>::from_primitive(TensorPrimitive::Float(sum)).into_data().to_vec::<f32>().unwrap();
                 ops.push(json!({"op": op, "values": values, "seconds": seconds}));
             }
             Err(e) => {
@@ -238,6 +258,46 @@ fn reduce_role(node: &NodeConfig, start: Instant) -> Value {
     json!({"joined_after": joined, "ops": ops})
 }
 
+/// The workaround: [`NodeMember`]'s rounds (one registration per global all-reduce), [`ROUNDS`]
+/// all-reduces of `[(rank + 1) * op; 4]`; stops at the first error.
+fn rounds_role(node: &NodeConfig, start: Instant) -> Value {
+    if node.orchestrator {
+        start_orchestrator(node).unwrap();
+    }
+    let device = Default::default();
+    let group = NodeGroup::new(node.clone()).unwrap();
+    let member = NodeMember::join::<Flex>(&group, 0, &device).unwrap();
+    let joined = start.elapsed().as_secs_f64();
+    let mut ops = Vec::new();
+    let mut fds = Vec::new();
+    for op in 1..=ROUNDS {
+        if op == 4 || op == ROUNDS {
+            fds.push(open_files());
+        }
+        let t = Tensor::<Flex, 1>::from_floats([(node.rank as f32 + 1.0) * op as f32; 4], &device);
+        let began = Instant::now();
+        // Without work in between, each all-reduce first waits for the move to its round.
+        match member.all_reduce::<Flex>(&device, t.into_primitive().tensor()) {
+            Ok(sum) => {
+                let values =
+                    Tensor::<Flex, 1>::from_primitive(TensorPrimitive::Float(sum)).into_data().to_vec::<f32>().unwrap();
+                ops.push(json!({"op": op, "values": values, "seconds": began.elapsed().as_secs_f64()}));
+            }
+            Err(e) => {
+                ops.push(json!({"op": op, "failed": error_json(&e, began.elapsed().as_secs_f64())}));
+                break;
+            }
+        }
+    }
+    let left = member.leave::<Flex>().map_err(|e| e.to_string());
+    json!({"joined_after": joined, "ops": ops, "left": left.is_ok(), "rounds": member.round(), "open_files": fds})
+}
+
+/// This process's open file descriptors (Linux; `None` elsewhere).
+fn open_files() -> Option<usize> {
+    fs::read_dir("/proc/self/fd").ok().map(|d| d.count())
+}
+
 /// Resumes the trainer from `init`, joins, trains [`STEPS`] steps on `micro(step, rank)`.
 fn train_role(node: &NodeConfig, init: &Path, start: Instant) -> Value {
     if node.orchestrator {
@@ -245,9 +305,9 @@ fn train_role(node: &NodeConfig, init: &Path, start: Instant) -> Value {
     }
     let (mut trainer, _) = Trainer::<B>::resume(init, &Default::default()).unwrap();
     let run = |trainer: &mut Trainer<B>| -> Result<Vec<f32>, TrainError> {
-        let peer = trainer.join_node(0, node)?;
+        let peer = trainer.join_node(0, &NodeGroup::new(node.clone())?)?;
         let losses = (0..STEPS)
-            .map(|s| trainer.train_step_collective(&[micro(s, node.rank as u32)], peer).map(|st| st.loss))
+            .map(|s| trainer.train_step_collective(&[micro(s, node.rank as u32)], peer.clone()).map(|st| st.loss))
             .collect::<Result<Vec<f32>, _>>()?;
         trainer.leave_collective(peer)?;
         Ok(losses)
@@ -267,8 +327,10 @@ fn initial_checkpoint(dir: &Path) -> PathBuf {
     init
 }
 
+/// Why [`NodeMember`] works in rounds: burn-collective 0.21.0 used as its API intends (one
+/// registration, then all-reduces) completes one global all-reduce, and the second never returns.
 #[test]
-fn burn_collective_0_21_global_mode_completes_one_all_reduce_then_hangs() {
+fn raw_burn_collective_0_21_hangs_at_the_second_global_all_reduce_hence_the_rounds() {
     let mut nodes = Nodes::new("repro");
     let ports = Ports::new(2);
     let timeout = 4.0;
@@ -282,12 +344,55 @@ fn burn_collective_0_21_global_mode_completes_one_all_reduce_then_hangs() {
         // The first global all-reduce is right: 1 + 2 on every element.
         assert_eq!(ops[0]["values"], json!([3.0, 3.0, 3.0, 3.0]), "node {rank}: {r}\n{}", nodes.logs());
         // The second never completes (burn-collective 0.21.0's global barrier); bounded here.
-        // When this fails because it completed, the bug is fixed: un-ignore the training test.
+        // When this fails because it completed, burn-collective's barrier is fixed: the rounds of
+        // `NodeMember` (one registration per global all-reduce) are no longer needed.
         assert_eq!(ops.len(), 2, "node {rank}: {r}");
         let failed = &ops[1]["failed"];
         assert_eq!(failed["timeout"], json!(true), "node {rank}: {r}");
         let waited = failed["seconds"].as_f64().unwrap();
         assert!((timeout..timeout + 2.0).contains(&waited), "node {rank} waited {waited} s for a {timeout} s bound");
+    }
+}
+
+/// The workaround: one registration round per global all-reduce completes [`ROUNDS`] of them in a
+/// row, every sum right, through all three orchestrators and both data ports several times.
+#[test]
+fn rounds_of_one_registration_per_global_all_reduce_complete_many_all_reduces() {
+    let mut nodes = Nodes::new("rounds");
+    let ports = Ports::new(2);
+    for rank in 0..2 {
+        nodes.spawn("rounds", rank, &ports, 20.0, &[]);
+    }
+    for rank in 0..2 {
+        let r = nodes.wait(rank, Duration::from_secs(120));
+        let ops = r["ops"].as_array().unwrap();
+        assert_eq!(ops.len(), ROUNDS as usize, "node {rank}: {r}\n{}", nodes.logs());
+        let mut seconds = Vec::new();
+        for (i, op) in ops.iter().enumerate() {
+            let k = (i + 1) as f32;
+            // (1 + 2) * op on every element.
+            assert_eq!(op["values"], json!([3.0 * k, 3.0 * k, 3.0 * k, 3.0 * k]), "node {rank}: {r}");
+            seconds.push(op["seconds"].as_f64().unwrap());
+        }
+        // Each all-reduce in a registration round of its own.
+        assert_eq!((&r["left"], &r["rounds"]), (&json!(true), &json!(ROUNDS)), "node {rank}: {r}");
+        // No per-round leak (burn's orchestrator keeps a socket per registration: rank 0 restarts
+        // them): as many files open before round 3 as before the last.
+        if let [Some(before), Some(after)] =
+            serde_json::from_value::<[Option<usize>; 2]>(r["open_files"].clone()).unwrap()
+        {
+            eprintln!("node {rank}: {before} files open before round 3, {after} before round {ROUNDS}");
+            assert!(
+                after <= before + 2,
+                "node {rank}: {before} files open before round 3, {after} before round {ROUNDS}"
+            );
+        }
+        seconds.sort_by(f64::total_cmp);
+        eprintln!(
+            "node {rank}: {ROUNDS} global all-reduces with a registration round each: median {:.1} ms, max {:.1} ms",
+            seconds[seconds.len() / 2] * 1e3,
+            seconds[seconds.len() - 1] * 1e3
+        );
     }
 }
 
@@ -331,7 +436,6 @@ fn a_node_without_orchestrator_stops_at_the_timeout() {
 }
 
 #[test]
-#[ignore = "burn-collective 0.21.0: the second global all-reduce never completes (see the reproduction above)"]
 fn two_processes_train_like_one_process_with_two_replicas() {
     let mut nodes = Nodes::new("parity");
     let init = initial_checkpoint(&nodes.dir);
@@ -345,7 +449,8 @@ fn two_processes_train_like_one_process_with_two_replicas() {
                     let (mut t, _) = Trainer::<B>::resume(init, &Default::default()).unwrap();
                     let id = PeerId::from(peer);
                     t.join_collective(id, 2).unwrap();
-                    let losses = (0..STEPS).map(|s| t.train_step_collective(&[micro(s, peer)], id).unwrap().loss).collect();
+                    let losses =
+                        (0..STEPS).map(|s| t.train_step_collective(&[micro(s, peer)], id).unwrap().loss).collect();
                     t.leave_collective(id).unwrap();
                     (losses, params(&t))
                 })
@@ -361,7 +466,8 @@ fn two_processes_train_like_one_process_with_two_replicas() {
     }
     for rank in 0..2 {
         let r = nodes.wait(rank, Duration::from_secs(180));
-        let losses: Vec<f32> = serde_json::from_value(r["losses"].clone()).unwrap_or_else(|_| panic!("node {rank}: {r}"));
+        let losses: Vec<f32> =
+            serde_json::from_value(r["losses"].clone()).unwrap_or_else(|_| panic!("node {rank}: {r}"));
         let p: Vec<f32> = serde_json::from_value(r["params"].clone()).unwrap();
         let (want_losses, want) = &local[rank];
         for (a, b) in losses.iter().zip(want_losses) {

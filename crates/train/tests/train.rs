@@ -10,7 +10,8 @@ use burn::tensor::{ElementConversion, Tensor, TensorData};
 use qwen_data::{LoaderState, TokenBatch};
 use qwen_model::{Mode, Precision, QwenModel};
 use qwen_train::{
-    clip_global_norm, cross_entropy, cross_entropy_sum, global_norm, head_cross_entropy_fused_in_chunks, OptimConfig, Schedule, TrainConfig, TrainError, Trainer, IGNORE_INDEX,
+    clip_global_norm, cross_entropy, cross_entropy_sum, global_norm, head_cross_entropy_fused_in_chunks, OptimConfig,
+    Schedule, TrainConfig, TrainError, Trainer, IGNORE_INDEX,
 };
 
 mod common;
@@ -18,7 +19,6 @@ use common::config;
 
 type B = Autodiff<Flex>;
 type Inner = Flex;
-
 
 /// `batch` rows of `seq` tokens, targets shifted by one; `seed` varies the content.
 fn batch(batch: usize, seq: usize, seed: u32) -> TokenBatch {
@@ -443,7 +443,8 @@ fn fused_head_equals_the_head_in_the_graph() {
     ));
     for rows in [3, 4, 10, 64] {
         let y = hidden();
-        let fused = head_cross_entropy_fused_in_chunks(y.clone(), &head, &targets, scale, Precision::Full, rows).unwrap();
+        let fused =
+            head_cross_entropy_fused_in_chunks(y.clone(), &head, &targets, scale, Precision::Full, rows).unwrap();
         assert_eq!(fused.count, count);
         assert!((fused.nll_sum - reference).abs() < 1e-5 * reference.abs(), "{} vs {reference}", fused.nll_sum);
         let g = fused.surrogate.backward();
