@@ -404,6 +404,16 @@ fn runaway_chat_templates_end() {
         ChatTemplate::new(huge).unwrap().render(&[], &RenderOptions::generation()),
         Err(TokenizerError::Template(_))
     ));
+    // Within its fuel, a short loop over a long string writes megabytes (the `chat_template`
+    // fuzz target's hang: 40,000 x 230 bytes, then seconds of tokenizing): the output bound
+    // stops it, and a render below the bound is untouched.
+    let wide = format!("{{% for a in range(40000) %}}{}{{% endfor %}}", "o(".repeat(115));
+    let t = ChatTemplate::new(&wide).unwrap();
+    assert_eq!(t.render(&[], &RenderOptions::generation()).unwrap().len(), 40_000 * 230);
+    match t.with_max_output(1 << 20).render(&[], &RenderOptions::generation()) {
+        Err(TokenizerError::Template(reason)) => assert!(reason.contains("exceeds 1048576 bytes"), "{reason}"),
+        other => panic!("a render past the output bound: {other:?}"),
+    }
 }
 
 /// Peak resident memory of this process, in bytes.

@@ -8,7 +8,10 @@
 //! separators, `indent`, `sort_keys`), Python string and dict methods (`.startswith`, `.split`,
 //! `.strip('\n')`, `.get`, ... via minijinja-contrib's pycompat), and insertion-ordered maps.
 //! Rendering runs on fuel ([`DEFAULT_FUEL`] instructions, [`ChatTemplate::with_fuel`]): a template
-//! that loops without end (a hostile `tokenizer_config.json`) is an error, not a hung server.
+//! that loops without end (a hostile `tokenizer_config.json`) is an error, not a hung server. Its
+//! output is bounded too ([`DEFAULT_MAX_OUTPUT`] bytes, [`ChatTemplate::with_max_output`]): a short
+//! loop over a long string can write megabytes within its fuel, which the tokenizer would then spend
+//! seconds on.
 //! Template variables: `messages`, `tools`, `add_generation_prompt`, `bos_token`, `eos_token`,
 //! `enable_thinking` when set (Qwen3: `false` renders an empty `<think>\n\n</think>\n\n` block
 //! after the generation prompt) and any extra keyword arguments (OpenAI's `chat_template_kwargs`).
@@ -76,6 +79,7 @@ pub struct ChatTemplate {
     source: String,
     bos_token: Option<String>,
     eos_token: Option<String>,
+    max_output: usize,
 }
 
 const NAME: &str = "chat_template";
@@ -84,6 +88,29 @@ const NAME: &str = "chat_template";
 /// conversation of thousands of messages (Qwen3's costs a few hundred per message), and small
 /// enough that a runaway template fails within about a second.
 pub const DEFAULT_FUEL: u64 = 20_000_000;
+
+/// The most bytes one render may write: far above any context window a Qwen model has (1M
+/// tokens is ~4 MB of text) plus the messages themselves, so only a runaway template reaches it.
+pub const DEFAULT_MAX_OUTPUT: usize = 64 << 20;
+
+/// A `Write` that refuses to grow past `limit` bytes (minijinja stops the render on its error).
+struct BoundedOutput {
+    buf: Vec<u8>,
+    limit: usize,
+}
+
+impl std::io::Write for BoundedOutput {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        if self.buf.len() + data.len() > self.limit {
+            return Err(std::io::Error::other(format!("the rendered prompt exceeds {} bytes", self.limit)));
+        }
+        self.buf.extend_from_slice(data);
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
 
 impl ChatTemplate {
     /// Compiles a template.
@@ -104,7 +131,7 @@ impl ChatTemplate {
         });
         env.add_function("strftime_now", |format: String| chrono::Local::now().format(&format).to_string());
         env.add_template_owned(NAME, source.clone()).map_err(template_error)?;
-        Ok(Self { env, source, bos_token: None, eos_token: None })
+        Ok(Self { env, source, bos_token: None, eos_token: None, max_output: DEFAULT_MAX_OUTPUT })
     }
 
     /// Sets the `bos_token` / `eos_token` variables (transformers passes the tokenizer's).
@@ -117,6 +144,12 @@ impl ChatTemplate {
     /// Sets the instructions one render may run (see [`DEFAULT_FUEL`]).
     pub fn with_fuel(mut self, fuel: u64) -> Self {
         self.env.set_fuel(Some(fuel));
+        self
+    }
+
+    /// Sets the most bytes one render may write (see [`DEFAULT_MAX_OUTPUT`]).
+    pub fn with_max_output(mut self, bytes: usize) -> Self {
+        self.max_output = bytes;
         self
     }
 
@@ -173,7 +206,10 @@ impl ChatTemplate {
         }
         ctx.extend(options.extra.clone());
         let template = self.env.get_template(NAME).map_err(template_error)?;
-        template.render(JinjaValue::from_serialize(&ctx)).map_err(template_error)
+        let mut out = BoundedOutput { buf: Vec::new(), limit: self.max_output };
+        template.render_captured_to(JinjaValue::from_serialize(&ctx), &mut out).map_err(template_error)?;
+        // minijinja writes whole `str` pieces: the bytes are UTF-8.
+        String::from_utf8(out.buf).map_err(|e| TokenizerError::Template(format!("rendered prompt: {e}")))
     }
 
     /// Renders and tokenizes: the template's own text may produce any special token; the text of
