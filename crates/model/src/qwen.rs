@@ -25,6 +25,7 @@ use crate::config::QwenConfig;
 use crate::error::{ModelError, Result};
 use crate::lora::{adapted, Lora};
 use crate::moe::SparseMoe;
+use crate::packed::{Packed, PackedMatrix};
 
 // ---------------------------------------------------------------------------------------------
 // Rotary embedding
@@ -532,6 +533,34 @@ pub(crate) fn project<B: Backend, const D: usize>(
     y.reshape(out)
 }
 
+/// `linear(x)` with the weight `packed` when given ([`crate::packed`]: the activations go to the
+/// host as f32, the kernel multiplies them by the packed rows, the bias is added on the device),
+/// else [`project`].
+pub(crate) fn project_packed<B: Backend, const D: usize>(
+    linear: &Linear<B>,
+    packed: Option<&PackedMatrix>,
+    x: Tensor<B, D>,
+    precision: Precision,
+) -> Tensor<B, D> {
+    let Some(w) = packed else {
+        return project(linear, x, precision);
+    };
+    let dims = x.dims();
+    let rows = dims[..D - 1].iter().product::<usize>();
+    let device = x.device();
+    let host = x.into_data().convert::<f32>();
+    let host = host.as_slice::<f32>().expect("converted to f32 just above");
+    let y = w.matmul(host, rows);
+    let y = Tensor::<B, 2>::from_data(TensorData::new(y, [rows, w.rows]), &device);
+    let y = match &linear.bias {
+        Some(b) => y + b.val().unsqueeze::<2>(),
+        None => y,
+    };
+    let mut out = dims;
+    out[D - 1] = w.rows;
+    y.reshape(out)
+}
+
 // ---------------------------------------------------------------------------------------------
 // Attention
 
@@ -556,6 +585,9 @@ pub struct Attention<B: Backend> {
     pub o_lora: Option<Lora<B>>,
     /// Qwen-1's LoRA on its fused `c_attn` (one `A`, a `B` whose rows are q | k | v).
     pub qkv_lora: Option<Lora<B>>,
+    /// q, k, v, o kept packed for CPU inference ([`crate::packed`]; their `Linear`s then hold
+    /// the biases and a placeholder weight).
+    pub packed: Packed,
 }
 
 /// Per-forward inputs shared by every layer.
@@ -597,9 +629,9 @@ impl<B: Backend> Attention<B> {
             step.rope.apply(t).swap_dims(1, 2)
         };
         let (mut q, mut k, mut v) = (
-            adapted(&self.q_proj, &self.q_lora, x.clone(), p),
-            adapted(&self.k_proj, &self.k_lora, x.clone(), p),
-            adapted(&self.v_proj, &self.v_lora, x.clone(), p),
+            adapted(&self.q_proj, self.packed.get(0), &self.q_lora, x.clone(), p),
+            adapted(&self.k_proj, self.packed.get(1), &self.k_lora, x.clone(), p),
+            adapted(&self.v_proj, self.packed.get(2), &self.v_lora, x.clone(), p),
         );
         if let Some(qkv) = &self.qkv_lora {
             let delta = qkv.delta(x, p);
@@ -649,7 +681,7 @@ impl<B: Backend> Attention<B> {
             let options = AttentionModuleOptions { scale, softcap: None, is_causal: mask.is_none() };
             attention(q, k, v, mask, None, options)
         };
-        adapted(&self.o_proj, &self.o_lora, out.swap_dims(1, 2).reshape([b, s, nh * hd]), p)
+        adapted(&self.o_proj, self.packed.get(3), &self.o_lora, out.swap_dims(1, 2).reshape([b, s, nh * hd]), p)
     }
 }
 
@@ -743,14 +775,17 @@ pub struct Mlp<B: Backend> {
     pub gate_lora: Option<Lora<B>>,
     pub up_lora: Option<Lora<B>>,
     pub down_lora: Option<Lora<B>>,
+    /// gate, up, down kept packed for CPU inference (see [`Attention::packed`]).
+    pub packed: Packed,
 }
 
 impl<B: Backend> Mlp<B> {
     /// `x: [..., hidden]` → `[..., hidden]`.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>, precision: Precision) -> Tensor<B, D> {
-        let gate = adapted(&self.gate_proj, &self.gate_lora, x.clone(), precision);
-        let up = adapted(&self.up_proj, &self.up_lora, x, precision);
-        adapted(&self.down_proj, &self.down_lora, silu(gate) * up, precision)
+        let packed = |i| self.packed.get(i);
+        let gate = adapted(&self.gate_proj, packed(0), &self.gate_lora, x.clone(), precision);
+        let up = adapted(&self.up_proj, packed(1), &self.up_lora, x, precision);
+        adapted(&self.down_proj, packed(2), &self.down_lora, silu(gate) * up, precision)
     }
 }
 
@@ -826,6 +861,9 @@ pub struct Qwen<B: Backend> {
     pub layers: Vec<DecoderLayer<B>>,
     pub norm: RmsNorm<B>,
     pub lm_head: Linear<B>,
+    /// The head `[vocab, hidden]` kept packed for CPU inference (see [`Attention::packed`]); a
+    /// tied embedding then reads its rows from it.
+    pub packed_head: Packed,
 }
 
 impl<B: Backend> Qwen<B> {
@@ -833,6 +871,17 @@ impl<B: Backend> Qwen<B> {
     pub fn embed(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
         match &self.embed_tokens {
             Some(e) => e.forward(ids),
+            None if self.packed_head.get(0).is_some() => {
+                let w = self.packed_head.get(0).expect("checked just above");
+                let [b, s] = ids.dims();
+                let device = ids.device();
+                let ids = ids.into_data().convert::<i64>().into_vec::<i64>().expect("converted to i64 just above");
+                let mut h = vec![0.0f32; ids.len() * w.cols];
+                for (&id, row) in ids.iter().zip(h.chunks_exact_mut(w.cols)) {
+                    w.dequantize_row(id as usize, row);
+                }
+                Tensor::from_data(TensorData::new(h, [b, s, w.cols]), &device)
+            }
             None => {
                 let [b, s] = ids.dims();
                 let w = self.lm_head.weight.val();
@@ -894,6 +943,32 @@ impl<B: Backend> QwenModel<B> {
         let model = crate::init::build(&config, &mut crate::init::RandomWeights::new(std, device))
             .expect("random weights have every shape the layout asks for");
         Self::new(config, model)
+    }
+
+    /// [`QwenModel::random`] with the projections and the head kept as `dtype`
+    /// ([`crate::packed`]); an error when the shapes do not fit it (Q8_0: widths of 32s).
+    pub fn random_as(
+        config: QwenConfig,
+        std: f64,
+        dtype: crate::packed::WeightDtype,
+        device: &B::Device,
+    ) -> Result<Self> {
+        let model = crate::init::build_as(&config, &mut crate::init::RandomWeights::new(std, device), dtype)?;
+        Ok(Self::new(config, model))
+    }
+
+    /// Bytes of the weights a decode step reads: packed matrices, and every burn parameter but
+    /// an embedding (only its looked-up rows are read), at their dtype's width.
+    pub fn weight_bytes(&self) -> usize {
+        let m = &self.model;
+        let embed = m.embed_tokens.as_ref().map_or(0, |e| e.weight.val().shape().num_elements());
+        let params = self.num_params() - embed;
+        let packed: usize = m.packed_head.bytes()
+            + m.layers
+                .iter()
+                .map(|l| l.self_attn.packed.bytes() + l.mlp.dense().map_or(0, |d| d.packed.bytes()))
+                .sum::<usize>();
+        params * 4 + packed
     }
 
     pub fn device(&self) -> B::Device {
@@ -963,7 +1038,7 @@ impl<B: Backend> QwenModel<B> {
 
     /// The LM head on hidden states.
     pub fn head(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
-        project(&self.model.lm_head, hidden, self.precision)
+        project_packed(&self.model.lm_head, self.model.packed_head.get(0), hidden, self.precision)
     }
 
     /// Logits for `batch` appended to what `cache` holds; fills the cache (inference mode). The
