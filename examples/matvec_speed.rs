@@ -56,6 +56,14 @@ fn main() {
             x.clone().matmul(w.clone()).into_data();
         });
         report("burn f32", (d_in, d_out), m, 4 * n, secs);
+        // The same product against a transposed view of a `[d_out, d_in]` matrix (how a tile of
+        // packed rows, dequantized in its own row order, would be multiplied).
+        let wt = w.clone().transpose().into_data();
+        let wt = Tensor::<Backend, 2>::from_data(wt, &dev);
+        let secs = best(args.reps, || {
+            x.clone().matmul(wt.clone().transpose()).into_data();
+        });
+        report("burn f32, transposed view", (d_in, d_out), m, 4 * n, secs);
         for (name, dtype) in [("burn bf16", FloatDType::BF16), ("burn f16", FloatDType::F16)] {
             let (wc, xc) = (w.clone().cast(dtype), x.clone().cast(dtype));
             let secs = best(args.reps, || {

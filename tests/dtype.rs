@@ -197,3 +197,29 @@ fn unsupported_shapes_and_names_are_typed_errors() {
     assert!(PackedMatrix::from_f32(&[0.0; 40], 1, 40, WeightDtype::Q8_0).is_err());
     assert!(PackedMatrix::from_ggml_bytes(&[0; 33], 1, 32, WeightDtype::Q8_0).is_err());
 }
+
+/// llama.cpp's own logits for the same GGUF files (`llama_cpp_logits.gguf`, llama-cpp-python
+/// 0.3.36; see tests/gguf.rs), with the weights kept in the file's type: at f16 and Q8_0
+/// llama.cpp also rounds its activations, so the allowed difference is llama.cpp's own error
+/// against transformers on this fixture (f16 8.3e-3, Q8_0 2.6e-1), as for the f32 load.
+#[test]
+fn packed_gguf_logits_match_llama_cpp() {
+    let device = Default::default();
+    let case = "qwen2_tied";
+    let reference = GgufFile::open(gguf_fixture("llama_cpp_logits.gguf")).unwrap();
+    let r = Reference::open(&common::model_case(case));
+    let mut report = Vec::new();
+    for (ftype, dtype, tolerance) in [("f16", WeightDtype::F16, 1e-2), ("q8_0", WeightDtype::Q8_0, 2.5e-1)] {
+        let path = gguf_fixture(&format!("{case}.{ftype}.gguf"));
+        let model: QwenModel<B> = qwen_model::load_gguf_as(&path, &device, dtype).unwrap();
+        let mut worst = 0f32;
+        for i in 0..2 {
+            let ids = r.ids(&format!("input_ids.{i}")).unwrap();
+            let (_, want) = reference.tensor_f32(&format!("{case}.{ftype}.logits.{i}")).unwrap();
+            worst = worst.max(max_diff(&logits(&model, &ids), &want));
+        }
+        assert!(worst <= tolerance, "{ftype}: max |logit difference| from llama.cpp {worst:e} > {tolerance:e}");
+        report.push(format!("{case} {ftype} kept as {dtype}: max |logit difference| from llama.cpp {worst:.2e}"));
+    }
+    println!("{}", report.join("\n"));
+}

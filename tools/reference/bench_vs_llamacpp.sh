@@ -10,7 +10,8 @@
 # burn's f32 matmul for f32; GGUF tensors kept as stored), then llama.cpp on the same file
 # (llama-cpp-python, the same thread count, prompt and decode ids). Prints both JSON lines and the
 # ratios: decode and prefill tokens/s, peak RSS, GB/s of weights read per decoded token.
-# Needs .venv-llamacpp (tools/reference/make_llamacpp_venv.sh). Threads: `nproc`.
+# FEATURES (e.g. `collective`) go to the cargo build. Needs .venv-llamacpp
+# (tools/reference/make_llamacpp_venv.sh). Threads: `nproc`.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 dtypes="f32,f16,bf16,q8_0"
@@ -18,7 +19,7 @@ if [[ "${1:-}" =~ ^[a-z0-9_,]+$ ]]; then dtypes="$1"; shift; fi
 py=.venv-llamacpp/bin/python
 out="${CARGO_TARGET_DIR:-target}/bench-gguf"
 "$py" tools/reference/bench_llamacpp.py write "$out"
-cargo build -q --release --locked --example model_speed
+cargo build -q --release --locked --example model_speed ${FEATURES:+--features "$FEATURES"}
 bin="${CARGO_TARGET_DIR:-target}/release/examples/model_speed"
 threads=$(nproc)
 for d in ${dtypes//,/ }; do

@@ -515,6 +515,25 @@ impl GgufFile {
         Ok((info, &self.bytes[start..start + info.size]))
     }
 
+    /// Drops the pages of tensor `name` from this process's memory once the loader has copied
+    /// it (the map stays valid: a later read faults them back in from the file). A mapped file's
+    /// touched pages count in the resident set, so without this a load peaks at the file's size
+    /// plus the model's. Whole pages inside the tensor only; a no-op for files held in memory.
+    pub fn release(&self, name: &str) {
+        #[cfg(unix)]
+        if let (Bytes::Map(map), Some(info)) = (&self.bytes, self.tensors.get(name)) {
+            const PAGE: usize = 4096;
+            let start = (self.data_offset + info.offset).div_ceil(PAGE) * PAGE;
+            let end = (self.data_offset + info.offset + info.size) / PAGE * PAGE;
+            if end > start {
+                // SAFETY: the map is private and read-only, so MADV_DONTNEED loses nothing: the
+                // pages are read again from the file if touched; no slice of them is alive here
+                // (the caller has finished with the tensor's bytes).
+                let _ = unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start) };
+            }
+        }
+    }
+
     /// A tensor dequantized to f32, in row-major order of [`TensorInfo::shape`].
     pub fn tensor_f32(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
         let (info, bytes) = self.tensor_bytes(name)?;

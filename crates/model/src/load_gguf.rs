@@ -172,6 +172,7 @@ impl<B: Backend> GgufWeights<'_, B> {
         if found != shape {
             return Err(ModelError::Shape { name, expected: shape.to_vec(), found });
         }
+        self.file.release(&name);
         self.used.insert(name);
         Ok(values)
     }
@@ -191,8 +192,10 @@ impl<B: Backend> GgufWeights<'_, B> {
             if info.shape() != [rows, cols] {
                 return Err(ModelError::Shape { name, expected: vec![rows, cols], found: info.shape() });
             }
+            let packed = PackedMatrix::from_ggml_bytes(bytes, rows, cols, dtype);
+            self.file.release(&name);
             self.used.insert(name);
-            return PackedMatrix::from_ggml_bytes(bytes, rows, cols, dtype);
+            return packed;
         }
         let values = self.take(hf, &[rows, cols])?;
         PackedMatrix::from_f32(&values, rows, cols, dtype)

@@ -283,20 +283,21 @@ impl PackedMatrix {
         }
     }
 
-    /// Row `r` as f32 into `out` (`cols` values): an embedding lookup of a tied head.
+    /// Row `r` as f32 into `out` (`cols` values): an embedding lookup of a tied head, a tile of a
+    /// prefill. Written to vectorise (f16 through `half`'s F16C-detecting slice conversion).
     pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
+        use half::slice::HalfFloatSliceExt;
         let c = self.cols;
         match &self.data {
             PackedData::F32(v) => out.copy_from_slice(&v[r * c..(r + 1) * c]),
             PackedData::Bf16(v) => {
                 for (o, &b) in out.iter_mut().zip(&v[r * c..(r + 1) * c]) {
-                    *o = bf16::from_bits(b).to_f32();
+                    *o = f32::from_bits(u32::from(b) << 16);
                 }
             }
             PackedData::F16(v) => {
-                for (o, &b) in out.iter_mut().zip(&v[r * c..(r + 1) * c]) {
-                    *o = f16::from_bits(b).to_f32();
-                }
+                let row: &[f16] = bytemuck_u16_as_f16(&v[r * c..(r + 1) * c]);
+                row.convert_to_f32_slice(out);
             }
             PackedData::Q8_0(v) => {
                 let per_row = c / Q8_0_BLOCK;
@@ -308,6 +309,15 @@ impl PackedMatrix {
                 }
             }
         }
+    }
+
+    /// Rows `first..first + n` as f32, `[n, cols]` row-major, rows in parallel: a prefill tile.
+    pub fn dequantize_rows(&self, first: usize, n: usize) -> Vec<f32> {
+        let mut out = vec![0.0f32; n * self.cols];
+        if self.cols > 0 {
+            out.par_chunks_mut(self.cols).enumerate().for_each(|(i, row)| self.dequantize_row(first + i, row));
+        }
+        out
     }
 
     /// Every value as f32, row-major (tests and saving; inference never calls it).
@@ -402,6 +412,12 @@ impl PackedMatrix {
         let _ = simd;
         scalar_dots(self, r, x)
     }
+}
+
+/// f16 bits as `half::f16` values (the same 2 bytes: `f16` is `repr(transparent)` over `u16`).
+fn bytemuck_u16_as_f16(v: &[u16]) -> &[f16] {
+    // SAFETY: `half::f16` is `#[repr(transparent)]` over `u16`: same size, alignment and validity.
+    unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<f16>(), v.len()) }
 }
 
 /// A module's packed projection weights (`None`: its burn `Linear`s hold the weights), shared

@@ -533,6 +533,10 @@ pub(crate) fn project<B: Backend, const D: usize>(
     y.reshape(out)
 }
 
+/// Activation rows from which a packed projection dequantizes tiles for the backend's matmul
+/// instead of running the packed kernel (measured crossover, docs/model.md).
+const PACKED_TILE_ROWS: usize = 16;
+
 /// `linear(x)` with the weight `packed` when given ([`crate::packed`]: the activations go to the
 /// host as f32, the kernel multiplies them by the packed rows, the bias is added on the device),
 /// else [`project`].
@@ -548,10 +552,26 @@ pub(crate) fn project_packed<B: Backend, const D: usize>(
     let dims = x.dims();
     let rows = dims[..D - 1].iter().product::<usize>();
     let device = x.device();
-    let host = x.into_data().convert::<f32>();
-    let host = host.as_slice::<f32>().expect("converted to f32 just above");
-    let y = w.matmul(host, rows);
-    let y = Tensor::<B, 2>::from_data(TensorData::new(y, [rows, w.rows]), &device);
+    let y = if rows >= PACKED_TILE_ROWS {
+        // Prefill: compute-bound, where the backend's matmul is faster than the kernel's dot
+        // products. Rows of the weight are dequantized a tile (~4 MiB of f32) at a time and
+        // multiplied as a transposed view; no f32 copy of the whole weight exists.
+        let x = x.reshape([rows, w.cols]);
+        let tile = ((1 << 20) / w.cols.max(1)).max(64);
+        let parts: Vec<Tensor<B, 2>> = (0..w.rows)
+            .step_by(tile)
+            .map(|first| {
+                let n = tile.min(w.rows - first);
+                let t = Tensor::<B, 2>::from_data(TensorData::new(w.dequantize_rows(first, n), [n, w.cols]), &device);
+                x.clone().matmul(t.transpose())
+            })
+            .collect();
+        Tensor::cat(parts, 1)
+    } else {
+        let host = x.into_data().convert::<f32>();
+        let host = host.as_slice::<f32>().expect("converted to f32 just above");
+        Tensor::<B, 2>::from_data(TensorData::new(w.matmul(host, rows), [rows, w.rows]), &device)
+    };
     let y = match &linear.bias {
         Some(b) => y + b.val().unsqueeze::<2>(),
         None => y,
