@@ -70,22 +70,37 @@ fn gguf_tensors_stay_in_their_dtype() {
             let path = gguf_fixture(&format!("{case}.{ftype}.gguf"));
             let file = GgufFile::open(&path).unwrap();
             let packed: QwenModel<B> = qwen_model::load_gguf_as(&path, &device, dtype).unwrap();
-            // Byte for byte the file's tensors.
+            // Byte for byte the file's tensors (q | k | v and gate | up joined in that order).
+            let from_file = |names: &[&str]| {
+                let parts = names
+                    .iter()
+                    .map(|name| {
+                        let (info, bytes) = file.tensor_bytes(name).unwrap();
+                        let shape = info.shape();
+                        PackedMatrix::from_ggml_bytes(bytes, shape[0], shape[1], dtype).unwrap()
+                    })
+                    .collect();
+                PackedMatrix::concat_rows(parts).unwrap()
+            };
             let layer = &packed.model.layers[1];
+            let mlp = &layer.mlp.dense().unwrap().packed;
+            let head = if case == "qwen2_gqa" { "output.weight" } else { "token_embd.weight" };
             let checks = [
-                ("blk.1.attn_q.weight", layer.self_attn.packed.get(0)),
-                ("blk.1.attn_v.weight", layer.self_attn.packed.get(2)),
-                ("blk.1.ffn_down.weight", layer.mlp.dense().unwrap().packed.get(2)),
-                ("token_embd.weight", packed.model.packed_head.get(0)),
+                (
+                    vec!["blk.1.attn_q.weight", "blk.1.attn_k.weight", "blk.1.attn_v.weight"],
+                    layer.self_attn.packed.get(0),
+                ),
+                (vec!["blk.1.attn_output.weight"], layer.self_attn.packed.get(1)),
+                (vec!["blk.1.ffn_gate.weight", "blk.1.ffn_up.weight"], mlp.get(0)),
+                (vec!["blk.1.ffn_down.weight"], mlp.get(1)),
+                (vec![head], packed.model.packed_head.get(0)),
             ];
-            for (name, m) in checks {
-                let (name, m) =
-                    if case == "qwen2_gqa" && name == "token_embd.weight" { ("output.weight", m) } else { (name, m) };
-                let m = m.unwrap_or_else(|| panic!("{case} {ftype}: {name} is not packed"));
+            for (names, m) in checks {
+                let m = m.unwrap_or_else(|| panic!("{case} {ftype}: {names:?} is not packed"));
+                let want = from_file(&names);
                 assert_eq!(m.dtype(), dtype);
-                let (info, bytes) = file.tensor_bytes(name).unwrap();
-                let shape = info.shape();
-                assert_eq!(m, &PackedMatrix::from_ggml_bytes(bytes, shape[0], shape[1], dtype).unwrap(), "{name}");
+                assert_eq!((m.rows, m.cols), (want.rows, want.cols), "{names:?}");
+                assert!(m.data == want.data, "{case} {ftype}: {names:?} differ from the file's bytes");
             }
             // The same function as the f32-dequantized load: only the order of the sums differs.
             let plain: QwenModel<B> = qwen_model::load(&path, &device).unwrap();

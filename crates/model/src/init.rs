@@ -109,20 +109,35 @@ pub fn build_as<B: Backend>(c: &QwenConfig, weights: &mut impl Weights<B>, dtype
         };
     let packing = dtype != WeightDtype::F32;
     // `(name, d_in, d_out, bias)` of a group of projections, loaded as they are or packed.
-    let group =
-        |weights: &mut dyn Weights<B>, specs: &[(String, usize, usize, bool)]| -> Result<(Vec<Linear<B>>, Packed)> {
-            let (mut linears, mut packed) = (Vec::new(), Vec::new());
-            for (name, d_in, d_out, bias) in specs {
-                if packing {
-                    let (l, p) = weights.packed_linear(name, *d_in, *d_out, *bias, dtype)?;
-                    linears.push(l);
-                    packed.push(p);
-                } else {
-                    linears.push(weights.linear(name, *d_in, *d_out, *bias)?);
+    // Packed, each bias moves into its matrix (added by the kernel) and the leading `fuse`
+    // matrices become one (q | k | v, gate | up): one pass over the activations for all of them.
+    let group = |weights: &mut dyn Weights<B>,
+                 specs: &[(String, usize, usize, bool)],
+                 fuse: usize|
+     -> Result<(Vec<Linear<B>>, Packed)> {
+        let (mut linears, mut packed) = (Vec::new(), Vec::new());
+        for (name, d_in, d_out, bias) in specs {
+            if packing {
+                let (l, mut p) = weights.packed_linear(name, *d_in, *d_out, *bias, dtype)?;
+                if let Some(b) = l.bias {
+                    p.bias = Some(b.val().into_data().convert::<f32>().into_vec::<f32>().map_err(|e| {
+                        crate::error::ModelError::Unsupported(format!("reading the bias of {name}: {e:?}"))
+                    })?);
                 }
+                linears.push(Linear { weight: l.weight, bias: None });
+                packed.push(p);
+            } else {
+                linears.push(weights.linear(name, *d_in, *d_out, *bias)?);
             }
-            Ok((linears, if packing { Packed::new(packed) } else { Packed::default() }))
-        };
+        }
+        if !packing {
+            return Ok((linears, Packed::default()));
+        }
+        let rest = packed.split_off(fuse);
+        let mut all = vec![PackedMatrix::concat_rows(packed)?];
+        all.extend(rest);
+        Ok((linears, Packed::new(all)))
+    };
     let mut layers = Vec::with_capacity(c.num_hidden_layers);
     for i in 0..c.num_hidden_layers {
         let p = format!("model.layers.{i}");
@@ -139,7 +154,7 @@ pub fn build_as<B: Backend>(c: &QwenConfig, weights: &mut impl Weights<B>, dtype
             (format!("{p}.self_attn.v_proj"), h, nkv * hd, c.qkv_bias),
             (format!("{p}.self_attn.o_proj"), nh * hd, h, c.o_proj_bias),
         ];
-        let (attn, attn_packed) = group(weights, &specs)?;
+        let (attn, attn_packed) = group(weights, &specs, 3)?;
         let [q_proj, k_proj, v_proj, o_proj]: [Linear<B>; 4] =
             attn.try_into().unwrap_or_else(|_| unreachable!("four projections were asked for"));
         let self_attn = Attention {
@@ -168,7 +183,7 @@ pub fn build_as<B: Backend>(c: &QwenConfig, weights: &mut impl Weights<B>, dtype
                 (format!("{m}.up_proj"), h, ff, false),
                 (format!("{m}.down_proj"), ff, h, false),
             ];
-            let (linears, packed) = group(weights, &specs)?;
+            let (linears, packed) = group(weights, &specs, 2)?;
             let [gate_proj, up_proj, down_proj]: [Linear<B>; 3] =
                 linears.try_into().unwrap_or_else(|_| unreachable!("three projections were asked for"));
             let (gate_lora, up_lora, down_lora) = (None, None, None);

@@ -155,6 +155,8 @@ pub struct PackedMatrix {
     pub rows: usize,
     pub cols: usize,
     pub data: PackedData,
+    /// Added to every product row (`[rows]`, f32), when the projection has a bias.
+    pub bias: Option<Vec<f32>>,
 }
 
 fn shape_error(what: &str, rows: usize, cols: usize, len: usize) -> ModelError {
@@ -232,7 +234,7 @@ impl PackedMatrix {
                 }))
             }
         };
-        Ok(Self { rows, cols, data })
+        Ok(Self { rows, cols, data, bias: None })
     }
 
     /// The matrix from llama.cpp's bytes of a tensor of `dtype` (F16, BF16 or Q8_0 as stored in a
@@ -261,7 +263,46 @@ impl PackedMatrix {
                 PackedData::F32(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
             }
         };
-        Ok(Self { rows, cols, data })
+        Ok(Self { rows, cols, data, bias: None })
+    }
+
+    /// The rows of `parts` one after the other (same dtype and width): q | k | v, or gate | up,
+    /// as one matrix, so one pass of the kernel computes all of them. Biases are joined too (a
+    /// part without one gets zeros, unless no part has one).
+    pub fn concat_rows(parts: Vec<PackedMatrix>) -> Result<Self> {
+        let first = parts.first().ok_or_else(|| ModelError::Unsupported("joining no matrices".into()))?;
+        let (cols, dtype) = (first.cols, first.dtype());
+        if parts.iter().any(|p| p.cols != cols || p.dtype() != dtype) {
+            return Err(ModelError::Unsupported("joining matrices of different widths or dtypes".into()));
+        }
+        let rows = parts.iter().map(|p| p.rows).sum();
+        let bias = parts
+            .iter()
+            .any(|p| p.bias.is_some())
+            .then(|| parts.iter().flat_map(|p| p.bias.clone().unwrap_or_else(|| vec![0.0; p.rows])).collect());
+        fn join<T: Clone>(parts: impl Iterator<Item = Vec<T>>) -> Vec<T> {
+            let mut out = Vec::new();
+            for p in parts {
+                out.extend(p);
+            }
+            out
+        }
+        let datas = parts.into_iter().map(|p| p.data);
+        let data = match dtype {
+            WeightDtype::F32 => {
+                PackedData::F32(join(datas.map(|d| if let PackedData::F32(v) = d { v } else { vec![] })))
+            }
+            WeightDtype::Bf16 => {
+                PackedData::Bf16(join(datas.map(|d| if let PackedData::Bf16(v) = d { v } else { vec![] })))
+            }
+            WeightDtype::F16 => {
+                PackedData::F16(join(datas.map(|d| if let PackedData::F16(v) = d { v } else { vec![] })))
+            }
+            WeightDtype::Q8_0 => {
+                PackedData::Q8_0(join(datas.map(|d| if let PackedData::Q8_0(v) = d { v } else { vec![] })))
+            }
+        };
+        Ok(Self { rows, cols, data, bias })
     }
 
     /// The dtype the values are kept in.
@@ -329,7 +370,7 @@ impl PackedMatrix {
         out
     }
 
-    /// `y = x · Wᵀ`: `x` is `[m, cols]` row-major, the result `[m, rows]`.
+    /// `y = x · Wᵀ + bias`: `x` is `[m, cols]` row-major, the result `[m, rows]`.
     pub fn matmul(&self, x: &[f32], m: usize) -> Vec<f32> {
         self.matmul_with(x, m, simd_available())
     }
@@ -377,13 +418,18 @@ impl PackedMatrix {
         } else {
             yt.par_chunks_mut(chunk * m).enumerate().for_each(work);
         }
+        let bias = |r: usize| self.bias.as_ref().map_or(0.0, |b| b[r]);
         if m == 1 {
+            if let Some(b) = &self.bias {
+                yt.iter_mut().zip(b).for_each(|(y, b)| *y += b);
+            }
             return yt;
         }
         let mut y = vec![0.0f32; m * rows];
         for (r, row) in yt.chunks_exact(m).enumerate() {
+            let b = bias(r);
             for (i, &v) in row.iter().enumerate() {
-                y[i * rows + r] = v;
+                y[i * rows + r] = v + b;
             }
         }
         y
