@@ -39,6 +39,31 @@ fn logits(model: &QwenModel<B>, ids: &[u32]) -> Vec<f32> {
 const TOLERANCES: [(WeightDtype, f32); 3] =
     [(WeightDtype::Bf16, 1e-1), (WeightDtype::F16, 1.2e-2), (WeightDtype::Q8_0, 3e-1)];
 
+/// f32 weights through the packed kernel: the same function as burn's matmul, summed in another
+/// order.
+#[test]
+fn f32_packed_is_the_f32_model() {
+    let device = Default::default();
+    for case in ["qwen2_tied", "qwen2_gqa"] {
+        let dir = common::model_case(case);
+        let r = Reference::open(&dir);
+        let full: QwenModel<B> = qwen_model::load(&dir, &device).unwrap();
+        let packed: QwenModel<B> = qwen_model::load_as(&dir, &device, WeightDtype::F32Packed).unwrap();
+        assert!(packed.model.packed_head.get(0).is_some());
+        for i in 0.. {
+            let Some(ids) = r.ids(&format!("input_ids.{i}")) else { break };
+            let d = max_diff(&logits(&packed, &ids), &logits(&full, &ids));
+            assert!(d < 2e-5, "{case} input {i}: {d:e}");
+        }
+        let prompt = r.ids("greedy.prompt").unwrap();
+        let config = GenerateConfig { max_new_tokens: 64, stop_ids: vec![], sampling: SamplingConfig::default() };
+        assert_eq!(
+            packed.generate(&prompt, &config, |_| true).unwrap(),
+            full.generate(&prompt, &config, |_| true).unwrap()
+        );
+    }
+}
+
 #[test]
 fn quantizer_writes_gguf_py_bytes() {
     let file = GgufFile::open(gguf_fixture("quants.gguf")).unwrap();

@@ -3,7 +3,8 @@
 #
 #   bench_vs_llamacpp.sh [DTYPES] [ARGS]
 #
-# DTYPES: a comma list of f32,f16,bf16,q8_0 (default: all four). ARGS (e.g. `--reps 5 --decode 64`)
+# DTYPES: a comma list of f32,f32_packed,f16,bf16,q8_0 (default: all five; f32_packed is the f32 file
+# through our kernel, llama.cpp running the f32 file again). ARGS (e.g. `--reps 5 --decode 64`)
 # go to both sides. The GGUF files (a random Qwen2.5-0.5B-shaped Qwen2 checkpoint, see
 # tools/reference/bench_llamacpp.py) are written once to target/bench-gguf/ with gguf-py. Each dtype:
 # examples/model_speed.rs --model FILE --dtype D --last-only (our packed kernel for bf16/f16/q8_0,
@@ -14,7 +15,7 @@
 # (tools/reference/make_llamacpp_venv.sh). Threads: `nproc`.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
-dtypes="f32,f16,bf16,q8_0"
+dtypes="f32,f32_packed,f16,bf16,q8_0"
 if [[ "${1:-}" =~ ^[a-z0-9_,]+$ ]]; then dtypes="$1"; shift; fi
 py=.venv-llamacpp/bin/python
 out="${CARGO_TARGET_DIR:-target}/bench-gguf"
@@ -23,7 +24,7 @@ cargo build -q --release --locked --example model_speed ${FEATURES:+--features "
 bin="${CARGO_TARGET_DIR:-target}/release/examples/model_speed"
 threads=$(nproc)
 for d in ${dtypes//,/ }; do
-  file="$out/qwen0.5b.$d.gguf"
+  file="$out/qwen0.5b.${d%_packed}.gguf"
   ours=$(RAYON_NUM_THREADS=$threads "$bin" --model "$file" --dtype "$d" --last-only "$@")
   theirs=$("$py" tools/reference/bench_llamacpp.py run "$file" --threads "$threads" "$@")
   echo "$ours"

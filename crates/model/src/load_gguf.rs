@@ -187,6 +187,7 @@ impl<B: Backend> GgufWeights<'_, B> {
             (GgmlType::F16, WeightDtype::F16)
                 | (GgmlType::BF16, WeightDtype::Bf16)
                 | (GgmlType::Q8_0, WeightDtype::Q8_0)
+                | (GgmlType::F32, WeightDtype::F32Packed)
         );
         if same {
             if info.shape() != [rows, cols] {

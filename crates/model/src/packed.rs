@@ -42,13 +42,16 @@ pub enum WeightDtype {
     F16,
     /// llama.cpp's 8-bit blocks: 32 values, one f16 scale (`amax / 127`), 34 bytes.
     Q8_0,
+    /// f32 values, but packed and multiplied by this module's kernel instead of burn's matmul
+    /// (the same bytes as `F32`, read faster at decode: docs/model.md). Inference only.
+    F32Packed,
 }
 
 impl WeightDtype {
     /// Bytes per value in memory (Q8_0: 34 / 32).
     pub fn bytes_per_value(self) -> f64 {
         match self {
-            Self::F32 => 4.0,
+            Self::F32 | Self::F32Packed => 4.0,
             Self::Bf16 | Self::F16 => 2.0,
             Self::Q8_0 => 34.0 / 32.0,
         }
@@ -61,6 +64,7 @@ impl WeightDtype {
             Self::Bf16 => "bf16",
             Self::F16 => "f16",
             Self::Q8_0 => "q8_0",
+            Self::F32Packed => "f32_packed",
         }
     }
 }
@@ -80,7 +84,8 @@ impl std::str::FromStr for WeightDtype {
             "bf16" => Ok(Self::Bf16),
             "f16" => Ok(Self::F16),
             "q8_0" | "q8" => Ok(Self::Q8_0),
-            other => Err(ModelError::Unsupported(format!("weight dtype {other:?} (f32, bf16, f16, q8_0)"))),
+            "f32_packed" | "f32-packed" => Ok(Self::F32Packed),
+            other => Err(ModelError::Unsupported(format!("weight dtype {other:?} (f32, bf16, f16, q8_0, f32_packed)"))),
         }
     }
 }
@@ -139,7 +144,7 @@ impl BlockQ8_0 {
 /// The values of a [`PackedMatrix`], row-major `[rows, cols]`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum PackedData {
-    /// f32 values (for measuring the kernel against burn's matmul; not chosen by [`WeightDtype`]).
+    /// f32 values ([`WeightDtype::F32Packed`]).
     F32(Vec<f32>),
     /// bf16 bits.
     Bf16(Vec<u16>),
@@ -193,7 +198,7 @@ impl PackedMatrix {
         dtype: WeightDtype,
         fill: impl Fn(usize, &mut [f32]) + Sync,
     ) -> Result<Self> {
-        if dtype == WeightDtype::Q8_0 && cols % Q8_0_BLOCK != 0 {
+        if dtype == WeightDtype::Q8_0 && !cols.is_multiple_of(Q8_0_BLOCK) {
             return Err(ModelError::Unsupported(format!(
                 "Q8_0 needs rows of a multiple of {Q8_0_BLOCK} values, not {cols}"
             )));
@@ -220,7 +225,9 @@ impl PackedMatrix {
             out
         }
         let data = match dtype {
-            WeightDtype::F32 => PackedData::F32(rows_of(rows, cols, cols, 0.0, &fill, |b, o| o.copy_from_slice(b))),
+            WeightDtype::F32 | WeightDtype::F32Packed => {
+                PackedData::F32(rows_of(rows, cols, cols, 0.0, &fill, |b, o| o.copy_from_slice(b)))
+            }
             WeightDtype::Bf16 => PackedData::Bf16(rows_of(rows, cols, cols, 0, &fill, |b, o| {
                 o.iter_mut().zip(b).for_each(|(o, &v)| *o = bf16::from_f32(v).to_bits())
             })),
@@ -251,12 +258,12 @@ impl PackedMatrix {
             WeightDtype::Bf16 => PackedData::Bf16(u16s(bytes)?),
             WeightDtype::F16 => PackedData::F16(u16s(bytes)?),
             WeightDtype::Q8_0 => {
-                if cols % Q8_0_BLOCK != 0 || bytes.len() != n / Q8_0_BLOCK * 34 {
+                if !cols.is_multiple_of(Q8_0_BLOCK) || bytes.len() != n / Q8_0_BLOCK * 34 {
                     return Err(shape_error("Q8_0 tensor", rows, cols, bytes.len() / 34 * Q8_0_BLOCK));
                 }
                 PackedData::Q8_0(bytes.chunks_exact(34).map(BlockQ8_0::from_bytes).collect())
             }
-            WeightDtype::F32 => {
+            WeightDtype::F32 | WeightDtype::F32Packed => {
                 if bytes.len() != 4 * n {
                     return Err(shape_error("f32 tensor", rows, cols, bytes.len() / 4));
                 }
@@ -289,7 +296,7 @@ impl PackedMatrix {
         }
         let datas = parts.into_iter().map(|p| p.data);
         let data = match dtype {
-            WeightDtype::F32 => {
+            WeightDtype::F32 | WeightDtype::F32Packed => {
                 PackedData::F32(join(datas.map(|d| if let PackedData::F32(v) = d { v } else { vec![] })))
             }
             WeightDtype::Bf16 => {
@@ -308,7 +315,7 @@ impl PackedMatrix {
     /// The dtype the values are kept in.
     pub fn dtype(&self) -> WeightDtype {
         match self.data {
-            PackedData::F32(_) => WeightDtype::F32,
+            PackedData::F32(_) => WeightDtype::F32Packed,
             PackedData::Bf16(_) => WeightDtype::Bf16,
             PackedData::F16(_) => WeightDtype::F16,
             PackedData::Q8_0(_) => WeightDtype::Q8_0,
@@ -617,8 +624,8 @@ mod x86 {
         }
         for k in i..n {
             let wk = scalar(k);
-            for r in 0..R {
-                out[r] += wk * x[r][k];
+            for (o, xr) in out.iter_mut().zip(&x) {
+                *o += wk * xr[k];
             }
         }
         out
@@ -760,7 +767,7 @@ mod tests {
 
     #[test]
     fn dtype_names_round_trip() {
-        for d in [WeightDtype::F32, WeightDtype::Bf16, WeightDtype::F16, WeightDtype::Q8_0] {
+        for d in [WeightDtype::F32, WeightDtype::Bf16, WeightDtype::F16, WeightDtype::Q8_0, WeightDtype::F32Packed] {
             assert_eq!(d.name().parse::<WeightDtype>().unwrap(), d);
         }
         assert!("int4".parse::<WeightDtype>().is_err());
