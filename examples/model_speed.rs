@@ -37,11 +37,12 @@ struct Args {
     last_only: bool,
 }
 
-fn peak_rss_mb() -> f64 {
+/// `VmHWM` (peak) or `VmRSS` (now) of this process, in MB.
+fn rss_mb(key: &str) -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(key))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         .map_or(f64::NAN, |kb| kb / 1024.0)
 }
@@ -61,6 +62,7 @@ fn main() {
         }
     };
     model.precision = if args.bf16 { Precision::Bf16 } else { Precision::Full };
+    let (load_peak, load_rss) = (rss_mb("VmHWM:"), rss_mb("VmRSS:"));
     let vocab = model.config.vocab_size as u32;
     let prompt: Vec<u32> = (0..args.prefill as u32).map(|i| (i * 7919 + 13) % vocab.min(151_000)).collect();
     let (mut prefill, mut decode) = (f64::INFINITY, f64::INFINITY);
@@ -89,7 +91,9 @@ fn main() {
             "decode_weight_gb_per_s": model.weight_bytes() as f64 * args.decode as f64 / decode / 1e9,
             "prefill_tokens_per_s": args.prefill as f64 / prefill,
             "decode_tokens_per_s": args.decode as f64 / decode,
-            "peak_rss_mb": peak_rss_mb(),
+            "peak_rss_mb": rss_mb("VmHWM:"),
+            "load_peak_rss_mb": load_peak,
+            "rss_after_load_mb": load_rss,
         })
     );
 }

@@ -193,7 +193,10 @@ impl<B: Backend> GgufWeights<'_, B> {
             if info.shape() != [rows, cols] {
                 return Err(ModelError::Shape { name, expected: vec![rows, cols], found: info.shape() });
             }
-            let packed = PackedMatrix::from_ggml_bytes(bytes, rows, cols, dtype);
+            let file = self.file;
+            let packed = PackedMatrix::from_ggml_bytes_with(bytes, rows, cols, dtype, |start, len| {
+                file.release_range(&name, start, len)
+            });
             self.file.release(&name);
             self.used.insert(name);
             return packed;
@@ -271,7 +274,8 @@ pub fn gguf_config(file: &GgufFile) -> Result<QwenConfig> {
     QwenConfig::from_json(gguf_config_json(file)?)
 }
 
-/// Loads a Qwen2/Qwen3 model from a GGUF file onto `device`, every tensor dequantized to f32.
+/// Loads a Qwen2/Qwen3 model from a GGUF file onto `device`, every tensor dequantized to f32
+/// ([`load_gguf_as`] keeps them packed).
 pub fn load_gguf<B: Backend>(path: impl AsRef<Path>, device: &B::Device) -> Result<QwenModel<B>> {
     let file = GgufFile::open(path)?;
     load_gguf_file(&file, device)

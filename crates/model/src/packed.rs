@@ -247,27 +247,56 @@ impl PackedMatrix {
     /// The matrix from llama.cpp's bytes of a tensor of `dtype` (F16, BF16 or Q8_0 as stored in a
     /// GGUF file, `[rows, cols]` row-major), kept as they are.
     pub fn from_ggml_bytes(bytes: &[u8], rows: usize, cols: usize, dtype: WeightDtype) -> Result<Self> {
+        Self::from_ggml_bytes_with(bytes, rows, cols, dtype, |_, _| {})
+    }
+
+    /// [`Self::from_ggml_bytes`], calling `done(start, len)` after each ~16 MiB of `bytes` is
+    /// copied (a loader releases those pages of its map as it goes, so the tensor is never
+    /// resident twice).
+    pub fn from_ggml_bytes_with(
+        bytes: &[u8],
+        rows: usize,
+        cols: usize,
+        dtype: WeightDtype,
+        mut done: impl FnMut(usize, usize),
+    ) -> Result<Self> {
         let n = rows * cols;
-        let u16s = |b: &[u8]| -> Result<Vec<u16>> {
-            if b.len() != 2 * n {
-                return Err(shape_error("2-byte tensor", rows, cols, b.len() / 2));
-            }
-            Ok(b.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect())
-        };
-        let data = match dtype {
-            WeightDtype::Bf16 => PackedData::Bf16(u16s(bytes)?),
-            WeightDtype::F16 => PackedData::F16(u16s(bytes)?),
+        // (bytes per element, elements expected); Q8_0's element is a 34-byte block.
+        let (size, count) = match dtype {
+            WeightDtype::Bf16 | WeightDtype::F16 => (2, n),
+            WeightDtype::F32 | WeightDtype::F32Packed => (4, n),
             WeightDtype::Q8_0 => {
-                if !cols.is_multiple_of(Q8_0_BLOCK) || bytes.len() != n / Q8_0_BLOCK * 34 {
+                if !cols.is_multiple_of(Q8_0_BLOCK) {
                     return Err(shape_error("Q8_0 tensor", rows, cols, bytes.len() / 34 * Q8_0_BLOCK));
                 }
-                PackedData::Q8_0(bytes.chunks_exact(34).map(BlockQ8_0::from_bytes).collect())
+                (34, n / Q8_0_BLOCK)
             }
+        };
+        if bytes.len() != size * count {
+            return Err(shape_error(&format!("{dtype} tensor"), rows, cols, bytes.len() / size));
+        }
+        fn copy<T>(
+            bytes: &[u8],
+            size: usize,
+            count: usize,
+            done: &mut impl FnMut(usize, usize),
+            f: impl Fn(&[u8]) -> T,
+        ) -> Vec<T> {
+            let mut out = Vec::with_capacity(count);
+            let step = (16 << 20) / size * size;
+            for (i, chunk) in bytes.chunks(step).enumerate() {
+                out.extend(chunk.chunks_exact(size).map(&f));
+                done(i * step, chunk.len());
+            }
+            out
+        }
+        let u16_of = |c: &[u8]| u16::from_le_bytes([c[0], c[1]]);
+        let data = match dtype {
+            WeightDtype::Bf16 => PackedData::Bf16(copy(bytes, size, count, &mut done, u16_of)),
+            WeightDtype::F16 => PackedData::F16(copy(bytes, size, count, &mut done, u16_of)),
+            WeightDtype::Q8_0 => PackedData::Q8_0(copy(bytes, size, count, &mut done, BlockQ8_0::from_bytes)),
             WeightDtype::F32 | WeightDtype::F32Packed => {
-                if bytes.len() != 4 * n {
-                    return Err(shape_error("f32 tensor", rows, cols, bytes.len() / 4));
-                }
-                PackedData::F32(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+                PackedData::F32(copy(bytes, size, count, &mut done, |c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])))
             }
         };
         Ok(Self { rows, cols, data, bias: None })
