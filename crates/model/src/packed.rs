@@ -794,6 +794,34 @@ mod tests {
         assert_eq!(BlockQ8_0::from_bytes(&blocks[3].to_bytes()), blocks[3]);
     }
 
+    /// Joined matrices compute the parts' products side by side, biases included (a part without
+    /// one adds zeros), on both the one-row and the grouped path.
+    #[test]
+    fn joined_rows_and_biases() {
+        for dtype in [WeightDtype::Bf16, WeightDtype::Q8_0] {
+            let mut a = PackedMatrix::from_f32(&values(5 * 64, 3), 5, 64, dtype).unwrap();
+            let b = PackedMatrix::from_f32(&values(3 * 64, 4), 3, 64, dtype).unwrap();
+            a.bias = Some((0..5).map(|i| i as f32).collect());
+            let joined = PackedMatrix::concat_rows(vec![a.clone(), b.clone()]).unwrap();
+            assert_eq!((joined.rows, joined.cols), (8, 64));
+            for m in [1, 3] {
+                let x = values(m * 64, 7);
+                let (ya, yb, yj) = (a.matmul(&x, m), b.matmul(&x, m), joined.matmul(&x, m));
+                let plain = PackedMatrix { bias: None, ..a.clone() }.matmul(&x, m);
+                for i in 0..m {
+                    assert_eq!(yj[i * 8..i * 8 + 5], ya[i * 5..i * 5 + 5]);
+                    assert_eq!(yj[i * 8 + 5..i * 8 + 8], yb[i * 3..i * 3 + 3]);
+                    for o in 0..5 {
+                        assert_eq!(ya[i * 5 + o], plain[i * 5 + o] + o as f32);
+                    }
+                }
+            }
+        }
+        let f16 = PackedMatrix::from_f32(&[0.0; 64], 1, 64, WeightDtype::F16).unwrap();
+        let q8 = PackedMatrix::from_f32(&[0.0; 64], 1, 64, WeightDtype::Q8_0).unwrap();
+        assert!(PackedMatrix::concat_rows(vec![f16, q8]).is_err());
+    }
+
     #[test]
     fn dtype_names_round_trip() {
         for d in [WeightDtype::F32, WeightDtype::Bf16, WeightDtype::F16, WeightDtype::Q8_0, WeightDtype::F32Packed] {
