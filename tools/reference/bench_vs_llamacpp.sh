@@ -12,7 +12,7 @@
 # (llama-cpp-python, the same thread count, prompt and decode ids). Prints both JSON lines and the
 # ratios: decode and prefill tokens/s, peak RSS, GB/s of weights read per decoded token.
 # FEATURES (e.g. `collective`) go to the cargo build. Needs .venv-llamacpp
-# (tools/reference/make_llamacpp_venv.sh). Threads: `nproc`.
+# (tools/reference/make_llamacpp_venv.sh). Threads: THREADS, default `nproc`.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 dtypes="f32,f32_packed,f16,bf16,q8_0"
@@ -22,7 +22,7 @@ out="${CARGO_TARGET_DIR:-target}/bench-gguf"
 "$py" tools/reference/bench_llamacpp.py write "$out"
 cargo build -q --release --locked --example model_speed ${FEATURES:+--features "$FEATURES"}
 bin="${CARGO_TARGET_DIR:-target}/release/examples/model_speed"
-threads=$(nproc)
+threads=${THREADS:-$(nproc)}
 for d in ${dtypes//,/ }; do
   file="$out/qwen0.5b.${d%_packed}.gguf"
   ours=$(RAYON_NUM_THREADS=$threads "$bin" --model "$file" --dtype "$d" --last-only "$@")
