@@ -1035,8 +1035,8 @@ impl<B: Backend> QwenModel<B> {
         Ok(Self::new(config, model))
     }
 
-    /// Bytes of the weights a decode step reads: packed matrices, and every burn parameter but
-    /// an embedding (only its looked-up rows are read), at their dtype's width.
+    /// Bytes of the weights a decode step reads: packed matrices at their dtype's width, and
+    /// every burn parameter but an untied embedding (only its looked-up rows are read) at 4 bytes.
     pub fn weight_bytes(&self) -> usize {
         let m = &self.model;
         let embed = m.embed_tokens.as_ref().map_or(0, |e| e.weight.val().shape().num_elements());
