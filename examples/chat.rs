@@ -16,7 +16,7 @@ use anyhow::Context;
 use clap::Parser;
 use qwen::backend::{device, Backend};
 use qwen::chat::{Chat, Flow, StopReason};
-use qwen_model::SamplingConfig;
+use qwen_model::{SamplingConfig, WeightDtype};
 
 /// Chats with a model folder (config.json, safetensors, tokenizer.json or a .tiktoken file).
 #[derive(Parser)]
@@ -47,12 +47,19 @@ struct Args {
     top_p: f32,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// How the projection and head weights are kept in memory: f32 (burn tensors), or bf16, f16,
+    /// q8_0 (packed, CPU kernel).
+    #[arg(long, default_value = "f32")]
+    dtype: WeightDtype,
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let mut chat =
-        Chat::<Backend>::load(&args.model, &device()).with_context(|| format!("loading {}", args.model.display()))?;
+    if args.adapter.is_some() && args.dtype != WeightDtype::F32 {
+        anyhow::bail!("--adapter is merged into f32 weights: use --dtype f32");
+    }
+    let mut chat = Chat::<Backend>::load_as(&args.model, &device(), args.dtype)
+        .with_context(|| format!("loading {}", args.model.display()))?;
     if let Some(dir) = &args.adapter {
         chat = chat.with_adapter(dir).with_context(|| format!("loading the adapter {}", dir.display()))?;
     }

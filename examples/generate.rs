@@ -13,7 +13,7 @@ use anyhow::Context;
 use clap::Parser;
 use qwen::backend::{device, Backend};
 use qwen_model::gguf::GgufFile;
-use qwen_model::{GenerateConfig, SamplingConfig};
+use qwen_model::{GenerateConfig, SamplingConfig, WeightDtype};
 use qwen_tokenizer::template::{ChatTemplate, RenderOptions};
 use qwen_tokenizer::{AllowedSpecial, ChatMl, Normalization, StreamDecoder, Tokenizer, DEFAULT_SYSTEM};
 
@@ -21,10 +21,13 @@ use qwen_tokenizer::{AllowedSpecial, ChatMl, Normalization, StreamDecoder, Token
 #[derive(Parser)]
 #[command(name = "generate")]
 struct Args {
-    /// Folder with config.json and safetensors weights, or a llama.cpp GGUF file (Qwen2/Qwen3;
-    /// every tensor dequantized to f32 at load).
+    /// Folder with config.json and safetensors weights, or a llama.cpp GGUF file (Qwen2/Qwen3).
     #[arg(long)]
     model: PathBuf,
+    /// How the projection and head weights are kept in memory: f32 (burn tensors), or bf16, f16,
+    /// q8_0 (packed, CPU kernel; a GGUF tensor already in that type is kept as stored).
+    #[arg(long, default_value = "f32")]
+    dtype: WeightDtype,
     /// A LoRA adapter for the model (PEFT's layout: adapter_config.json, adapter_model.safetensors),
     /// merged into the weights before generating.
     #[arg(long)]
@@ -77,10 +80,13 @@ fn main() -> anyhow::Result<()> {
     }
     .with_normalization(Normalization::Nfc);
     let model = match &gguf {
-        Some(file) => qwen_model::load_gguf::load_gguf_file::<Backend>(file, &device()),
-        None => qwen_model::load::<Backend>(&args.model, &device()),
+        Some(file) => qwen_model::load_gguf::load_gguf_file_as::<Backend>(file, &device(), args.dtype),
+        None => qwen_model::load_as::<Backend>(&args.model, &device(), args.dtype),
     }
     .with_context(|| format!("loading {}", args.model.display()))?;
+    if args.adapter.is_some() && args.dtype != WeightDtype::F32 {
+        anyhow::bail!("--adapter is merged into f32 weights: use --dtype f32");
+    }
     let model = match &args.adapter {
         Some(dir) => {
             model.load_adapter(dir).with_context(|| format!("loading the adapter {}", dir.display()))?.merged()

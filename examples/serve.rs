@@ -52,6 +52,10 @@ struct Args {
     /// The model id in /v1/models and replies (default: the folder's name).
     #[arg(long)]
     served_model_name: Option<String>,
+    /// How the projection and head weights are kept in memory: f32 (burn tensors), or bf16, f16,
+    /// q8_0 (packed, CPU kernel; a GGUF tensor already in that type is kept as stored).
+    #[arg(long, default_value = "f32")]
+    dtype: qwen_model::WeightDtype,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -63,7 +67,7 @@ fn main() -> anyhow::Result<()> {
     let tokenizer = Tokenizer::from_file(&tok_path)
         .with_context(|| format!("loading {}", tok_path.display()))?
         .with_normalization(Normalization::Nfc);
-    let model = qwen_model::load::<Backend>(&args.model, &device())
+    let model = qwen_model::load_as::<Backend>(&args.model, &device(), args.dtype)
         .with_context(|| format!("loading {}", args.model.display()))?;
     let context = model.config.max_position_embeddings;
 

@@ -204,9 +204,15 @@ impl<B: Backend> Chat<B> {
 
     /// Loads a model folder (see the module docs).
     pub fn load(dir: impl AsRef<Path>, device: &B::Device) -> Result<Self> {
+        Self::load_as(dir, device, qwen_model::WeightDtype::F32)
+    }
+
+    /// [`Chat::load`] with the projection and head weights kept as `dtype`
+    /// ([`qwen_model::packed`], CPU inference).
+    pub fn load_as(dir: impl AsRef<Path>, device: &B::Device, dtype: qwen_model::WeightDtype) -> Result<Self> {
         let dir = dir.as_ref();
         let tokenizer = Tokenizer::from_file(find_tokenizer(dir)?)?.with_normalization(Normalization::Nfc);
-        let model = qwen_model::load::<B>(dir, device)?;
+        let model = qwen_model::load_as::<B>(dir, device, dtype)?;
         let mut chat = Self::new(model, tokenizer)?;
         chat.template = ChatTemplate::from_model_dir(dir)?;
         let gen = dir.join("generation_config.json");

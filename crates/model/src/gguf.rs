@@ -515,6 +515,33 @@ impl GgufFile {
         Ok((info, &self.bytes[start..start + info.size]))
     }
 
+    /// Drops the pages of tensor `name` from this process's memory once the loader has copied
+    /// it (the map stays valid: a later read faults them back in from the file, unchanged). A mapped file's
+    /// touched pages count in the resident set, so without this a load peaks at the file's size
+    /// plus the model's. Whole pages inside the tensor only; a no-op for files held in memory.
+    pub fn release(&self, name: &str) {
+        if let Some(info) = self.tensors.get(name) {
+            self.release_range(name, 0, info.size);
+        }
+    }
+
+    /// [`GgufFile::release`] of bytes `start..start + len` of tensor `name`'s data.
+    pub fn release_range(&self, name: &str, start: usize, len: usize) {
+        #[cfg(unix)]
+        if let (Bytes::Map(map), Some(info)) = (&self.bytes, self.tensors.get(name)) {
+            const PAGE: usize = 4096;
+            let first = self.data_offset + info.offset + start.min(info.size);
+            let last = self.data_offset + info.offset + (start + len).min(info.size);
+            let (start, end) = (first.div_ceil(PAGE) * PAGE, last / PAGE * PAGE);
+            if end > start {
+                // SAFETY: the map is private and read-only, so MADV_DONTNEED loses nothing and
+                // changes no byte a reader can see: the pages are read again from the file if
+                // touched (a slice over them may still be alive; its contents stay the same).
+                let _ = unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start) };
+            }
+        }
+    }
+
     /// A tensor dequantized to f32, in row-major order of [`TensorInfo::shape`].
     pub fn tensor_f32(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
         let (info, bytes) = self.tensor_bytes(name)?;

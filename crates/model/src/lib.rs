@@ -7,6 +7,8 @@
 //! - [`lm`]: [`CausalLm`], the face training, scoring and alignment are written against.
 //! - [`init`]: the layer layout, written once, filled from random draws or a checkpoint.
 //! - [`generate`]: KV-cache generation and sampling.
+//! - [`packed`]: projection weights kept as bf16, f16 or Q8_0 for CPU inference
+//!   ([`WeightDtype`], chosen at load) and the matmul kernel that reads them.
 //! - [`lora`]: LoRA adapters on the projections, saved and loaded in PEFT's layout, merged.
 //! - [`mod@load`]: HF safetensors (single or sharded; f32/bf16/f16) in either naming scheme;
 //!   [`save`] writes them back.
@@ -41,6 +43,7 @@ pub mod load;
 pub mod load_gguf;
 pub mod lora;
 pub mod moe;
+pub mod packed;
 pub mod qwen;
 pub mod save;
 
@@ -49,9 +52,10 @@ pub use config::{Family, QwenConfig, QwenConfigBuilder};
 pub use error::{ModelError, Result};
 pub use generate::{GenerateConfig, Sampler, SamplingConfig};
 pub use lm::CausalLm;
-pub use load::{load, load_with, Checkpoint};
-pub use load_gguf::{gguf_config, load_gguf};
+pub use load::{load, load_as, load_with, Checkpoint};
+pub use load_gguf::{gguf_config, load_gguf, load_gguf_as};
 pub use lora::{Lora, LoraConfig, LoraTarget};
 pub use moe::SparseMoe;
+pub use packed::{PackedMatrix, WeightDtype};
 pub use qwen::{FeedForward, KvCache, LayerCache, Logits, Mode, Precision, Qwen, QwenModel};
 pub use save::{Extra, SaveDtype};

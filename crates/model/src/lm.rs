@@ -59,6 +59,9 @@ impl<B: Backend> CausalLm<B> for QwenModel<B> {
     fn lm_head(&self) -> &Linear<B> {
         &self.model.lm_head
     }
+    fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
+        self.head(hidden)
+    }
     fn precision(&self) -> Precision {
         self.precision
     }

@@ -24,7 +24,8 @@ use safetensors::{Dtype, SafeTensors};
 
 use crate::config::{Family, QwenConfig};
 use crate::error::{ModelError, Result};
-use crate::init::{build, Weights};
+use crate::init::{build_as, Weights};
+use crate::packed::WeightDtype;
 use crate::qwen::QwenModel;
 
 /// The memory-mapped tensors of a checkpoint, by name.
@@ -274,10 +275,17 @@ pub(crate) fn linear_from<B: Backend>(
 /// Loads `config.json` and the weights of `dir` onto `device`; a GGUF file instead of a folder is
 /// loaded by [`crate::load_gguf::load_gguf`].
 pub fn load<B: Backend>(dir: impl AsRef<Path>, device: &B::Device) -> Result<QwenModel<B>> {
+    load_as(dir, device, WeightDtype::F32)
+}
+
+/// [`load`] with the projections and the head kept as `dtype` for CPU inference
+/// ([`crate::packed`]; F32 is [`load`]). Safetensors are loaded one f32 matrix at a time and
+/// packed; a GGUF file's tensors already in `dtype` are kept as stored.
+pub fn load_as<B: Backend>(dir: impl AsRef<Path>, device: &B::Device, dtype: WeightDtype) -> Result<QwenModel<B>> {
     if crate::load_gguf::is_gguf(dir.as_ref()) {
-        return crate::load_gguf::load_gguf(dir, device);
+        return crate::load_gguf::load_gguf_as(dir, device, dtype);
     }
-    Ok(load_with(dir, device, true, |_| Ok(()))?.0)
+    Ok(load_with_as(dir, device, true, dtype, |_| Ok(()))?.0)
 }
 
 /// Loads a model built on the Qwen trunk: the transformer as [`load`] does, then `rest` takes the
@@ -290,12 +298,23 @@ pub fn load_with<B: Backend, T>(
     lm_head: bool,
     rest: impl FnOnce(&mut Checkpoint) -> Result<T>,
 ) -> Result<(QwenModel<B>, T)> {
+    load_with_as(dir, device, lm_head, WeightDtype::F32, rest)
+}
+
+/// [`load_with`] with the weights kept as `dtype`.
+fn load_with_as<B: Backend, T>(
+    dir: impl AsRef<Path>,
+    device: &B::Device,
+    lm_head: bool,
+    dtype: WeightDtype,
+    rest: impl FnOnce(&mut Checkpoint) -> Result<T>,
+) -> Result<(QwenModel<B>, T)> {
     let dir = dir.as_ref();
     let config = QwenConfig::from_file(dir.join("config.json"))?;
     let mut ckpt = Checkpoint::open(dir)?;
     let mut weights =
         CheckpointWeights { ckpt: &mut ckpt, device, family: config.family, lm_head, split: Default::default() };
-    let model = build(&config, &mut weights)?;
+    let model = build_as(&config, &mut weights, dtype)?;
     let taken = rest(&mut ckpt)?;
     if let Some(extra) = ckpt.unused().find(|n| !n.ends_with("rotary_emb.inv_freq")) {
         return Err(ModelError::UnexpectedTensor(extra.to_string()));

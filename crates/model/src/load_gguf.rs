@@ -14,10 +14,12 @@
 //!   (innermost first), so a `[d_out, d_in]` HF weight is `ne = [d_in, d_out]`: reversed, the
 //!   row-major data is the same. Qwen2 weights are not permuted by the converter (llama.cpp
 //!   runs Qwen2 with NeoX RoPE, as HF does).
-//! - Every tensor is dequantized to f32 at load ([`crate::gguf::dequantize`]): the model has no
-//!   in-memory f16/bf16/8-bit weights yet, so a Q8_0 file takes the memory of an f32 one.
-//!   Every tensor the model needs must be there with its shape, and every tensor in the file
-//!   must be used.
+//! - [`load_gguf`] dequantizes every tensor to f32 ([`crate::gguf::dequantize`]).
+//!   [`load_gguf_as`] keeps the projections and the head as a [`WeightDtype`] instead
+//!   ([`crate::packed`]): a tensor already stored in that dtype (F16, BF16, Q8_0) is kept byte for
+//!   byte, never requantized; any other is dequantized to f32 and packed (e.g. a Q4_K file loaded
+//!   as Q8_0). Every tensor the model needs must be there with its shape, and every tensor in the
+//!   file must be used.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -30,9 +32,11 @@ use serde_json::{json, Value as Json};
 
 use crate::config::QwenConfig;
 use crate::error::{ModelError, Result};
+use crate::gguf::GgmlType;
 use crate::gguf::GgufFile;
-use crate::init::{build, Weights};
+use crate::init::{build_as, placeholder, Weights};
 use crate::load::linear_from;
+use crate::packed::{PackedMatrix, WeightDtype};
 use crate::qwen::QwenModel;
 
 /// Whether `path` is a GGUF file (by its first four bytes).
@@ -168,8 +172,37 @@ impl<B: Backend> GgufWeights<'_, B> {
         if found != shape {
             return Err(ModelError::Shape { name, expected: shape.to_vec(), found });
         }
+        self.file.release(&name);
         self.used.insert(name);
         Ok(values)
+    }
+
+    /// The tensor HF calls `hf`, `[rows, cols]`, packed as `dtype`: its own bytes when the file
+    /// stores it in that dtype, else dequantized and packed.
+    fn take_packed(&mut self, hf: &str, rows: usize, cols: usize, dtype: WeightDtype) -> Result<PackedMatrix> {
+        let name = gguf_name(hf)?;
+        let (info, bytes) = self.file.tensor_bytes(&name)?;
+        let same = matches!(
+            (info.ggml_type, dtype),
+            (GgmlType::F16, WeightDtype::F16)
+                | (GgmlType::BF16, WeightDtype::Bf16)
+                | (GgmlType::Q8_0, WeightDtype::Q8_0)
+                | (GgmlType::F32, WeightDtype::F32Packed)
+        );
+        if same {
+            if info.shape() != [rows, cols] {
+                return Err(ModelError::Shape { name, expected: vec![rows, cols], found: info.shape() });
+            }
+            let file = self.file;
+            let packed = PackedMatrix::from_ggml_bytes_with(bytes, rows, cols, dtype, |start, len| {
+                file.release_range(&name, start, len)
+            });
+            self.file.release(&name);
+            self.used.insert(name);
+            return packed;
+        }
+        let values = self.take(hf, &[rows, cols])?;
+        PackedMatrix::from_f32(&values, rows, cols, dtype)
     }
 }
 
@@ -178,6 +211,38 @@ impl<B: Backend> Weights<B> for GgufWeights<'_, B> {
         let w = self.take(&format!("{name}.weight"), &[d_out, d_in])?;
         let b = if bias { Some(self.take(&format!("{name}.bias"), &[d_out])?) } else { None };
         Ok(linear_from(&w, b, d_out, d_in, self.device))
+    }
+
+    fn packed_linear(
+        &mut self,
+        name: &str,
+        d_in: usize,
+        d_out: usize,
+        bias: bool,
+        dtype: WeightDtype,
+    ) -> Result<(Linear<B>, PackedMatrix)> {
+        let packed = self.take_packed(&format!("{name}.weight"), d_out, d_in, dtype)?;
+        let b = if bias { Some(self.vector(&format!("{name}.bias"), d_out)?) } else { None };
+        Ok((placeholder(b, self.device), packed))
+    }
+
+    fn packed_embedding_and_head(
+        &mut self,
+        vocab: usize,
+        hidden: usize,
+        tied: bool,
+        dtype: WeightDtype,
+    ) -> Result<(Option<Embedding<B>>, Linear<B>, PackedMatrix)> {
+        let head = if tied { "model.embed_tokens.weight" } else { "lm_head.weight" };
+        let packed = self.take_packed(head, vocab, hidden, dtype)?;
+        let embed = if tied {
+            None
+        } else {
+            let values = self.take("model.embed_tokens.weight", &[vocab, hidden])?;
+            let embed = Tensor::from_data(TensorData::new(values, [vocab, hidden]), self.device);
+            Some(Embedding { weight: Param::from_tensor(embed) })
+        };
+        Ok((embed, placeholder(None, self.device), packed))
     }
 
     fn vector(&mut self, name: &str, d: usize) -> Result<Tensor<B, 1>> {
@@ -209,17 +274,33 @@ pub fn gguf_config(file: &GgufFile) -> Result<QwenConfig> {
     QwenConfig::from_json(gguf_config_json(file)?)
 }
 
-/// Loads a Qwen2/Qwen3 model from a GGUF file onto `device`, every tensor dequantized to f32.
+/// Loads a Qwen2/Qwen3 model from a GGUF file onto `device`, every tensor dequantized to f32
+/// ([`load_gguf_as`] keeps them packed).
 pub fn load_gguf<B: Backend>(path: impl AsRef<Path>, device: &B::Device) -> Result<QwenModel<B>> {
     let file = GgufFile::open(path)?;
     load_gguf_file(&file, device)
 }
 
+/// [`load_gguf`] with the projections and the head kept as `dtype` (see the module docs).
+pub fn load_gguf_as<B: Backend>(
+    path: impl AsRef<Path>,
+    device: &B::Device,
+    dtype: WeightDtype,
+) -> Result<QwenModel<B>> {
+    let file = GgufFile::open(path)?;
+    load_gguf_file_as(&file, device, dtype)
+}
+
 /// [`load_gguf`] from an open file.
 pub fn load_gguf_file<B: Backend>(file: &GgufFile, device: &B::Device) -> Result<QwenModel<B>> {
+    load_gguf_file_as(file, device, WeightDtype::F32)
+}
+
+/// [`load_gguf_as`] from an open file.
+pub fn load_gguf_file_as<B: Backend>(file: &GgufFile, device: &B::Device, dtype: WeightDtype) -> Result<QwenModel<B>> {
     let config = gguf_config(file)?;
     let mut weights = GgufWeights { file, device, used: BTreeSet::new() };
-    let model = build(&config, &mut weights)?;
+    let model = build_as(&config, &mut weights, dtype)?;
     if let Some(extra) = file.tensors.keys().find(|n| !weights.used.contains(*n)) {
         return Err(ModelError::UnexpectedTensor(extra.clone()));
     }

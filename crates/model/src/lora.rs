@@ -40,7 +40,8 @@ use serde::{Deserialize, Serialize};
 use crate::config::Family;
 use crate::error::{ModelError, Result};
 use crate::load::Checkpoint;
-use crate::qwen::{project, DecoderLayer, FeedForward, Precision, QwenModel};
+use crate::packed::PackedMatrix;
+use crate::qwen::{project_packed, DecoderLayer, FeedForward, Precision, QwenModel};
 
 /// File name of the adapter's config (PEFT's `CONFIG_NAME`).
 pub const ADAPTER_CONFIG: &str = "adapter_config.json";
@@ -147,13 +148,14 @@ impl<B: Backend> Lora<B> {
 /// `linear(x)`, plus the adapter's `delta(x)` when there is one.
 pub(crate) fn adapted<B: Backend, const D: usize>(
     linear: &Linear<B>,
+    packed: Option<&PackedMatrix>,
     lora: &Option<Lora<B>>,
     x: Tensor<B, D>,
     precision: Precision,
 ) -> Tensor<B, D> {
     match lora {
-        Some(l) => project(linear, x.clone(), precision) + l.delta(x, precision),
-        None => project(linear, x, precision),
+        Some(l) => project_packed(linear, packed, x.clone(), precision) + l.delta(x, precision),
+        None => project_packed(linear, packed, x, precision),
     }
 }
 

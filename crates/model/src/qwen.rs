@@ -25,6 +25,7 @@ use crate::config::QwenConfig;
 use crate::error::{ModelError, Result};
 use crate::lora::{adapted, Lora};
 use crate::moe::SparseMoe;
+use crate::packed::{Packed, PackedMatrix};
 
 // ---------------------------------------------------------------------------------------------
 // Rotary embedding
@@ -532,6 +533,65 @@ pub(crate) fn project<B: Backend, const D: usize>(
     y.reshape(out)
 }
 
+/// Activation rows from which a packed projection dequantizes tiles for the backend's matmul
+/// instead of running the packed kernel (docs/model.md).
+const PACKED_TILE_ROWS: usize = 16;
+
+/// `linear(x)` with the weight `packed` when given ([`packed_forward`]), else [`project`].
+pub(crate) fn project_packed<B: Backend, const D: usize>(
+    linear: &Linear<B>,
+    packed: Option<&PackedMatrix>,
+    x: Tensor<B, D>,
+    precision: Precision,
+) -> Tensor<B, D> {
+    match packed {
+        Some(w) => packed_forward(w, x),
+        None => project(linear, x, precision),
+    }
+}
+
+/// `x` as f32 on the host, and its row count (every dimension but the last).
+fn host_rows<B: Backend, const D: usize>(x: Tensor<B, D>) -> (Vec<f32>, usize) {
+    let dims = x.dims();
+    let rows = dims[..D - 1].iter().product::<usize>();
+    let host = x.into_data().convert::<f32>().into_vec::<f32>().expect("converted to f32 just above");
+    (host, rows)
+}
+
+/// `x · Wᵀ + bias` of a packed weight ([`crate::packed`]). Few rows (decode): the activations go
+/// to the host, the kernel multiplies them by the packed rows, the product comes back. Many rows
+/// (prefill, compute-bound, where the backend's matmul is faster than the kernel's dot products):
+/// rows of the weight are dequantized a tile (~4 MiB of f32) at a time and multiplied on the
+/// backend as a transposed view; no f32 copy of the whole weight exists.
+pub(crate) fn packed_forward<B: Backend, const D: usize>(w: &PackedMatrix, x: Tensor<B, D>) -> Tensor<B, D> {
+    let dims = x.dims();
+    let rows = dims[..D - 1].iter().product::<usize>();
+    let device = x.device();
+    let y = if rows >= PACKED_TILE_ROWS {
+        let x = x.reshape([rows, w.cols]);
+        let tile = ((1 << 20) / w.cols.max(1)).max(64);
+        let parts: Vec<Tensor<B, 2>> = (0..w.rows)
+            .step_by(tile)
+            .map(|first| {
+                let n = tile.min(w.rows - first);
+                let t = Tensor::<B, 2>::from_data(TensorData::new(w.dequantize_rows(first, n), [n, w.cols]), &device);
+                x.clone().matmul(t.transpose())
+            })
+            .collect();
+        let y = Tensor::cat(parts, 1);
+        match &w.bias {
+            Some(b) => y + Tensor::<B, 1>::from_data(TensorData::new(b.clone(), [w.rows]), &device).unsqueeze::<2>(),
+            None => y,
+        }
+    } else {
+        let (host, rows) = host_rows(x);
+        Tensor::<B, 2>::from_data(TensorData::new(w.matmul(&host, rows), [rows, w.rows]), &device)
+    };
+    let mut out = dims;
+    out[D - 1] = w.rows;
+    y.reshape(out)
+}
+
 // ---------------------------------------------------------------------------------------------
 // Attention
 
@@ -556,6 +616,9 @@ pub struct Attention<B: Backend> {
     pub o_lora: Option<Lora<B>>,
     /// Qwen-1's LoRA on its fused `c_attn` (one `A`, a `B` whose rows are q | k | v).
     pub qkv_lora: Option<Lora<B>>,
+    /// Kept packed for CPU inference ([`crate::packed`]): q | k | v as one matrix, then o (with
+    /// their biases); the `Linear`s then hold `[1, 1]` placeholder weights and no bias.
+    pub packed: Packed,
 }
 
 /// Per-forward inputs shared by every layer.
@@ -596,11 +659,27 @@ impl<B: Backend> Attention<B> {
             };
             step.rope.apply(t).swap_dims(1, 2)
         };
-        let (mut q, mut k, mut v) = (
-            adapted(&self.q_proj, &self.q_lora, x.clone(), p),
-            adapted(&self.k_proj, &self.k_lora, x.clone(), p),
-            adapted(&self.v_proj, &self.v_lora, x.clone(), p),
-        );
+        let (mut q, mut k, mut v) = match self.packed.get(0) {
+            // Packed: q | k | v are one matrix, one pass of the kernel.
+            Some(qkv) => {
+                let y = packed_forward(qkv, x.clone());
+                let (dq, dk) = (nh * hd, nkv * hd);
+                let delta = |l: &Option<Lora<B>>, t: Tensor<B, 3>| match l {
+                    Some(l) => t + l.delta(x.clone(), p),
+                    None => t,
+                };
+                (
+                    delta(&self.q_lora, y.clone().narrow(2, 0, dq)),
+                    delta(&self.k_lora, y.clone().narrow(2, dq, dk)),
+                    delta(&self.v_lora, y.narrow(2, dq + dk, dk)),
+                )
+            }
+            None => (
+                adapted(&self.q_proj, None, &self.q_lora, x.clone(), p),
+                adapted(&self.k_proj, None, &self.k_lora, x.clone(), p),
+                adapted(&self.v_proj, None, &self.v_lora, x.clone(), p),
+            ),
+        };
         if let Some(qkv) = &self.qkv_lora {
             let delta = qkv.delta(x, p);
             let (dq, dk) = (nh * hd, nkv * hd);
@@ -649,7 +728,7 @@ impl<B: Backend> Attention<B> {
             let options = AttentionModuleOptions { scale, softcap: None, is_causal: mask.is_none() };
             attention(q, k, v, mask, None, options)
         };
-        adapted(&self.o_proj, &self.o_lora, out.swap_dims(1, 2).reshape([b, s, nh * hd]), p)
+        adapted(&self.o_proj, self.packed.get(1), &self.o_lora, out.swap_dims(1, 2).reshape([b, s, nh * hd]), p)
     }
 }
 
@@ -743,14 +822,48 @@ pub struct Mlp<B: Backend> {
     pub gate_lora: Option<Lora<B>>,
     pub up_lora: Option<Lora<B>>,
     pub down_lora: Option<Lora<B>>,
+    /// Kept packed for CPU inference (see [`Attention::packed`]): gate | up as one matrix, then down.
+    pub packed: Packed,
 }
 
 impl<B: Backend> Mlp<B> {
     /// `x: [..., hidden]` → `[..., hidden]`.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>, precision: Precision) -> Tensor<B, D> {
-        let gate = adapted(&self.gate_proj, &self.gate_lora, x.clone(), precision);
-        let up = adapted(&self.up_proj, &self.up_lora, x, precision);
-        adapted(&self.down_proj, &self.down_lora, silu(gate) * up, precision)
+        let (Some(gate_up), Some(down)) = (self.packed.get(0), self.packed.get(1)) else {
+            let gate = adapted(&self.gate_proj, None, &self.gate_lora, x.clone(), precision);
+            let up = adapted(&self.up_proj, None, &self.up_lora, x, precision);
+            return adapted(&self.down_proj, None, &self.down_lora, silu(gate) * up, precision);
+        };
+        let ff = gate_up.rows / 2;
+        let dims = x.dims();
+        let rows = dims[..D - 1].iter().product::<usize>();
+        let plain = self.gate_lora.is_none() && self.up_lora.is_none() && self.down_lora.is_none();
+        if rows < PACKED_TILE_ROWS && plain {
+            // Decode: the whole block on the host, one transfer each way.
+            let device = x.device();
+            let (host, rows) = host_rows(x);
+            let gu = gate_up.matmul(&host, rows);
+            let mut h = vec![0.0f32; rows * ff];
+            for (h, gu) in h.chunks_exact_mut(ff).zip(gu.chunks_exact(2 * ff)) {
+                let (g, u) = gu.split_at(ff);
+                for ((h, &g), &u) in h.iter_mut().zip(g).zip(u) {
+                    *h = g / (1.0 + (-g).exp()) * u;
+                }
+            }
+            let mut out = dims;
+            out[D - 1] = down.rows;
+            let y = down.matmul(&h, rows);
+            return Tensor::<B, 2>::from_data(TensorData::new(y, [rows, down.rows]), &device).reshape(out);
+        }
+        let gu = packed_forward(gate_up, x.clone());
+        let delta = |l: &Option<Lora<B>>, t: Tensor<B, D>, x: &Tensor<B, D>| match l {
+            Some(l) => t + l.delta(x.clone(), precision),
+            None => t,
+        };
+        let gate = delta(&self.gate_lora, gu.clone().narrow(D - 1, 0, ff), &x);
+        let up = delta(&self.up_lora, gu.narrow(D - 1, ff, ff), &x);
+        let h = silu(gate) * up;
+        delta(&self.down_lora, packed_forward(down, h.clone()), &h)
     }
 }
 
@@ -826,6 +939,9 @@ pub struct Qwen<B: Backend> {
     pub layers: Vec<DecoderLayer<B>>,
     pub norm: RmsNorm<B>,
     pub lm_head: Linear<B>,
+    /// The head `[vocab, hidden]` kept packed for CPU inference (see [`Attention::packed`]); a
+    /// tied embedding then reads its rows from it.
+    pub packed_head: Packed,
 }
 
 impl<B: Backend> Qwen<B> {
@@ -833,6 +949,17 @@ impl<B: Backend> Qwen<B> {
     pub fn embed(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
         match &self.embed_tokens {
             Some(e) => e.forward(ids),
+            None if self.packed_head.get(0).is_some() => {
+                let w = self.packed_head.get(0).expect("checked just above");
+                let [b, s] = ids.dims();
+                let device = ids.device();
+                let ids = ids.into_data().convert::<i64>().into_vec::<i64>().expect("converted to i64 just above");
+                let mut h = vec![0.0f32; ids.len() * w.cols];
+                for (&id, row) in ids.iter().zip(h.chunks_exact_mut(w.cols)) {
+                    w.dequantize_row(id as usize, row);
+                }
+                Tensor::from_data(TensorData::new(h, [b, s, w.cols]), &device)
+            }
             None => {
                 let [b, s] = ids.dims();
                 let w = self.lm_head.weight.val();
@@ -894,6 +1021,32 @@ impl<B: Backend> QwenModel<B> {
         let model = crate::init::build(&config, &mut crate::init::RandomWeights::new(std, device))
             .expect("random weights have every shape the layout asks for");
         Self::new(config, model)
+    }
+
+    /// [`QwenModel::random`] with the projections and the head kept as `dtype`
+    /// ([`crate::packed`]); an error when the shapes do not fit it (Q8_0: widths of 32s).
+    pub fn random_as(
+        config: QwenConfig,
+        std: f64,
+        dtype: crate::packed::WeightDtype,
+        device: &B::Device,
+    ) -> Result<Self> {
+        let model = crate::init::build_as(&config, &mut crate::init::RandomWeights::new(std, device), dtype)?;
+        Ok(Self::new(config, model))
+    }
+
+    /// Bytes of the weights a decode step reads: packed matrices at their dtype's width, and
+    /// every burn parameter but an untied embedding (only its looked-up rows are read) at 4 bytes.
+    pub fn weight_bytes(&self) -> usize {
+        let m = &self.model;
+        let embed = m.embed_tokens.as_ref().map_or(0, |e| e.weight.val().shape().num_elements());
+        let params = self.num_params() - embed;
+        let packed: usize = m.packed_head.bytes()
+            + m.layers
+                .iter()
+                .map(|l| l.self_attn.packed.bytes() + l.mlp.dense().map_or(0, |d| d.packed.bytes()))
+                .sum::<usize>();
+        params * 4 + packed
     }
 
     pub fn device(&self) -> B::Device {
@@ -963,7 +1116,7 @@ impl<B: Backend> QwenModel<B> {
 
     /// The LM head on hidden states.
     pub fn head(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
-        project(&self.model.lm_head, hidden, self.precision)
+        project_packed(&self.model.lm_head, self.model.packed_head.get(0), hidden, self.precision)
     }
 
     /// Logits for `batch` appended to what `cache` holds; fills the cache (inference mode). The

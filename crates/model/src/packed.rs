@@ -1,0 +1,832 @@
+//! Weights kept in memory as bf16, f16 or Q8_0 for CPU inference, and the matmul that reads them.
+//!
+//! Decode is bound by memory bandwidth: every token reads every weight once. A [`PackedMatrix`]
+//! holds a projection's weight `[d_out, d_in]` (HF's layout, llama.cpp's row order) as 2 bytes a
+//! value (bf16, f16) or 34 bytes per 32 values (Q8_0: llama.cpp's `block_q8_0`, one f16 scale and
+//! 32 signed bytes, `w = q * d`), and [`PackedMatrix::matmul`] multiplies f32 activations by it
+//! without ever building an f32 copy of the weight: each row's values are widened to f32 in SIMD
+//! registers, multiplied into the activations and summed there. Activations, norms, RoPE,
+//! attention and residuals stay f32.
+//!
+//! Why our own kernel and not burn's: burn 0.21's Flex backend has bf16/f16 tensors, but its
+//! matmul of a `[1, d_in]` activation by a bf16 weight (the decode shape) was measured slower than
+//! its f32 matmul (docs/model.md, "Weights in bf16, f16 and Q8_0"), and burn has no Q8_0 with f32
+//! activations. The kernel is a matrix-vector product (and small-M matmul): output rows are split
+//! across threads (rayon, burn's own pool), each thread streams its weight rows once and
+//! multiplies each row into up to four activation rows at a time while it is in registers.
+//!
+//! x86_64 with AVX2, FMA and F16C (checked once at run time with `is_x86_feature_detected!`)
+//! takes the SIMD path; anything else runs the scalar reference, which computes the same sums
+//! in another order.
+
+use std::sync::OnceLock;
+
+use half::{bf16, f16};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{ModelError, Result};
+
+/// How a model keeps its projection weights in memory (chosen at load).
+///
+/// Named `WeightDtype` not to clash with burn's `DType`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WeightDtype {
+    /// burn tensors, the backend's float type (training and every backend; the default).
+    #[default]
+    F32,
+    /// 2 bytes a value, f32's exponent range (rounded to nearest even from f32).
+    Bf16,
+    /// 2 bytes a value, IEEE half precision.
+    F16,
+    /// llama.cpp's 8-bit blocks: 32 values, one f16 scale (`amax / 127`), 34 bytes.
+    Q8_0,
+    /// f32 values, but packed and multiplied by this module's kernel instead of burn's matmul
+    /// (the same bytes as `F32`, read faster at decode: docs/model.md). Inference only.
+    F32Packed,
+}
+
+impl WeightDtype {
+    /// Bytes per value in memory (Q8_0: 34 / 32).
+    pub fn bytes_per_value(self) -> f64 {
+        match self {
+            Self::F32 | Self::F32Packed => 4.0,
+            Self::Bf16 | Self::F16 => 2.0,
+            Self::Q8_0 => 34.0 / 32.0,
+        }
+    }
+
+    /// The name on the command line (`f32`, `bf16`, `f16`, `q8_0`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::F32 => "f32",
+            Self::Bf16 => "bf16",
+            Self::F16 => "f16",
+            Self::Q8_0 => "q8_0",
+            Self::F32Packed => "f32_packed",
+        }
+    }
+}
+
+impl std::fmt::Display for WeightDtype {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for WeightDtype {
+    type Err = ModelError;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "f32" => Ok(Self::F32),
+            "bf16" => Ok(Self::Bf16),
+            "f16" => Ok(Self::F16),
+            "q8_0" | "q8" => Ok(Self::Q8_0),
+            "f32_packed" | "f32-packed" => Ok(Self::F32Packed),
+            other => Err(ModelError::Unsupported(format!("weight dtype {other:?} (f32, bf16, f16, q8_0, f32_packed)"))),
+        }
+    }
+}
+
+/// Values per Q8_0 block.
+pub const Q8_0_BLOCK: usize = 32;
+
+/// One Q8_0 block, byte for byte llama.cpp's `block_q8_0`: `d` an f16's bits, then 32 values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(C)]
+pub struct BlockQ8_0 {
+    pub d: u16,
+    pub qs: [i8; Q8_0_BLOCK],
+}
+
+impl BlockQ8_0 {
+    /// Quantizes 32 values as llama.cpp's `quantize_row_q8_0_ref` (and gguf-py) do: scale
+    /// `d = amax / 127`, stored as f16; `q = round(x / d)` (half away from zero) with `1 / d`
+    /// in f32 from the unrounded `d`.
+    pub fn quantize(x: &[f32]) -> Self {
+        debug_assert_eq!(x.len(), Q8_0_BLOCK);
+        let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let d = amax / 127.0;
+        let id = if d == 0.0 { 0.0 } else { 1.0 / d };
+        let mut qs = [0i8; Q8_0_BLOCK];
+        for (q, v) in qs.iter_mut().zip(x) {
+            *q = (v * id).round() as i8;
+        }
+        Self { d: f16::from_f32(d).to_bits(), qs }
+    }
+
+    /// The block from llama.cpp's 34 bytes.
+    pub fn from_bytes(b: &[u8]) -> Self {
+        let mut qs = [0i8; Q8_0_BLOCK];
+        for (q, &v) in qs.iter_mut().zip(&b[2..2 + Q8_0_BLOCK]) {
+            *q = v as i8;
+        }
+        Self { d: u16::from_le_bytes([b[0], b[1]]), qs }
+    }
+
+    /// llama.cpp's 34 bytes.
+    pub fn to_bytes(&self) -> [u8; 34] {
+        let mut b = [0u8; 34];
+        b[..2].copy_from_slice(&self.d.to_le_bytes());
+        for (o, &q) in b[2..].iter_mut().zip(&self.qs) {
+            *o = q as u8;
+        }
+        b
+    }
+
+    fn scale(&self) -> f32 {
+        f16::from_bits(self.d).to_f32()
+    }
+}
+
+/// The values of a [`PackedMatrix`], row-major `[rows, cols]`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PackedData {
+    /// f32 values ([`WeightDtype::F32Packed`]).
+    F32(Vec<f32>),
+    /// bf16 bits.
+    Bf16(Vec<u16>),
+    /// f16 bits.
+    F16(Vec<u16>),
+    /// `cols / 32` blocks per row.
+    Q8_0(Vec<BlockQ8_0>),
+}
+
+/// A weight `[rows = d_out, cols = d_in]` in a compact dtype (row `o` is output `o`'s weights).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PackedMatrix {
+    pub rows: usize,
+    pub cols: usize,
+    pub data: PackedData,
+    /// Added to every product row (`[rows]`, f32), when the projection has a bias.
+    pub bias: Option<Vec<f32>>,
+}
+
+fn shape_error(what: &str, rows: usize, cols: usize, len: usize) -> ModelError {
+    ModelError::Unsupported(format!("{what}: {len} values for a [{rows}, {cols}] matrix"))
+}
+
+impl PackedMatrix {
+    /// Packs row-major f32 values `[rows, cols]` as `dtype` (`F32` keeps them as they are).
+    /// Q8_0 needs `cols` a multiple of 32 (as llama.cpp does).
+    pub fn from_f32(values: &[f32], rows: usize, cols: usize, dtype: WeightDtype) -> Result<Self> {
+        if values.len() != rows * cols {
+            return Err(shape_error("pack", rows, cols, values.len()));
+        }
+        Self::from_row_fn(rows, cols, dtype, |r, buf| buf.copy_from_slice(&values[r * cols..(r + 1) * cols]))
+    }
+
+    /// Packs the transpose of row-major `[d_in, d_out]` values (burn's `Linear` layout) as
+    /// `[d_out, d_in]` rows.
+    pub fn from_f32_transposed(values: &[f32], d_in: usize, d_out: usize, dtype: WeightDtype) -> Result<Self> {
+        if values.len() != d_in * d_out {
+            return Err(shape_error("pack", d_in, d_out, values.len()));
+        }
+        Self::from_row_fn(d_out, d_in, dtype, |r, buf| {
+            for (k, b) in buf.iter_mut().enumerate() {
+                *b = values[k * d_out + r];
+            }
+        })
+    }
+
+    /// Packs `[rows, cols]` whose row `r` `fill(r, buf)` writes as f32, rows in parallel.
+    pub fn from_row_fn(
+        rows: usize,
+        cols: usize,
+        dtype: WeightDtype,
+        fill: impl Fn(usize, &mut [f32]) + Sync,
+    ) -> Result<Self> {
+        if dtype == WeightDtype::Q8_0 && !cols.is_multiple_of(Q8_0_BLOCK) {
+            return Err(ModelError::Unsupported(format!(
+                "Q8_0 needs rows of a multiple of {Q8_0_BLOCK} values, not {cols}"
+            )));
+        }
+        // Each row as f32 into a per-thread buffer, then converted into its place.
+        fn rows_of<T: Send + Copy>(
+            rows: usize,
+            width: usize,
+            cols: usize,
+            zero: T,
+            fill: &(impl Fn(usize, &mut [f32]) + Sync),
+            convert: impl Fn(&[f32], &mut [T]) + Sync,
+        ) -> Vec<T> {
+            let mut out = vec![zero; rows * width];
+            if width > 0 {
+                out.par_chunks_mut(width).enumerate().for_each_init(
+                    || vec![0.0f32; cols],
+                    |buf, (r, o)| {
+                        fill(r, buf);
+                        convert(buf, o);
+                    },
+                );
+            }
+            out
+        }
+        let data = match dtype {
+            WeightDtype::F32 | WeightDtype::F32Packed => {
+                PackedData::F32(rows_of(rows, cols, cols, 0.0, &fill, |b, o| o.copy_from_slice(b)))
+            }
+            WeightDtype::Bf16 => PackedData::Bf16(rows_of(rows, cols, cols, 0, &fill, |b, o| {
+                o.iter_mut().zip(b).for_each(|(o, &v)| *o = bf16::from_f32(v).to_bits())
+            })),
+            WeightDtype::F16 => PackedData::F16(rows_of(rows, cols, cols, 0, &fill, |b, o| {
+                o.iter_mut().zip(b).for_each(|(o, &v)| *o = f16::from_f32(v).to_bits())
+            })),
+            WeightDtype::Q8_0 => {
+                let zero = BlockQ8_0 { d: 0, qs: [0; Q8_0_BLOCK] };
+                PackedData::Q8_0(rows_of(rows, cols / Q8_0_BLOCK, cols, zero, &fill, |b, o| {
+                    o.iter_mut().zip(b.chunks_exact(Q8_0_BLOCK)).for_each(|(o, v)| *o = BlockQ8_0::quantize(v))
+                }))
+            }
+        };
+        Ok(Self { rows, cols, data, bias: None })
+    }
+
+    /// The matrix from llama.cpp's bytes of a tensor of `dtype` (F16, BF16 or Q8_0 as stored in a
+    /// GGUF file, `[rows, cols]` row-major), kept as they are.
+    pub fn from_ggml_bytes(bytes: &[u8], rows: usize, cols: usize, dtype: WeightDtype) -> Result<Self> {
+        Self::from_ggml_bytes_with(bytes, rows, cols, dtype, |_, _| {})
+    }
+
+    /// [`Self::from_ggml_bytes`], calling `done(start, len)` after each ~16 MiB of `bytes` is
+    /// copied (a loader releases those pages of its map as it goes, so the tensor is never
+    /// resident twice).
+    pub fn from_ggml_bytes_with(
+        bytes: &[u8],
+        rows: usize,
+        cols: usize,
+        dtype: WeightDtype,
+        mut done: impl FnMut(usize, usize),
+    ) -> Result<Self> {
+        let n = rows * cols;
+        // (bytes per element, elements expected); Q8_0's element is a 34-byte block.
+        let (size, count) = match dtype {
+            WeightDtype::Bf16 | WeightDtype::F16 => (2, n),
+            WeightDtype::F32 | WeightDtype::F32Packed => (4, n),
+            WeightDtype::Q8_0 => {
+                if !cols.is_multiple_of(Q8_0_BLOCK) {
+                    return Err(shape_error("Q8_0 tensor", rows, cols, bytes.len() / 34 * Q8_0_BLOCK));
+                }
+                (34, n / Q8_0_BLOCK)
+            }
+        };
+        if bytes.len() != size * count {
+            return Err(shape_error(&format!("{dtype} tensor"), rows, cols, bytes.len() / size));
+        }
+        fn copy<T>(
+            bytes: &[u8],
+            size: usize,
+            count: usize,
+            done: &mut impl FnMut(usize, usize),
+            f: impl Fn(&[u8]) -> T,
+        ) -> Vec<T> {
+            let mut out = Vec::with_capacity(count);
+            let step = (16 << 20) / size * size;
+            for (i, chunk) in bytes.chunks(step).enumerate() {
+                out.extend(chunk.chunks_exact(size).map(&f));
+                done(i * step, chunk.len());
+            }
+            out
+        }
+        let u16_of = |c: &[u8]| u16::from_le_bytes([c[0], c[1]]);
+        let data = match dtype {
+            WeightDtype::Bf16 => PackedData::Bf16(copy(bytes, size, count, &mut done, u16_of)),
+            WeightDtype::F16 => PackedData::F16(copy(bytes, size, count, &mut done, u16_of)),
+            WeightDtype::Q8_0 => PackedData::Q8_0(copy(bytes, size, count, &mut done, BlockQ8_0::from_bytes)),
+            WeightDtype::F32 | WeightDtype::F32Packed => {
+                PackedData::F32(copy(bytes, size, count, &mut done, |c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])))
+            }
+        };
+        Ok(Self { rows, cols, data, bias: None })
+    }
+
+    /// The rows of `parts` one after the other (same dtype and width): q | k | v, or gate | up,
+    /// as one matrix, so one pass of the kernel computes all of them. Biases are joined too (a
+    /// part without one gets zeros, unless no part has one).
+    pub fn concat_rows(parts: Vec<PackedMatrix>) -> Result<Self> {
+        let first = parts.first().ok_or_else(|| ModelError::Unsupported("joining no matrices".into()))?;
+        let (cols, dtype) = (first.cols, first.dtype());
+        if parts.iter().any(|p| p.cols != cols || p.dtype() != dtype) {
+            return Err(ModelError::Unsupported("joining matrices of different widths or dtypes".into()));
+        }
+        let rows = parts.iter().map(|p| p.rows).sum();
+        let bias = parts
+            .iter()
+            .any(|p| p.bias.is_some())
+            .then(|| parts.iter().flat_map(|p| p.bias.clone().unwrap_or_else(|| vec![0.0; p.rows])).collect());
+        fn join<T: Clone>(parts: impl Iterator<Item = Vec<T>>) -> Vec<T> {
+            let mut out = Vec::new();
+            for p in parts {
+                out.extend(p);
+            }
+            out
+        }
+        let datas = parts.into_iter().map(|p| p.data);
+        let data = match dtype {
+            WeightDtype::F32 | WeightDtype::F32Packed => {
+                PackedData::F32(join(datas.map(|d| if let PackedData::F32(v) = d { v } else { vec![] })))
+            }
+            WeightDtype::Bf16 => {
+                PackedData::Bf16(join(datas.map(|d| if let PackedData::Bf16(v) = d { v } else { vec![] })))
+            }
+            WeightDtype::F16 => {
+                PackedData::F16(join(datas.map(|d| if let PackedData::F16(v) = d { v } else { vec![] })))
+            }
+            WeightDtype::Q8_0 => {
+                PackedData::Q8_0(join(datas.map(|d| if let PackedData::Q8_0(v) = d { v } else { vec![] })))
+            }
+        };
+        Ok(Self { rows, cols, data, bias })
+    }
+
+    /// The dtype the values are kept in.
+    pub fn dtype(&self) -> WeightDtype {
+        match self.data {
+            PackedData::F32(_) => WeightDtype::F32Packed,
+            PackedData::Bf16(_) => WeightDtype::Bf16,
+            PackedData::F16(_) => WeightDtype::F16,
+            PackedData::Q8_0(_) => WeightDtype::Q8_0,
+        }
+    }
+
+    /// Bytes the values take.
+    pub fn bytes(&self) -> usize {
+        match &self.data {
+            PackedData::F32(v) => 4 * v.len(),
+            PackedData::Bf16(v) | PackedData::F16(v) => 2 * v.len(),
+            PackedData::Q8_0(v) => 34 * v.len(),
+        }
+    }
+
+    /// Row `r` as f32 into `out` (`cols` values): an embedding lookup of a tied head, a tile of a
+    /// prefill. Written to vectorise (f16 through `half`'s F16C-detecting slice conversion).
+    pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
+        use half::slice::HalfFloatSliceExt;
+        let c = self.cols;
+        match &self.data {
+            PackedData::F32(v) => out.copy_from_slice(&v[r * c..(r + 1) * c]),
+            PackedData::Bf16(v) => {
+                for (o, &b) in out.iter_mut().zip(&v[r * c..(r + 1) * c]) {
+                    *o = f32::from_bits(u32::from(b) << 16);
+                }
+            }
+            PackedData::F16(v) => {
+                let row: &[f16] = bytemuck_u16_as_f16(&v[r * c..(r + 1) * c]);
+                row.convert_to_f32_slice(out);
+            }
+            PackedData::Q8_0(v) => {
+                let per_row = c / Q8_0_BLOCK;
+                for (block, o) in v[r * per_row..(r + 1) * per_row].iter().zip(out.chunks_exact_mut(Q8_0_BLOCK)) {
+                    let d = block.scale();
+                    for (o, &q) in o.iter_mut().zip(&block.qs) {
+                        *o = f32::from(q) * d;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Rows `first..first + n` as f32, `[n, cols]` row-major, rows in parallel: a prefill tile.
+    pub fn dequantize_rows(&self, first: usize, n: usize) -> Vec<f32> {
+        let mut out = vec![0.0f32; n * self.cols];
+        if self.cols > 0 {
+            out.par_chunks_mut(self.cols).enumerate().for_each(|(i, row)| self.dequantize_row(first + i, row));
+        }
+        out
+    }
+
+    /// Every value as f32, row-major (tests and saving; inference never calls it).
+    pub fn to_f32(&self) -> Vec<f32> {
+        let mut out = vec![0.0; self.rows * self.cols];
+        for (r, row) in out.chunks_exact_mut(self.cols.max(1)).enumerate().take(self.rows) {
+            self.dequantize_row(r, row);
+        }
+        out
+    }
+
+    /// `y = x · Wᵀ + bias`: `x` is `[m, cols]` row-major, the result `[m, rows]`.
+    pub fn matmul(&self, x: &[f32], m: usize) -> Vec<f32> {
+        self.matmul_with(x, m, simd_available())
+    }
+
+    /// [`Self::matmul`] on the scalar reference (`simd` false) or the SIMD kernel when available.
+    pub fn matmul_with(&self, x: &[f32], m: usize, simd: bool) -> Vec<f32> {
+        assert_eq!(x.len(), m * self.cols, "x must be [m, cols]");
+        let (rows, cols) = (self.rows, self.cols);
+        if rows == 0 || m == 0 {
+            return vec![0.0; m * rows];
+        }
+        // Output rows per task: enough work per task to amortise rayon's hand-off (~64 KiB of
+        // weights), small enough that both threads get several tasks on the narrow k/v matrices.
+        let chunk = (65_536 / (self.bytes() / rows).max(1)).clamp(4, 256);
+        // `yt` is `[rows, m]`: each task writes its own rows' outputs contiguously.
+        let mut yt = vec![0.0f32; rows * m];
+        let work = |(ci, out): (usize, &mut [f32])| {
+            let first = ci * chunk;
+            let n = out.len() / m;
+            // Activation rows in groups of 4 (then 2, 1): each weight row is read from memory once
+            // and multiplied into every activation row of the group while in registers / L1.
+            let mut i = 0;
+            while i < m {
+                let g = if m - i >= 4 {
+                    4
+                } else if m - i >= 2 {
+                    2
+                } else {
+                    1
+                };
+                for r in 0..n {
+                    let o = &mut out[r * m + i..r * m + i + g];
+                    let xs = &x[i * cols..(i + g) * cols];
+                    match g {
+                        4 => o.copy_from_slice(&self.row_dots::<4>(first + r, xs, simd)),
+                        2 => o.copy_from_slice(&self.row_dots::<2>(first + r, xs, simd)),
+                        _ => o.copy_from_slice(&self.row_dots::<1>(first + r, xs, simd)),
+                    }
+                }
+                i += g;
+            }
+        };
+        if rows * cols < 32_768 {
+            yt.chunks_mut(chunk * m).enumerate().for_each(work);
+        } else {
+            yt.par_chunks_mut(chunk * m).enumerate().for_each(work);
+        }
+        let bias = |r: usize| self.bias.as_ref().map_or(0.0, |b| b[r]);
+        if m == 1 {
+            if let Some(b) = &self.bias {
+                yt.iter_mut().zip(b).for_each(|(y, b)| *y += b);
+            }
+            return yt;
+        }
+        let mut y = vec![0.0f32; m * rows];
+        for (r, row) in yt.chunks_exact(m).enumerate() {
+            let b = bias(r);
+            for (i, &v) in row.iter().enumerate() {
+                y[i * rows + r] = v + b;
+            }
+        }
+        y
+    }
+
+    /// The dot products of weight row `r` with the `R` activation rows of `xs` (`[R, cols]`).
+    fn row_dots<const R: usize>(&self, r: usize, xs: &[f32], simd: bool) -> [f32; R] {
+        let c = self.cols;
+        let x: [&[f32]; R] = std::array::from_fn(|i| &xs[i * c..(i + 1) * c]);
+        #[cfg(target_arch = "x86_64")]
+        if simd {
+            // SAFETY: `simd` is only true when `simd_available()` found AVX2, FMA and F16C on
+            // this CPU; every slice passed has `cols` values (the kernels read no further).
+            unsafe {
+                return match &self.data {
+                    PackedData::F32(v) => x86::dot_f32::<R>(&v[r * c..(r + 1) * c], x),
+                    PackedData::Bf16(v) => x86::dot_bf16::<R>(&v[r * c..(r + 1) * c], x),
+                    PackedData::F16(v) => x86::dot_f16::<R>(&v[r * c..(r + 1) * c], x),
+                    PackedData::Q8_0(v) => {
+                        let per_row = c / Q8_0_BLOCK;
+                        x86::dot_q8_0::<R>(&v[r * per_row..(r + 1) * per_row], x)
+                    }
+                };
+            }
+        }
+        let _ = simd;
+        scalar_dots(self, r, x)
+    }
+}
+
+/// f16 bits as `half::f16` values (the same 2 bytes: `f16` is `repr(transparent)` over `u16`).
+fn bytemuck_u16_as_f16(v: &[u16]) -> &[f16] {
+    // SAFETY: `half::f16` is `#[repr(transparent)]` over `u16`: same size, alignment and validity.
+    unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<f16>(), v.len()) }
+}
+
+/// A module's packed projection weights (`None`: its burn `Linear`s hold the weights), shared
+/// between clones of the module. Printed as dtype and shapes only.
+#[derive(Clone, Default)]
+pub struct Packed(pub Option<std::sync::Arc<[PackedMatrix]>>);
+
+impl Packed {
+    /// Packed weights in the module's order (attention: q, k, v, o; MLP: gate, up, down; head).
+    pub fn new(weights: Vec<PackedMatrix>) -> Self {
+        Self(Some(weights.into()))
+    }
+
+    /// The `i`-th packed weight, if the module's weights are packed.
+    pub fn get(&self, i: usize) -> Option<&PackedMatrix> {
+        self.0.as_ref().and_then(|w| w.get(i))
+    }
+
+    /// Bytes the packed weights take.
+    pub fn bytes(&self) -> usize {
+        self.0.as_ref().map_or(0, |w| w.iter().map(PackedMatrix::bytes).sum())
+    }
+}
+
+impl std::fmt::Debug for Packed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            None => f.write_str("None"),
+            Some(w) => {
+                f.debug_list().entries(w.iter().map(|m| format!("{}[{}, {}]", m.dtype(), m.rows, m.cols))).finish()
+            }
+        }
+    }
+}
+
+/// The reference: each product in f32, summed in order, per activation row.
+fn scalar_dots<const R: usize>(w: &PackedMatrix, r: usize, x: [&[f32]; R]) -> [f32; R] {
+    let c = w.cols;
+    let mut out = [0.0f32; R];
+    let dot = |get: &dyn Fn(usize) -> f32| {
+        let mut out = [0.0f32; R];
+        for k in 0..c {
+            let wk = get(k);
+            for (o, xi) in out.iter_mut().zip(&x) {
+                *o += wk * xi[k];
+            }
+        }
+        out
+    };
+    match &w.data {
+        PackedData::F32(v) => out = dot(&|k| v[r * c + k]),
+        PackedData::Bf16(v) => out = dot(&|k| bf16::from_bits(v[r * c + k]).to_f32()),
+        PackedData::F16(v) => out = dot(&|k| f16::from_bits(v[r * c + k]).to_f32()),
+        PackedData::Q8_0(v) => {
+            let per_row = c / Q8_0_BLOCK;
+            for (b, block) in v[r * per_row..(r + 1) * per_row].iter().enumerate() {
+                let d = block.scale();
+                for (o, xi) in out.iter_mut().zip(&x) {
+                    let xb = &xi[b * Q8_0_BLOCK..(b + 1) * Q8_0_BLOCK];
+                    let s: f32 = block.qs.iter().zip(xb).map(|(&q, &xv)| f32::from(q) * xv).sum();
+                    *o += s * d;
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Whether the SIMD kernels run on this CPU (x86_64 with AVX2, FMA and F16C), checked once.
+pub fn simd_available() -> bool {
+    static AVAILABLE: OnceLock<bool> = OnceLock::new();
+    *AVAILABLE.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    })
+}
+
+/// AVX2 + FMA + F16C kernels: 8 f32 lanes. Each widens 8 weights to f32 in a register (bf16: a
+/// 16-bit shift; f16: `vcvtph2ps`; Q8_0: sign-extend bytes and convert, the block's scale
+/// applied once per 32 values) and multiply-adds them into each activation row's accumulators.
+/// With one activation row (decode) four accumulators per row keep four FMAs in flight (FMA
+/// latency 4, so one chain could not keep up with memory); with four rows, one each.
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::{BlockQ8_0, Q8_0_BLOCK};
+
+    /// Accumulators per activation row: 4 chains in flight over all rows.
+    const fn chains(r: usize) -> usize {
+        if r >= 4 {
+            1
+        } else {
+            4 / r
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn hsum(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+        _mm_cvtss_f32(s)
+    }
+
+    /// The shared loop of the 2-byte and f32 types: `load(i)` widens values `i..i + 8`,
+    /// `scalar(i)` value `i` (the tail past the last multiple of 8).
+    #[inline(always)]
+    unsafe fn dot_lanes<const R: usize>(
+        n: usize,
+        x: [&[f32]; R],
+        load: impl Fn(usize) -> __m256,
+        scalar: impl Fn(usize) -> f32,
+    ) -> [f32; R] {
+        let a = chains(R);
+        let mut acc = [[_mm256_setzero_ps(); 4]; R];
+        let full = n / 32 * 32;
+        let mut i = 0;
+        while i < full {
+            for v in 0..4 {
+                let w = load(i + 8 * v);
+                for r in 0..R {
+                    let xv = _mm256_loadu_ps(x[r].as_ptr().add(i + 8 * v));
+                    acc[r][v % a] = _mm256_fmadd_ps(w, xv, acc[r][v % a]);
+                }
+            }
+            i += 32;
+        }
+        while i + 8 <= n {
+            let w = load(i);
+            for r in 0..R {
+                let xv = _mm256_loadu_ps(x[r].as_ptr().add(i));
+                acc[r][0] = _mm256_fmadd_ps(w, xv, acc[r][0]);
+            }
+            i += 8;
+        }
+        let mut out = [0.0f32; R];
+        for r in 0..R {
+            let mut s = acc[r][0];
+            for c in acc[r].iter().take(a).skip(1) {
+                s = _mm256_add_ps(s, *c);
+            }
+            out[r] = hsum(s);
+        }
+        for k in i..n {
+            let wk = scalar(k);
+            for (o, xr) in out.iter_mut().zip(&x) {
+                *o += wk * xr[k];
+            }
+        }
+        out
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot_f32<const R: usize>(w: &[f32], x: [&[f32]; R]) -> [f32; R] {
+        let p = w.as_ptr();
+        dot_lanes::<R>(w.len(), x, |i| _mm256_loadu_ps(p.add(i)), |k| w[k])
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot_bf16<const R: usize>(w: &[u16], x: [&[f32]; R]) -> [f32; R] {
+        let p = w.as_ptr();
+        // bf16 is the top half of an f32: zero-extend to 32 bits, shift into place.
+        let load = |i: usize| {
+            let h = _mm_loadu_si128(p.add(i) as *const __m128i);
+            _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(h)))
+        };
+        dot_lanes::<R>(w.len(), x, load, |k| f32::from_bits(u32::from(w[k]) << 16))
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_f16<const R: usize>(w: &[u16], x: [&[f32]; R]) -> [f32; R] {
+        let p = w.as_ptr();
+        let load = |i: usize| _mm256_cvtph_ps(_mm_loadu_si128(p.add(i) as *const __m128i));
+        dot_lanes::<R>(w.len(), x, load, |k| half::f16::from_bits(w[k]).to_f32())
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_q8_0<const R: usize>(blocks: &[BlockQ8_0], x: [&[f32]; R]) -> [f32; R] {
+        let a = chains(R).min(2);
+        let mut acc = [[_mm256_setzero_ps(); 2]; R];
+        for (b, block) in blocks.iter().enumerate() {
+            let d = _mm256_set1_ps(_mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(block.d)))));
+            let q = block.qs.as_ptr();
+            // The block's 32 products per row in two partial sums, then scaled once.
+            let mut part = [[_mm256_setzero_ps(); 2]; R];
+            for v in 0..4 {
+                let w = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(q.add(8 * v) as *const __m128i)));
+                for r in 0..R {
+                    let xv = _mm256_loadu_ps(x[r].as_ptr().add(b * Q8_0_BLOCK + 8 * v));
+                    part[r][v % 2] = _mm256_fmadd_ps(w, xv, part[r][v % 2]);
+                }
+            }
+            for r in 0..R {
+                let s = _mm256_add_ps(part[r][0], part[r][1]);
+                acc[r][b % a] = _mm256_fmadd_ps(s, d, acc[r][b % a]);
+            }
+        }
+        let mut out = [0.0f32; R];
+        for r in 0..R {
+            out[r] = hsum(if a > 1 { _mm256_add_ps(acc[r][0], acc[r][1]) } else { acc[r][0] });
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        // A small LCG: deterministic, varied signs and magnitudes.
+        let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
+        (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                ((s >> 8) as f32 / (1u32 << 24) as f32 - 0.5) * 2.0
+            })
+            .collect()
+    }
+
+    /// The f64 sum of the dequantized weights times the activations: what both paths approximate.
+    fn exact(w: &PackedMatrix, x: &[f32], m: usize) -> Vec<f64> {
+        let wf = w.to_f32();
+        let mut y = vec![0.0; m * w.rows];
+        for i in 0..m {
+            for o in 0..w.rows {
+                y[i * w.rows + o] =
+                    (0..w.cols).map(|k| f64::from(wf[o * w.cols + k]) * f64::from(x[i * w.cols + k])).sum();
+            }
+        }
+        y
+    }
+
+    /// SIMD and scalar paths against the f64 sum of the same dequantized weights, for every dtype,
+    /// odd row counts, column counts with tails past the last 8 / 32, and 1 to 7 activation rows
+    /// (the groups of 4, 2 and 1). Large enough shapes go through the threaded path.
+    #[test]
+    fn kernels_match_the_reference_on_odd_shapes() {
+        for &(rows, cols) in &[(1, 32), (3, 64), (17, 96), (5, 8), (7, 13), (9, 41), (300, 160), (33, 1056)] {
+            for dtype in [WeightDtype::F32, WeightDtype::Bf16, WeightDtype::F16, WeightDtype::Q8_0] {
+                if dtype == WeightDtype::Q8_0 && cols % 32 != 0 {
+                    assert!(PackedMatrix::from_f32(&values(rows * cols, 1), rows, cols, dtype).is_err());
+                    continue;
+                }
+                let w = PackedMatrix::from_f32(&values(rows * cols, 1), rows, cols, dtype).unwrap();
+                for m in 1..=7 {
+                    let x = values(m * cols, 2 + m as u32);
+                    let want = exact(&w, &x, m);
+                    for simd in [false, true] {
+                        let got = w.matmul_with(&x, m, simd);
+                        assert_eq!(got.len(), want.len());
+                        for (g, e) in got.iter().zip(&want) {
+                            // f32 sums of `cols` products of magnitude <= 1.
+                            let tol = 1e-6 * cols as f64 + 1e-6 * e.abs();
+                            assert!(
+                                (f64::from(*g) - e).abs() <= tol,
+                                "{dtype} {rows}x{cols} m={m} simd={simd}: {g} vs {e}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The quantizer keeps every value within half a step of its block's scale, and an all-zero
+    /// block gets scale 0.
+    #[test]
+    fn q8_0_error_is_half_a_step() {
+        let mut v = values(256, 9);
+        v[..32].fill(0.0);
+        let w = PackedMatrix::from_f32(&v, 2, 128, WeightDtype::Q8_0).unwrap();
+        let PackedData::Q8_0(blocks) = &w.data else { unreachable!() };
+        assert_eq!(blocks[0].d, 0);
+        let back = w.to_f32();
+        for (b, block) in blocks.iter().enumerate() {
+            let step = block.scale();
+            for k in 0..32 {
+                let (orig, got) = (v[b * 32 + k], back[b * 32 + k]);
+                // d is rounded to f16 after the values were divided by the unrounded d.
+                assert!((orig - got).abs() <= 0.5 * step + 127.0 * step * 1e-3, "{orig} vs {got}");
+            }
+        }
+        assert_eq!(BlockQ8_0::from_bytes(&blocks[3].to_bytes()), blocks[3]);
+    }
+
+    /// Joined matrices compute the parts' products side by side, biases included (a part without
+    /// one adds zeros), on both the one-row and the grouped path.
+    #[test]
+    fn joined_rows_and_biases() {
+        for dtype in [WeightDtype::Bf16, WeightDtype::Q8_0] {
+            let mut a = PackedMatrix::from_f32(&values(5 * 64, 3), 5, 64, dtype).unwrap();
+            let b = PackedMatrix::from_f32(&values(3 * 64, 4), 3, 64, dtype).unwrap();
+            a.bias = Some((0..5).map(|i| i as f32).collect());
+            let joined = PackedMatrix::concat_rows(vec![a.clone(), b.clone()]).unwrap();
+            assert_eq!((joined.rows, joined.cols), (8, 64));
+            for m in [1, 3] {
+                let x = values(m * 64, 7);
+                let (ya, yb, yj) = (a.matmul(&x, m), b.matmul(&x, m), joined.matmul(&x, m));
+                let plain = PackedMatrix { bias: None, ..a.clone() }.matmul(&x, m);
+                for i in 0..m {
+                    assert_eq!(yj[i * 8..i * 8 + 5], ya[i * 5..i * 5 + 5]);
+                    assert_eq!(yj[i * 8 + 5..i * 8 + 8], yb[i * 3..i * 3 + 3]);
+                    for o in 0..5 {
+                        assert_eq!(ya[i * 5 + o], plain[i * 5 + o] + o as f32);
+                    }
+                }
+            }
+        }
+        let f16 = PackedMatrix::from_f32(&[0.0; 64], 1, 64, WeightDtype::F16).unwrap();
+        let q8 = PackedMatrix::from_f32(&[0.0; 64], 1, 64, WeightDtype::Q8_0).unwrap();
+        assert!(PackedMatrix::concat_rows(vec![f16, q8]).is_err());
+    }
+
+    #[test]
+    fn dtype_names_round_trip() {
+        for d in [WeightDtype::F32, WeightDtype::Bf16, WeightDtype::F16, WeightDtype::Q8_0, WeightDtype::F32Packed] {
+            assert_eq!(d.name().parse::<WeightDtype>().unwrap(), d);
+        }
+        assert!("int4".parse::<WeightDtype>().is_err());
+    }
+}
