@@ -393,3 +393,116 @@ fn dpo_and_reward_steps_match_the_cpu_backend() {
     }
     std::fs::remove_dir_all(&rm_dir).unwrap();
 }
+
+/// The tiny random policy of the alignment crate's RL tests (vocabulary 64), made on the CPU from
+/// a seed and loaded onto `device`, so every backend starts from the same weights.
+fn tiny_policy<B: Backend>(device: &B::Device, seed: u64, tag: &str) -> QwenModel<B> {
+    let config = qwen_model::QwenConfig::from_json(serde_json::json!({
+        "model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"], "vocab_size": 64, "hidden_size": 32,
+        "intermediate_size": 48, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+        "max_position_embeddings": 64, "rms_norm_eps": 1e-6, "rope_theta": 10000.0, "hidden_act": "silu",
+        "tie_word_embeddings": false, "torch_dtype": "float32"
+    }))
+    .unwrap();
+    <C as Backend>::seed(&Default::default(), seed);
+    let dir = std::env::temp_dir().join(format!("qwen-gpu-test-{}-{tag}", std::process::id()));
+    QwenModel::<C>::random(config, 0.1, &Default::default()).save(&dir, SaveDtype::F32).unwrap();
+    let model = qwen_model::load::<B>(&dir, device).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    model
+}
+
+/// Prompts of three tokens (the alignment crate's test prompts).
+fn rl_prompts() -> Vec<Vec<u32>> {
+    (0..4u32).map(|i| vec![1 + i % 7, 30 + (i * 3) % 11, 2]).collect()
+}
+
+/// `π(token | prompt)` for every prompt's last position, `[prompts * 64]`.
+fn next_token_probs<B: Backend>(policy: &QwenModel<B>, prompts: &[Vec<u32>]) -> Vec<f32> {
+    let last = policy.forward(prompts).unwrap().narrow(1, prompts[0].len() - 1, 1);
+    host(burn::tensor::activation::softmax(last, 2))
+}
+
+/// What the `ppo` and `grpo` commands do, on the GPU backend: rollouts sampled there (KV-cached
+/// generation), rewards, and updates. GRPO with the exact-match verifier raises the policy's exact
+/// expected reward `π(10 | prompt)`; PPO with a reward model trained there raises the policy's
+/// exact expected score (the CPU versions are in crates/align/tests/align.rs).
+#[test]
+fn grpo_and_ppo_raise_their_rewards_on_the_gpu_backend() {
+    use qwen_align::{
+        verifier, Decode, GrpoBatch, GrpoConfig, GrpoReward, GrpoTrainer, PpoConfig, PpoOptim, PpoTrainer,
+    };
+    let prompts = rl_prompts();
+    let p10 = |policy: &QwenModel<G>| -> f32 {
+        let probs = next_token_probs(policy, &prompts);
+        (0..prompts.len()).map(|i| probs[i * 64 + 10]).sum::<f32>() / prompts.len() as f32
+    };
+
+    let decode: Decode = Box::new(|ids: &[u32]| Ok(ids.iter().map(u32::to_string).collect::<Vec<_>>().join(" ")));
+    let reward = GrpoReward::Verifier { verifier: verifier("exact_match").unwrap(), decode };
+    let grpo = GrpoConfig { group_size: 8, max_new_tokens: 1, ..GrpoConfig::default() };
+    let policy = tiny_policy::<Autodiff<G>>(&gpu(), 3, "grpo");
+    let mut trainer =
+        GrpoTrainer::new(policy, reward, grpo, OptimConfig::default(), constant(1e-2, 0), vec![], 0).unwrap();
+    let batch = GrpoBatch { prompts: prompts.clone(), answers: vec![Some("10".into()); 4] };
+    let before = p10(&trainer.valid_policy());
+    for _ in 0..20 {
+        let s = trainer.step(&batch).unwrap();
+        assert!(s.loss.is_finite() && (0.0..=1.0).contains(&s.reward), "{s:?}");
+    }
+    let after = p10(&trainer.valid_policy());
+    println!("grpo on the GPU backend: expected verifier reward {before:.4} -> {after:.4} in 20 steps");
+    assert!(after > before + 0.2, "GRPO on the GPU backend: expected verifier reward {before} -> {after}");
+
+    // A reward model that prefers token 10 over 20 after each prompt, trained on the GPU backend.
+    let one_token: Vec<Pair> =
+        prompts.iter().map(|p| Pair { prompt: p.clone(), chosen: vec![10], rejected: vec![20] }).collect();
+    let pairs = PairBatch::new(&one_token, 0, 8).unwrap();
+    let mut rm = RewardTrainer::new(
+        ScoreModel::from_lm(tiny_policy::<Autodiff<G>>(&gpu(), 4, "rm")),
+        OptimConfig::default(),
+        constant(3e-3, 0),
+    )
+    .unwrap();
+    for _ in 0..30 {
+        rm.train_step(&pairs).unwrap();
+    }
+    let value = ScoreModel::from_lm(tiny_policy::<Autodiff<G>>(&gpu(), 5, "value"));
+    let config = PpoConfig {
+        max_new_tokens: 1,
+        value_warmup_steps: 2,
+        responses_per_query: 4,
+        epochs: 2,
+        ..PpoConfig::default()
+    };
+    let optim = PpoOptim { optim: OptimConfig::default(), policy: constant(1e-2, 0), value: constant(1e-2, 0) };
+    let policy = tiny_policy::<Autodiff<G>>(&gpu(), 6, "ppo");
+    let mut ppo = PpoTrainer::new(policy, value, rm.model.valid(), config, optim, vec![], 0).unwrap();
+    // The policy's exact expected score Σ_t π(t | prompt) · r(prompt + t), and the best any token gets.
+    let reward = rm.model.valid();
+    let expected = |policy: &QwenModel<G>| -> (f32, f32) {
+        let probs = next_token_probs(policy, &prompts);
+        let (mut mean, mut best) = (0.0, 0.0);
+        for (i, p) in prompts.iter().enumerate() {
+            let rows: Vec<Vec<u32>> = (0..64).map(|t| [p.clone(), vec![t]].concat()).collect();
+            let r = host(reward.rewards(&rows, &vec![p.len(); 64]).unwrap());
+            mean += (0..64).map(|t| probs[i * 64 + t] * r[t]).sum::<f32>() / prompts.len() as f32;
+            best += r.iter().cloned().fold(f32::MIN, f32::max) / prompts.len() as f32;
+        }
+        (mean, best)
+    };
+    for _ in 0..3 {
+        ppo.step(&prompts, None).unwrap();
+    }
+    let (before, best) = expected(&ppo.valid_policy());
+    for _ in 0..12 {
+        let s = ppo.step(&prompts, None).unwrap();
+        assert!(s.updates.value_loss.is_finite() && s.updates.policy_loss.is_finite(), "{s:?}");
+    }
+    let (after, _) = expected(&ppo.valid_policy());
+    println!("ppo on the GPU backend: expected score {before:.4} -> {after:.4} in 12 steps (best {best:.4})");
+    assert!(
+        after - before > 0.05 * (best - before),
+        "PPO on the GPU backend: expected score {before} -> {after}, best {best}"
+    );
+}
