@@ -9,7 +9,7 @@
 #      steps and the alignment losses vs the CPU backend
 #   3. prefill/decode speed of the Qwen2.5-0.5B shape (examples/model_speed.rs), f32 and bf16
 #   4. training tokens/s and MFU of a 0.5B-shaped model in bf16 (examples/train_speed.rs)
-#   5. a short `pretrain` (small preset) and `align` (the capitalisation task, default stages)
+#   5. a short `pretrain` (small preset) and `align` from it (the word-count task, default stages)
 #
 # and writes one markdown table (card, driver, each result) between the gpu-check markers of
 # docs/gpu.md; the logs go to target/gpu-check/. It stops at once, with a message, when there is
@@ -115,7 +115,7 @@ if [ "$QUICK" = 1 ]; then
   SPEED_ARGS=(--layers 1 --prefill 8 --decode 2 --reps 1)
   TRAIN_ARGS=(--hidden 64 --layers 1 --heads 2 --kv-heads 1 --intermediate 128 --vocab 512 --seq 16 --batch 1 --steps 1 --tied)
   PRETRAIN_ARGS=(--config tiny --steps 4 --seq-len 32 --batch 2 --vocab-size 300 --eval-every 2 --save-every 4 --min-ppl-drop 0)
-  ALIGN_ARGS=(--sft-steps 2 --pmp-steps 1 --rm-steps 1 --ppo-steps 0 --dpo-steps 0 --batch 2)
+  ALIGN_ARGS=(--sft-steps 2 --pmp-steps 1 --rm-steps 1 --ppo-steps 0 --dpo-steps 0 --grpo-steps 0 --batch 2 --mistake-prompts 8 --no-checks)
   T_TEST=1800 T_STEP=900 BUDGET="${GPU_CHECK_BUDGET:-3600}"
 else
   SPEED_ARGS=(--layers 24 --prefill 128 --decode 32 --reps 2)
@@ -204,8 +204,8 @@ if run pretrain "$T_STEP" "$DIR/pretrain" "${PRETRAIN_ARGS[@]}" --out "$LOGS/pre
 else
   row "pretrain" "**FAIL** $MSG"; FAILED=1
 fi
-if run align "$T_STEP" "$DIR/align" "${ALIGN_ARGS[@]}" --out "$LOGS/align"; then
-  row "align (SFT, reward model, PPO, DPO${ALIGN_ARGS[*]:+: ${ALIGN_ARGS[*]}})" "${SECS} s; all stage checks passed"
+if run align "$T_STEP" "$DIR/align" "${ALIGN_ARGS[@]}" --pretrained "$LOGS/pretrain" --out "$LOGS/align"; then
+  row "align (SFT, reward model, PPO, DPO, GRPO${ALIGN_ARGS[*]:+: ${ALIGN_ARGS[*]}})" "${SECS} s; $(grep -o 'done in .*' "$LOGS/align.log" | tail -n1)"
 else
   row "align" "**FAIL** $MSG"; FAILED=1
 fi
