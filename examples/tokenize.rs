@@ -18,9 +18,11 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use qwen_data::ChatRecord;
-use qwen_tokenizer::{ChatMl, Normalization, Tokenizer, DEFAULT_SYSTEM};
-use qwen_train::IGNORE_INDEX;
+// Through the `qwen` package, so its global allocator (mimalloc) is linked in.
+use qwen::data::ChatRecord;
+use qwen::tokenizer::{ChatMl, Normalization, Tokenizer, DEFAULT_SYSTEM};
+use qwen::train::IGNORE_INDEX;
+use rayon::prelude::*;
 
 /// Reads JSON Lines from stdin, each `{"text": "..."}`, and writes one line per input, in order,
 /// `{"ids": [...]}` (ordinary encoding: special-token strings are encoded as plain text). With
@@ -63,9 +65,9 @@ fn chat(tok: &Tokenizer, system: &str) -> anyhow::Result<()> {
         let value: serde_json::Value = serde_json::from_str(&line).with_context(at)?;
         let record = ChatRecord::from_json(&value).map_err(anyhow::Error::msg).with_context(at)?;
         let rendered =
-            qwen_align::sft::render(&chat, Some(record.system.as_deref().unwrap_or(system)), &record.messages)
+            qwen::align::sft::render(&chat, Some(record.system.as_deref().unwrap_or(system)), &record.messages)
                 .with_context(at)?;
-        let labels = qwen_align::sft_labels(&rendered)
+        let labels = qwen::align::sft_labels(&rendered)
             .into_iter()
             .map(|l| if l == IGNORE_INDEX { -100 } else { i64::from(l) })
             .collect();
@@ -77,50 +79,105 @@ fn chat(tok: &Tokenizer, system: &str) -> anyhow::Result<()> {
 }
 
 #[derive(serde::Deserialize)]
-struct Input {
-    text: String,
+struct Input<'a> {
+    #[serde(borrow)]
+    text: std::borrow::Cow<'a, str>,
 }
 
-#[derive(serde::Serialize)]
-struct Output<'a> {
-    ids: &'a [u32],
+/// Lines read from stdin, as one buffer and where each line ends (after its `\n`).
+#[derive(Default)]
+struct Lines {
+    buf: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+impl Lines {
+    /// Reads up to `max` more lines (fewer only at the end of the input).
+    fn read(input: &mut impl BufRead, max: usize) -> std::io::Result<Self> {
+        let mut lines = Lines { buf: Vec::with_capacity(max * 256), ends: Vec::with_capacity(max) };
+        while lines.ends.len() < max && input.read_until(b'\n', &mut lines.buf)? > 0 {
+            lines.ends.push(lines.buf.len());
+        }
+        Ok(lines)
+    }
+
+    fn line(&self, i: usize) -> &[u8] {
+        let line = &self.buf[if i == 0 { 0 } else { self.ends[i - 1] }..self.ends[i]];
+        let line = line.strip_suffix(b"\n").unwrap_or(line);
+        line.strip_suffix(b"\r").unwrap_or(line)
+    }
+}
+
+/// One input line → its output line appended to `out`. `n` is the line's number, for errors.
+fn encode_line(tok: &Tokenizer, line: &[u8], n: usize, out: &mut Vec<u8>) -> anyhow::Result<()> {
+    if line.trim_ascii().is_empty() {
+        bail!("line {n}: empty line (expected {{\"text\": ...}})");
+    }
+    let input: Input = serde_json::from_slice(line).with_context(|| format!("line {n}: expected {{\"text\": ...}}"))?;
+    let ids = tok.encode_ordinary(&input.text).with_context(|| format!("line {n}"))?;
+    out.extend_from_slice(b"{\"ids\":[");
+    let mut digits = itoa::Buffer::new();
+    for (k, id) in ids.iter().enumerate() {
+        if k > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(digits.format(*id).as_bytes());
+    }
+    out.extend_from_slice(b"]}\n");
+    Ok(())
+}
+
+/// Plain encoding, as a pipeline: while the cores parse, encode and format one batch of lines
+/// (each line wholly on one core: JSON in, ids, JSON out), this thread writes the previous
+/// batch's output and reads the next batch; the vocabulary loads while the first batch is read.
+fn encode_stdin(load: impl FnOnce() -> anyhow::Result<Tokenizer> + Send, batch: usize) -> anyhow::Result<()> {
+    let batch = batch.max(1);
+    // Unlocked handles: the reads and writes run on a rayon thread (a lock guard is not `Send`).
+    let mut input = std::io::BufReader::with_capacity(1 << 20, std::io::stdin());
+    let mut out = std::io::stdout();
+    let (tok, lines) = rayon::join(load, || Lines::read(&mut input, batch));
+    let (tok, mut lines) = (tok?, lines.context("reading stdin")?);
+    let mut first_line = 1;
+    let mut pending: Vec<Vec<u8>> = Vec::new();
+    while !lines.ends.is_empty() {
+        let (encoded, (written, next)) = rayon::join(
+            || -> anyhow::Result<Vec<Vec<u8>>> {
+                // Chunks of lines, not single lines: fewer buffers to write, still balanced.
+                (0..lines.ends.len())
+                    .into_par_iter()
+                    .chunks(64)
+                    .map(|idx| {
+                        let mut buf = Vec::new();
+                        for i in idx {
+                            encode_line(&tok, lines.line(i), first_line + i, &mut buf)?;
+                        }
+                        Ok(buf)
+                    })
+                    .collect()
+            },
+            || (pending.iter().try_for_each(|chunk| out.write_all(chunk)), Lines::read(&mut input, batch)),
+        );
+        written.context("writing stdout")?;
+        first_line += lines.ends.len();
+        pending = encoded?;
+        lines = next.context("reading stdin")?;
+    }
+    pending.iter().try_for_each(|chunk| out.write_all(chunk)).context("writing stdout")?;
+    out.flush().context("writing stdout")?;
+    Ok(())
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let mut tok = Tokenizer::from_file(&args.vocab).with_context(|| format!("loading {}", args.vocab.display()))?;
-    if args.nfc || args.chat {
-        tok = tok.with_normalization(Normalization::Nfc);
-    }
+    let load = || -> anyhow::Result<Tokenizer> {
+        let mut tok = Tokenizer::from_file(&args.vocab).with_context(|| format!("loading {}", args.vocab.display()))?;
+        if args.nfc || args.chat {
+            tok = tok.with_normalization(Normalization::Nfc);
+        }
+        Ok(tok)
+    };
     if args.chat {
-        return chat(&tok, &args.system);
+        return chat(&load()?, &args.system);
     }
-    let stdin = std::io::stdin().lock();
-    let mut out = BufWriter::new(std::io::stdout().lock());
-    let mut lines = stdin.lines().enumerate();
-    let mut batch: Vec<String> = Vec::with_capacity(args.batch);
-    loop {
-        batch.clear();
-        for (n, line) in lines.by_ref() {
-            let line = line.context("reading stdin")?;
-            if line.trim().is_empty() {
-                bail!("line {}: empty line (expected {{\"text\": ...}})", n + 1);
-            }
-            let input: Input =
-                serde_json::from_str(&line).with_context(|| format!("line {}: expected {{\"text\": ...}}", n + 1))?;
-            batch.push(input.text);
-            if batch.len() == args.batch.max(1) {
-                break;
-            }
-        }
-        if batch.is_empty() {
-            break;
-        }
-        for ids in tok.encode_ordinary_batch(&batch)? {
-            serde_json::to_writer(&mut out, &Output { ids: &ids })?;
-            out.write_all(b"\n")?;
-        }
-    }
-    out.flush()?;
-    Ok(())
+    encode_stdin(load, args.batch)
 }

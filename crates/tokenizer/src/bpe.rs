@@ -19,6 +19,7 @@
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
+use rayon::prelude::*;
 use rustc_hash::FxHashMap;
 
 use crate::error::{Result, TokenizerError};
@@ -64,14 +65,22 @@ impl BytePairEncoder {
         let byte_ids = Self::byte_ids(&whole)?;
         // Every way to cut a token in two where both halves are tokens is a pair that merges
         // into it, with the token's rank as its priority.
+        // The lookups (a few per token) run on all cores; the inserts, one per pair, on one.
+        let found: Vec<(u64, u32)> = tokens
+            .par_iter()
+            .enumerate()
+            .flat_map_iter(|(id, bytes)| {
+                let whole = &whole;
+                (1..bytes.len()).filter_map(move |cut| match (whole.get(&bytes[..cut]), whole.get(&bytes[cut..])) {
+                    (Some(&a), Some(&b)) => Some((key(a, b), id as u32)),
+                    _ => None,
+                })
+            })
+            .collect();
         let mut pairs = FxHashMap::default();
-        pairs.reserve(tokens.len() * 2);
-        for (id, bytes) in tokens.iter().enumerate() {
-            for cut in 1..bytes.len() {
-                if let (Some(&a), Some(&b)) = (whole.get(&bytes[..cut]), whole.get(&bytes[cut..])) {
-                    pairs.insert(key(a, b), (id as u32, id as u32));
-                }
-            }
+        pairs.reserve(found.len());
+        for (k, id) in found {
+            pairs.insert(k, (id, id));
         }
         Ok(Self { tokens, whole, byte_ids, pairs, rule: MergeRule::Ranks })
     }
