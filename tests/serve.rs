@@ -2,7 +2,8 @@
 //! on a small random Qwen2 with the real Qwen2 `tokenizer.json`: every endpoint whole and
 //! streamed, the error table, a client that disconnects (mid-stream, or before a whole reply) freeing its row, and
 //! concurrent requests (greedy and seeded) getting exactly what each gets alone. Then the `serve`
-//! example on a model folder: it prints its address, answers, and exits cleanly on SIGTERM.
+//! example on a model folder: it prints its address, answers as the library does with the weights
+//! `--dtype` chose (f32, Q8_0), and exits cleanly on SIGTERM.
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -14,7 +15,7 @@ use burn::backend::Flex;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
-use qwen_model::{GenerateConfig, QwenConfigBuilder, QwenModel, SamplingConfig, SaveDtype};
+use qwen_model::{GenerateConfig, QwenConfigBuilder, QwenModel, SamplingConfig, SaveDtype, WeightDtype};
 use qwen_serve::api::ChatMessage;
 use qwen_serve::{ChatFormat, Engine, EngineConfig, ServerConfig};
 use qwen_tokenizer::template::{ChatTemplate, RenderOptions};
@@ -654,37 +655,53 @@ fn model_dir() -> PathBuf {
 #[test]
 fn serve_example_prints_its_address_answers_and_stops_on_sigterm() {
     let dir = model_dir();
-    let mut child = Command::new(common::example("serve"))
-        .args(["--model", dir.to_str().unwrap(), "--port", "0", "--max-batch", "2", "--api-key", "k"])
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    stderr.read_line(&mut line).unwrap();
-    let addr: std::net::SocketAddr =
-        line.trim().strip_prefix("listening on http://").unwrap_or_else(|| panic!("{line}")).parse().unwrap();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let dir_name = dir.file_name().unwrap().to_string_lossy().into_owned();
-    rt.block_on(async {
-        let (_, models) = call(addr, "GET", "/v1/models", Some("k"), None).await.json().await;
-        assert_eq!(models["data"][0]["id"].as_str(), Some(dir_name.as_str()));
-        // generation_config.json says greedy: a request without a temperature is greedy.
-        let body = json!({"messages": [{"role": "user", "content": "hello"}], "max_tokens": 6}).to_string();
-        let ask = || async {
-            let (code, r) =
-                call(addr, "POST", "/v1/chat/completions", Some("k"), Some(body.clone())).await.json().await;
+    let tok = common::qwen2_json();
+    // The weights as loaded by `--dtype` (f32, and Q8_0 blocks through the packed kernels): the
+    // server's greedy reply is the library's on the same model. A prompt whose two replies
+    // differ (this random model's top logits are close: about 5 prompts in 6 do) makes the reply
+    // tell which weights the server loaded.
+    const REPLY: usize = 32;
+    let [f32_model, q8_model] =
+        [WeightDtype::F32, WeightDtype::Q8_0].map(|d| qwen_model::load_as::<B>(&dir, &Default::default(), d).unwrap());
+    let (prompt, wants) = (0..32)
+        .map(|i| {
+            let prompt = user(&format!("hello {i}"));
+            let wants = [(WeightDtype::F32, &f32_model), (WeightDtype::Q8_0, &q8_model)]
+                .map(|(d, m)| (d, greedy_reply(m, &tok, &prompt, REPLY).0));
+            (prompt, wants)
+        })
+        .find(|(_, [a, b])| a.1 != b.1)
+        .expect("some prompt's f32 and q8_0 replies differ");
+    for (dtype, want) in wants {
+        let mut child = Command::new(common::example("serve"))
+            .args(["--model", dir.to_str().unwrap(), "--port", "0", "--max-batch", "2", "--api-key", "k"])
+            .args(["--dtype", &dtype.to_string()])
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut stderr = BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        stderr.read_line(&mut line).unwrap();
+        let addr: std::net::SocketAddr =
+            line.trim().strip_prefix("listening on http://").unwrap_or_else(|| panic!("{line}")).parse().unwrap();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let dir_name = dir.file_name().unwrap().to_string_lossy().into_owned();
+        rt.block_on(async {
+            let (_, models) = call(addr, "GET", "/v1/models", Some("k"), None).await.json().await;
+            assert_eq!(models["data"][0]["id"].as_str(), Some(dir_name.as_str()));
+            // generation_config.json says greedy: a request without a temperature is greedy.
+            let body = json!({"messages": prompt, "max_tokens": REPLY}).to_string();
+            let (code, r) = call(addr, "POST", "/v1/chat/completions", Some("k"), Some(body)).await.json().await;
             assert_eq!(code, 200, "{r}");
-            r["choices"][0]["message"]["content"].as_str().unwrap().to_string()
-        };
-        assert_eq!(ask().await, ask().await);
-    });
-    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
-    assert!(status.success());
-    let exit = child.wait().unwrap();
-    assert!(exit.success(), "{exit:?}");
-    let rest: String = stderr.lines().map_while(Result::ok).collect::<Vec<_>>().join("\n");
-    assert!(rest.contains("shutting down"), "{rest}");
+            assert_eq!(r["choices"][0]["message"]["content"].as_str(), Some(want.as_str()), "--dtype {dtype}");
+        });
+        let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+        assert!(status.success());
+        let exit = child.wait().unwrap();
+        assert!(exit.success(), "{exit:?}");
+        let rest: String = stderr.lines().map_while(Result::ok).collect::<Vec<_>>().join("\n");
+        assert!(rest.contains("shutting down"), "{rest}");
+    }
     std::fs::remove_dir_all(&dir).unwrap();
 }
