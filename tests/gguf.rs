@@ -17,7 +17,7 @@ use std::process::Command;
 
 use burn::backend::Flex;
 use qwen_model::gguf::{dequantize, GgmlType, GgufFile};
-use qwen_model::{ModelError, QwenConfig, QwenModel};
+use qwen_model::{ModelError, QwenConfig, QwenModel, WeightDtype};
 use qwen_tokenizer::AllowedSpecial;
 
 mod common;
@@ -277,31 +277,42 @@ fn logits_example_reads_a_gguf_file() {
 }
 
 /// `generate --model FILE.gguf` with no `--tokenizer`: the greedy text of the library's own greedy
-/// ids for the same prompt (the tokenizer and model both from the file).
+/// ids for the same prompt (the tokenizer and model both from the file), with the weights kept as
+/// `--dtype` says (the f32 file as f32 and f16; the Q8_0 file as its own Q8_0 blocks).
 #[test]
 fn generate_example_runs_a_gguf_file_alone() {
-    let path = gguf_fixture("qwen2_gqa.f32.gguf");
-    let out = Command::new(common::example("generate"))
-        .arg("--model")
-        .arg(&path)
-        .args(["--prompt", "Hi there", "--max-new-tokens", "6"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let file = GgufFile::open(&path).unwrap();
-    let tok = qwen::gguf::tokenizer(&file).unwrap().with_normalization(qwen_tokenizer::Normalization::Nfc);
-    let model: QwenModel<B> = qwen_model::load_gguf(&path, &Default::default()).unwrap();
-    let prompt = tok.encode("Hi there", &AllowedSpecial::None).unwrap();
-    let config = qwen_model::GenerateConfig {
-        max_new_tokens: 6,
-        stop_ids: vec![],
-        sampling: qwen_model::SamplingConfig::default(),
-    };
-    let new = model.generate(&prompt, &config, |_| true).unwrap();
-    let mut want = b"Hi there".to_vec();
-    want.extend(tok.decode_bytes(&new).unwrap());
-    let want = String::from_utf8_lossy(&want).to_string();
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim_end_matches('\n'), want.trim_end_matches('\n'));
+    for (name, dtype) in [
+        ("qwen2_gqa.f32.gguf", WeightDtype::F32),
+        ("qwen2_gqa.f32.gguf", WeightDtype::F16),
+        ("qwen2_gqa.q8_0.gguf", WeightDtype::Q8_0),
+    ] {
+        let path = gguf_fixture(name);
+        let out = Command::new(common::example("generate"))
+            .arg("--model")
+            .arg(&path)
+            .args(["--prompt", "Hi there", "--max-new-tokens", "6", "--dtype", dtype.name()])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{name} {dtype}: {}", String::from_utf8_lossy(&out.stderr));
+        let file = GgufFile::open(&path).unwrap();
+        let tok = qwen::gguf::tokenizer(&file).unwrap().with_normalization(qwen_tokenizer::Normalization::Nfc);
+        let model: QwenModel<B> = qwen_model::load_gguf::load_gguf_as(&path, &Default::default(), dtype).unwrap();
+        let prompt = tok.encode("Hi there", &AllowedSpecial::None).unwrap();
+        let config = qwen_model::GenerateConfig {
+            max_new_tokens: 6,
+            stop_ids: vec![],
+            sampling: qwen_model::SamplingConfig::default(),
+        };
+        let new = model.generate(&prompt, &config, |_| true).unwrap();
+        let mut want = b"Hi there".to_vec();
+        want.extend(tok.decode_bytes(&new).unwrap());
+        let want = String::from_utf8_lossy(&want).to_string();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim_end_matches('\n'),
+            want.trim_end_matches('\n'),
+            "{name} {dtype}"
+        );
+    }
 }
 
 /// A minimal GGUF writer for hostile files.
