@@ -709,13 +709,10 @@ fn main() -> Result<()> {
         args.mistake_samples,
         sampling_started.elapsed().as_secs_f64()
     );
-    // Fine-tuning pairs: a share of the policy's mistakes (in thousandths, drawn as the reduced
-    // fraction: a half is `below(2) == 0`), the rest synthetic near misses.
-    let near_or_mistake = |share: f64, dpo: bool| {
+    // Fine-tuning pairs: `num` in `den` of them the policy's mistakes, the rest synthetic near
+    // misses (DPO: one in two, drawn as before the reward model's pool grew).
+    let near_or_mistake = |num: u64, den: u64, dpo: bool| {
         let mistakes = if dpo { &dpo_mistakes } else { &train_mistakes };
-        let num = (1000.0 * share.clamp(0.0, 1.0)).round() as u64;
-        let gcd = (1..=1000u64).rev().find(|d| num % d == 0 && 1000 % d == 0).unwrap_or(1);
-        let (num, den) = (num / gcd, 1000 / gcd);
         let (near, task) = (&near, &task);
         move |w: &Item, rng: &mut SplitMix64| -> qwen_align::Result<Pair> {
             if rng.below(den) < num && !mistakes.is_empty() {
@@ -726,8 +723,8 @@ fn main() -> Result<()> {
             }
         }
     };
-    let rm_pairs = near_or_mistake(args.mistake_share, false);
-    let dpo_pairs = near_or_mistake(0.5, true);
+    let rm_pairs = near_or_mistake((1000.0 * args.mistake_share.clamp(0.0, 1.0)).round() as u64, 1000, false);
+    let dpo_pairs = near_or_mistake(1, 2, true);
     let batches = |pairs: Vec<Pair>| -> Result<Vec<PairBatch>> {
         pairs.chunks(32).map(|c| Ok(PairBatch::new(c, task.pad, 128)?)).collect()
     };
@@ -973,7 +970,8 @@ fn main() -> Result<()> {
 /// The directions every stage must move its numbers in (the run fails otherwise): SFT raises
 /// accuracy and format; the reward model learns the near misses; each RL stage raises what it
 /// optimises — PPO the reward model's score, GRPO the verifier's reward of sampled replies (the
-/// sampled accuracy) — and DPO does not lower the checked accuracy.
+/// sampled accuracy) — and DPO does not lower the checked accuracy. PPO raising the greedy checked
+/// accuracy as well is not reached yet (docs/alignment.md), so it is a printed note, not a check.
 fn check(r: &Report) -> Result<()> {
     let (b, a) = (&r.sft.before, &r.sft.after);
     ensure!(a.accuracy > b.accuracy && a.format > b.format, "SFT did not raise accuracy and format");
