@@ -20,11 +20,13 @@
 //! 2. **Reward model** on the SFT trunk: preference-model pretraining on coarse comparisons (the
 //!    right answer against another prompt's), then fine-tuning on near misses (another count; for
 //!    the word tasks two words swapped, a word repeated, dropped or replaced) and on the SFT
-//!    policy's own sampled mistakes on `--mistake-prompts` training prompts, as the report
-//!    fine-tunes on comparisons of its models' responses.
+//!    policy's own sampled mistakes (`--mistake-samples` replies to each of `--mistake-prompts`
+//!    training prompts, every wrong one against the right answer: comparisons labelled by the
+//!    checker, as the report fine-tunes on comparisons of its models' responses).
 //! 3. **PPO** from the SFT policy with that reward model (value model from the reward model,
 //!    frozen reference, KL penalty, value warm-up).
-//! 4. **DPO** from the SFT policy on the fine-tuning comparisons.
+//! 4. **DPO** from the SFT policy on half near misses, half the SFT policy's mistakes in one
+//!    sampled reply to each of `--dpo-mistake-prompts` training prompts.
 //! 5. **GRPO** from the SFT policy with the `exact_match` verifier (beyond the report).
 //!
 //! Every policy is measured on the held-out prompts before and after its stage: the reward
@@ -130,8 +132,21 @@ struct Args {
     grpo_prompts: usize,
     /// Training prompts the SFT policy answers (sampled as PPO samples) to find the mistakes the
     /// reward model is fine-tuned on.
-    #[arg(long, default_value_t = 4096)]
+    #[arg(long, default_value_t = 8192)]
     mistake_prompts: usize,
+    /// Replies the SFT policy samples per prompt to find its mistakes (on the training prompts
+    /// and on the held-out ones the reward model is measured on).
+    #[arg(long, default_value_t = 4)]
+    mistake_samples: usize,
+    /// Fraction of the reward model's fine-tuning comparisons that are the SFT policy's sampled
+    /// mistakes (the rest synthetic near misses).
+    #[arg(long, default_value_t = 0.75)]
+    mistake_share: f64,
+    /// DPO's comparisons: half synthetic near misses, half the SFT policy's mistakes in its first
+    /// sampled reply to each of the first this many of the `--mistake-prompts` (the reward
+    /// model's larger pool moves DPO further and lowers its greedy accuracy: docs/alignment.md).
+    #[arg(long, default_value_t = 4096)]
+    dpo_mistake_prompts: usize,
     /// Conversations (or comparisons) per step; PPO takes half as many prompts (2 replies each).
     #[arg(long, default_value_t = 32)]
     batch: usize,
@@ -351,11 +366,12 @@ impl Task {
     }
 
     /// What the report table says of one policy: the reward model's mean score of its greedy
-    /// replies, their checked accuracy and format, and its KL to `reference` over sampled replies.
+    /// replies, their checked accuracy and format, and its KL to `reference` over sampled replies
+    /// (0 without one: a model against itself).
     fn measure(
         &self,
         policy: &QwenModel<Backend>,
-        reference: &QwenModel<Backend>,
+        reference: Option<&QwenModel<Backend>>,
         reward: &ScoreModel<Backend>,
         items: &[Item],
         seed: u64,
@@ -368,6 +384,7 @@ impl Task {
         for ((p, g), s) in prompts.iter().zip(&greedy).zip(&sampled) {
             let row = [p.clone(), g.clone()].concat();
             score += reward.rewards(std::slice::from_ref(&row), &[row.len() - 1])?.into_scalar() as f64;
+            let Some(reference) = reference else { continue };
             // log π(y|x) − log π_ref(y|x) of the sampled reply y: the k1 estimate of the KL.
             let rows = ResponseBatch::new(&[(p.as_slice(), s.as_slice())], self.pad, usize::MAX)?;
             let lp = |m: &QwenModel<Backend>| -> Result<f64> {
@@ -664,28 +681,50 @@ fn main() -> Result<()> {
     };
     // The SFT policy's own mistakes (sampled as PPO samples): on training prompts to fine-tune
     // the reward model on, on held-out prompts to measure it.
-    let mistakes = |items: &[Item], seed: u64| -> Result<Vec<(Item, String)>> {
-        let (_, texts) = task.replies(&sft_model, items, &sampling(0.9, seed))?;
-        Ok(items
-            .iter()
-            .zip(texts)
-            .filter(|(w, t)| w.answer(task.kind) != t.trim())
-            .map(|(w, t)| (w.clone(), t))
-            .collect())
+    // `--mistake-samples` replies per prompt, each wrong one kept with its round and prompt index
+    // (a prompt the policy often gets wrong, and a frequent wrong answer, weigh as much as the
+    // policy makes them).
+    let mistakes = |items: &[Item], seed: u64| -> Result<Vec<(u64, usize, Item, String)>> {
+        let mut out = Vec::new();
+        for round in 0..args.mistake_samples as u64 {
+            // Rows of a generation batch are seeded `seed + row`, below 256: rounds 1000 apart.
+            let (_, texts) = task.replies(&sft_model, items, &sampling(0.9, seed + 1000 * round))?;
+            let wrong = items.iter().zip(texts).enumerate().filter(|(_, (w, t))| w.answer(task.kind) != t.trim());
+            out.extend(wrong.map(|(i, (w, t))| (round, i, w.clone(), t)));
+        }
+        Ok(out)
     };
     let asked = args.mistake_prompts.min(train_words.len());
-    let train_mistakes = mistakes(&train_words[..asked], 11)?;
+    let sampling_started = Instant::now();
+    let all_mistakes = mistakes(&train_words[..asked], 11)?;
     let held_mistakes = mistakes(&held_words, 13)?;
-    eprintln!("the SFT policy's sampled mistakes: {} of {asked} training prompts", train_mistakes.len());
-    // Fine-tuning pairs: half the policy's mistakes, half synthetic near misses.
-    let near_or_mistake = |w: &Item, rng: &mut SplitMix64| -> qwen_align::Result<Pair> {
-        if rng.below(2) == 0 && !train_mistakes.is_empty() {
-            let (w, wrong) = &train_mistakes[rng.below(train_mistakes.len() as u64) as usize];
-            task.pair(w, wrong)
-        } else {
-            near(w, rng)
+    let pool = |keep: &dyn Fn(u64, usize) -> bool| -> Vec<(Item, String)> {
+        all_mistakes.iter().filter(|m| keep(m.0, m.1)).map(|(_, _, w, t)| (w.clone(), t.clone())).collect()
+    };
+    let train_mistakes = pool(&|_, _| true);
+    let dpo_mistakes = pool(&|round, i| round == 0 && i < args.dpo_mistake_prompts);
+    eprintln!(
+        "the SFT policy's sampled mistakes: {} of {asked} training prompts x {} replies ({:.0}s)",
+        train_mistakes.len(),
+        args.mistake_samples,
+        sampling_started.elapsed().as_secs_f64()
+    );
+    // Fine-tuning pairs: `num` in `den` of them the policy's mistakes, the rest synthetic near
+    // misses (DPO: one in two, drawn as before the reward model's pool grew).
+    let near_or_mistake = |num: u64, den: u64, dpo: bool| {
+        let mistakes = if dpo { &dpo_mistakes } else { &train_mistakes };
+        let (near, task) = (&near, &task);
+        move |w: &Item, rng: &mut SplitMix64| -> qwen_align::Result<Pair> {
+            if rng.below(den) < num && !mistakes.is_empty() {
+                let (w, wrong) = &mistakes[rng.below(mistakes.len() as u64) as usize];
+                task.pair(w, wrong)
+            } else {
+                near(w, rng)
+            }
         }
     };
+    let rm_pairs = near_or_mistake((1000.0 * args.mistake_share.clamp(0.0, 1.0)).round() as u64, 1000, false);
+    let dpo_pairs = near_or_mistake(1, 2, true);
     let batches = |pairs: Vec<Pair>| -> Result<Vec<PairBatch>> {
         pairs.chunks(32).map(|c| Ok(PairBatch::new(c, task.pad, 128)?)).collect()
     };
@@ -694,7 +733,7 @@ fn main() -> Result<()> {
     };
     let held_near = held_pairs(&near, &mut rng)?;
     let held_policy =
-        batches(held_mistakes.iter().map(|(w, t)| task.pair(w, t)).collect::<qwen_align::Result<Vec<_>>>()?)?;
+        batches(held_mistakes.iter().map(|(_, _, w, t)| task.pair(w, t)).collect::<qwen_align::Result<Vec<_>>>()?)?;
     let held_coarse = held_pairs(&coarse, &mut rng)?;
     // Training comparisons of one step of one stage (3: PMP and fine-tuning, 5: DPO).
     let sample = |make: &MakePair, stage: u64, step: u64| -> qwen_align::Result<PairBatch> {
@@ -710,7 +749,7 @@ fn main() -> Result<()> {
         checkpoint_every: every,
     };
     let mut rm = Run::reward(&rm_config, ScoreModel::from_lm(sft_policy.clone()), stages.join("reward"), &dev)?;
-    let (mut pmp_data, mut fine_data) = (|step| sample(&coarse, 3, step), |step| sample(&near_or_mistake, 3, step));
+    let (mut pmp_data, mut fine_data) = (|step| sample(&coarse, 3, step), |step| sample(&rm_pairs, 3, step));
     // Each phase's held-out accuracy, kept in the stage's folder: a resumed run reports what the
     // launch that finished the phase measured (the model it measured is gone once the next phase
     // trains).
@@ -765,14 +804,14 @@ fn main() -> Result<()> {
     let mut metrics = vec![sft_metrics, rm_metrics];
 
     let base = pretrained_model.valid();
-    let measure = |policy: &QwenModel<Backend>, reference: &QwenModel<Backend>| {
+    let measure = |policy: &QwenModel<Backend>, reference: Option<&QwenModel<Backend>>| {
         task.measure(policy, reference, &reward, &held_words, 7)
     };
-    let m_pretrained = measure(&base, &base)?;
-    let m_sft = measure(&sft_model, &base)?;
+    let m_pretrained = measure(&base, None)?;
+    let m_sft = measure(&sft_model, Some(&base))?;
     println!("SFT   before: {m_pretrained}\n      after:  {m_sft}");
-    // Before PPO, DPO and GRPO: the SFT policy against itself (KL 0 by construction).
-    let m_start = measure(&sft_model, &sft_model)?;
+    // Before PPO, DPO and GRPO: the SFT policy, against itself (KL 0 by construction).
+    let m_start = Measure { kl: 0.0, ..m_sft };
     let mut report = Report {
         sft: BeforeAfter { before: m_pretrained, after: m_sft },
         ppo: None,
@@ -815,7 +854,7 @@ fn main() -> Result<()> {
         metrics.push(ppo.metrics_path().to_path_buf());
         let policy = ppo.stage.valid_policy();
         save_policy(&policy, "ppo")?;
-        let after = measure(&policy, &sft_model)?;
+        let after = measure(&policy, Some(&sft_model))?;
         println!(
             "PPO   before: {m_start}\n      after:  {after}  ({} steps, {} value-only)",
             args.ppo_steps, args.value_warmup
@@ -834,7 +873,7 @@ fn main() -> Result<()> {
         };
         let mut dpo = Run::dpo(&dpo_config, sft_policy.clone(), stages.join("dpo"), &dev)?;
         let pb = progress(args.dpo_steps, dpo.step(), "dpo");
-        let mut dpo_data = |step| sample(&near_or_mistake, 5, step);
+        let mut dpo_data = |step| sample(&dpo_pairs, 5, step);
         dpo.train(&mut dpo_data, |s| {
             pb.set_prefix(format!("loss {:.3} acc {:.2}", s.stats.loss, s.stats.accuracy));
             pb.inc(1);
@@ -844,7 +883,7 @@ fn main() -> Result<()> {
         let pairs = dpo.stage.evaluate(&held_near)?;
         let policy = dpo.stage.policy.valid();
         save_policy(&policy, "dpo")?;
-        let after = measure(&policy, &sft_model)?;
+        let after = measure(&policy, Some(&sft_model))?;
         println!(
             "DPO   before: {m_start}\n      after:  {after}  ({} steps; held-out near-miss pairs: loss {:.3}, preference \
              accuracy {:.1}%)",
@@ -896,7 +935,7 @@ fn main() -> Result<()> {
         metrics.push(grpo.metrics_path().to_path_buf());
         let policy = grpo.stage.valid_policy();
         save_policy(&policy, "grpo")?;
-        let after = measure(&policy, &sft_model)?;
+        let after = measure(&policy, Some(&sft_model))?;
         println!("GRPO  before: {m_start}\n      after:  {after}  ({} steps)", args.grpo_steps);
         report.grpo = Some(BeforeAfter { before: m_start, after });
     }
@@ -931,7 +970,8 @@ fn main() -> Result<()> {
 /// The directions every stage must move its numbers in (the run fails otherwise): SFT raises
 /// accuracy and format; the reward model learns the near misses; each RL stage raises what it
 /// optimises — PPO the reward model's score, GRPO the verifier's reward of sampled replies (the
-/// sampled accuracy) — and DPO does not lower the checked accuracy.
+/// sampled accuracy) — and DPO does not lower the checked accuracy. PPO raising the greedy checked
+/// accuracy as well is not reached yet (docs/alignment.md), so it is a printed note, not a check.
 fn check(r: &Report) -> Result<()> {
     let (b, a) = (&r.sft.before, &r.sft.after);
     ensure!(a.accuracy > b.accuracy && a.format > b.format, "SFT did not raise accuracy and format");
