@@ -429,6 +429,10 @@ fn hostile_and_malformed_files_are_typed_errors() {
     assert!(one(&[4], 0, 8, 64).contains("alignment"));
     assert!(one(&[1024], 0, 0, 4095).contains("past the end"));
     assert!(one(&[u64::MAX, u64::MAX], 0, 0, 64).contains("overflow"));
+    // No values, but the shape's product in row-major order overflows (the fuzz target's second
+    // crash, in CI: a panic multiplying `shape()`).
+    assert!(one(&[0, 1 << 40, 1 << 40], 0, 0, 64).contains("overflow"));
+    assert!(one(&[1 << 40, 0, 1 << 40], 0, 0, 64).contains("overflow"));
     assert!(one(&[1 << 62], 0, 0, 64).contains("overflow") || one(&[1 << 62], 0, 0, 64).contains("past the end"));
     let mut w = Writer::new(3, 2, 0);
     w.tensor("t", &[4], 0, 0).tensor("t", &[4], 0, 32);

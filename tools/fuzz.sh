@@ -6,6 +6,7 @@
 #   tools/fuzz.sh SECONDS [TARGET...]
 #   FUZZ_RUNS=10000000 tools/fuzz.sh 3600 encode    # stop at 10 million executions or an hour
 #   FUZZ_SANITIZER=none tools/fuzz.sh 3600           # no AddressSanitizer: 2-4x the executions/s
+#   FUZZ_SEED=1 tools/fuzz.sh 30                     # libFuzzer's -seed: the same inputs each run
 #
 # The default build has AddressSanitizer, which also enforces -malloc_limit_mb (one allocation over
 # 512 MiB is a failure); without a sanitizer that limit is not checked (libFuzzer needs the
@@ -41,7 +42,7 @@ for t in "${TARGETS[@]}"; do
   # allocation over 512 MiB, is a failure.
   if cargo +nightly fuzz run "${FUZZ_ARGS[@]}" "$t" "corpus/$t" "seeds/$t" -- \
       -max_total_time="$SECONDS_EACH" -max_len=16384 -timeout=30 -rss_limit_mb=2048 -malloc_limit_mb=512 \
-      ${FUZZ_RUNS:+-runs=$FUZZ_RUNS} -print_final_stats=1 >"$log" 2>&1; then
+      ${FUZZ_RUNS:+-runs=$FUZZ_RUNS} ${FUZZ_SEED:+-seed=$FUZZ_SEED} -print_final_stats=1 >"$log" 2>&1; then
     result=ok
   else
     result=FAILED

@@ -405,10 +405,13 @@ fn parse(
         let offset = c.u64("tensor offset")?;
         let (block, block_bytes) =
             ggml_type.block().ok_or_else(|| format!("tensor {name}: unknown GGML type id {}", ggml_type.0))?;
-        let n = dims
-            .iter()
-            .try_fold(1u64, |a, &d| a.checked_mul(d))
-            .ok_or_else(|| format!("tensor {name}: dims overflow"))?;
+        // Every dim counts, a zero one as 1: dims such as [0, 2^40, 2^40] hold no values but their
+        // product in another order (the row-major shape's, 2^80 · 0) overflows wherever a reader
+        // multiplies them (found by the `gguf` fuzz target).
+        if dims.iter().try_fold(1u64, |a, &d| a.checked_mul(d.max(1))).is_none_or(|n| n > isize::MAX as u64) {
+            return Err(format!("tensor {name}: dims {dims:?} overflow"));
+        }
+        let n: u64 = dims.iter().product();
         if dims[0] % block != 0 {
             return Err(format!("tensor {name}: row of {} values is not whole {ggml_type} blocks of {block}", dims[0]));
         }
