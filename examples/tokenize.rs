@@ -85,7 +85,6 @@ struct Input<'a> {
 }
 
 /// Lines read from stdin, as one buffer and where each line ends (after its `\n`).
-#[derive(Default)]
 struct Lines {
     buf: Vec<u8>,
     ends: Vec<usize>,

@@ -11,12 +11,7 @@ import json
 import os
 import sys
 
-import tiktoken
-from tiktoken.load import load_tiktoken_bpe
-
-# Qwen-1 tokenization_qwen.py's PAT_STR and specials (as tools/reference/tokenizer_fixtures.py).
-PAT_STR = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
-SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"] + [f"<|extra_{i}|>" for i in range(205)]
+import qwen_tiktoken
 
 
 def main():
@@ -25,13 +20,7 @@ def main():
     ap.add_argument("--batch", type=int, default=4096, help="lines per encode_ordinary_batch call")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     args = ap.parse_args()
-    ranks = load_tiktoken_bpe(args.vocab)
-    enc = tiktoken.Encoding(
-        name="qwen",
-        pat_str=PAT_STR,
-        mergeable_ranks=ranks,
-        special_tokens={s: len(ranks) + i for i, s in enumerate(SPECIALS)},
-    )
+    enc = qwen_tiktoken.encoding(args.vocab)
     out = sys.stdout
     batch = []
 
