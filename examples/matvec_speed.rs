@@ -1,6 +1,7 @@
 //! The decode matmul alone: `[m, d_in] x W` for the Qwen2.5-0.5B projection shapes, by burn's
 //! own tensors (f32, and bf16/f16 weights and activations on the same backend) and by the packed
-//! kernel of `qwen_model::packed` (f32, bf16, f16, q8_0 weights, f32 activations). One JSON line
+//! kernel of `qwen_model::packed` (f32, bf16, f16 weights with f32 activations; q8_0 weights with
+//! the activations quantized to Q8_0 blocks, as llama.cpp multiplies them). One JSON line
 //! per case: milliseconds per call (best of `--reps`) and GB/s of weight bytes read. This is the
 //! measurement behind the choice of our own kernel (docs/model.md, "Weights in bf16, f16 and
 //! Q8_0").

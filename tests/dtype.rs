@@ -34,8 +34,9 @@ fn logits(model: &QwenModel<B>, ids: &[u32]) -> Vec<f32> {
 /// Max |logit - f32 logit| allowed per dtype on the tiny fixtures (logits: std 1.2, max |4.6|):
 /// bf16 keeps 8 significant bits (relative error up to 2^-9 a weight), f16 11 (2^-12), Q8_0 a
 /// step of 1/127 of its block's largest value. Measured worst cases over both fixtures (printed
-/// by the test): bf16 7.7e-2, f16 8.6e-3, Q8_0 2.2e-1 (llama.cpp's own Q8_0 error against
-/// transformers on the same fixture is 2.6e-1, tests/gguf.rs); the tolerances are ~1.3x those.
+/// by the test): bf16 7.7e-2, f16 8.6e-3, Q8_0 2.6e-1 (Q8_0 rounds the activations too, as
+/// llama.cpp, whose own Q8_0 error against transformers on the same fixture is 2.6e-1,
+/// tests/gguf.rs); the tolerances are 1.15-1.4x those.
 const TOLERANCES: [(WeightDtype, f32); 3] =
     [(WeightDtype::Bf16, 1e-1), (WeightDtype::F16, 1.2e-2), (WeightDtype::Q8_0, 3e-1)];
 
@@ -127,7 +128,12 @@ fn gguf_tensors_stay_in_their_dtype() {
                 assert_eq!((m.rows, m.cols), (want.rows, want.cols), "{names:?}");
                 assert!(m.data == want.data, "{case} {ftype}: {names:?} differ from the file's bytes");
             }
-            // The same function as the f32-dequantized load: only the order of the sums differs.
+            // F16: the same function as the f32-dequantized load, only the order of the sums
+            // differs. (A Q8_0 weight also rounds the activations to Q8_0 blocks, as llama.cpp
+            // does: `packed_gguf_logits_match_llama_cpp` holds it to llama.cpp's logits.)
+            if dtype == WeightDtype::Q8_0 {
+                continue;
+            }
             let plain: QwenModel<B> = qwen_model::load(&path, &device).unwrap();
             let r = Reference::open(&common::model_case(case));
             let ids = r.ids("input_ids.1").unwrap();
@@ -239,9 +245,11 @@ fn unsupported_shapes_and_names_are_typed_errors() {
 }
 
 /// llama.cpp's own logits for the same GGUF files (`llama_cpp_logits.gguf`, llama-cpp-python
-/// 0.3.36; see tests/gguf.rs), with the weights kept in the file's type: at f16 and Q8_0
-/// llama.cpp also rounds its activations, so the allowed difference is llama.cpp's own error
-/// against transformers on this fixture (f16 8.3e-3, Q8_0 2.6e-1), as for the f32 load.
+/// 0.3.36; see tests/gguf.rs), with the weights kept in the file's type. Q8_0 multiplies as
+/// llama.cpp does (activations rounded to Q8_0 blocks, integer dot products), so it is held to
+/// the f32 load's 1e-4 (measured 1.2e-6; 1.5e-1 when the activations stayed f32). At f16
+/// llama.cpp rounds its activations to f16 and we keep them f32, so the allowed difference is
+/// llama.cpp's own error against transformers on this fixture (8.3e-3; measured 6.4e-3).
 #[test]
 fn packed_gguf_logits_match_llama_cpp() {
     let device = Default::default();
@@ -249,7 +257,7 @@ fn packed_gguf_logits_match_llama_cpp() {
     let reference = GgufFile::open(gguf_fixture("llama_cpp_logits.gguf")).unwrap();
     let r = Reference::open(&common::model_case(case));
     let mut report = Vec::new();
-    for (ftype, dtype, tolerance) in [("f16", WeightDtype::F16, 1e-2), ("q8_0", WeightDtype::Q8_0, 2.5e-1)] {
+    for (ftype, dtype, tolerance) in [("f16", WeightDtype::F16, 1e-2), ("q8_0", WeightDtype::Q8_0, 1e-4)] {
         let path = gguf_fixture(&format!("{case}.{ftype}.gguf"));
         let model: QwenModel<B> = qwen_model::load_gguf_as(&path, &device, dtype).unwrap();
         let mut worst = 0f32;

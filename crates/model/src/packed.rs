@@ -5,8 +5,10 @@
 //! value (bf16, f16) or 34 bytes per 32 values (Q8_0: llama.cpp's `block_q8_0`, one f16 scale and
 //! 32 signed bytes, `w = q * d`), and [`PackedMatrix::matmul`] multiplies f32 activations by it
 //! without ever building an f32 copy of the weight: each row's values are widened to f32 in SIMD
-//! registers, multiplied into the activations and summed there. Activations, norms, RoPE,
-//! attention and residuals stay f32.
+//! registers, multiplied into the activations and summed there. A Q8_0 weight's product is
+//! llama.cpp's: the activation rows are quantized to Q8_0 blocks too (per call, a few KiB) and
+//! each block pair is an integer dot product. Activations between matmuls, norms, RoPE, attention
+//! and residuals stay f32.
 //!
 //! Why our own kernel and not burn's: burn 0.21's Flex backend has bf16/f16 tensors, but its
 //! matmul of a `[1, d_in]` activation by a bf16 weight (the decode shape) was measured slower than
@@ -138,6 +140,19 @@ impl BlockQ8_0 {
 
     fn scale(&self) -> f32 {
         f16::from_bits(self.d).to_f32()
+    }
+}
+
+/// Rounds activations `x` (whole blocks of 32) to the values their Q8_0 blocks hold, as the
+/// Q8_0 kernel multiplies them: what llama.cpp's Q8_0 matmul does with its activations, for the
+/// prefill path that multiplies dequantized tiles in f32 instead.
+pub fn round_through_q8_0(x: &mut [f32]) {
+    for chunk in x.chunks_exact_mut(Q8_0_BLOCK) {
+        let block = BlockQ8_0::quantize(chunk);
+        let d = block.scale();
+        for (v, &q) in chunk.iter_mut().zip(&block.qs) {
+            *v = f32::from(q) * d;
+        }
     }
 }
 
@@ -421,6 +436,15 @@ impl PackedMatrix {
         // Output rows per task: enough work per task to amortise rayon's hand-off (~64 KiB of
         // weights), small enough that both threads get several tasks on the narrow k/v matrices.
         let chunk = (65_536 / (self.bytes() / rows).max(1)).clamp(4, 256);
+        // A Q8_0 weight multiplies activations quantized to Q8_0 blocks too, as llama.cpp does
+        // (`quantize_row_q8_0`, then `ggml_vec_dot_q8_0_q8_0`): each block's 32 products are an
+        // integer dot product, scaled once. Widening every weight to f32 instead made the kernel
+        // compute-bound (~29 G weights/s on 2 cores) below the memory's rate.
+        let xq: Vec<BlockQ8_0> = match self.data {
+            PackedData::Q8_0(_) => x.chunks_exact(Q8_0_BLOCK).map(BlockQ8_0::quantize).collect(),
+            _ => Vec::new(),
+        };
+        let per_row = cols / Q8_0_BLOCK;
         // `yt` is `[rows, m]`: each task writes its own rows' outputs contiguously.
         let mut yt = vec![0.0f32; rows * m];
         let work = |(ci, out): (usize, &mut [f32])| {
@@ -440,10 +464,11 @@ impl PackedMatrix {
                 for r in 0..n {
                     let o = &mut out[r * m + i..r * m + i + g];
                     let xs = &x[i * cols..(i + g) * cols];
+                    let xqs = if xq.is_empty() { &[][..] } else { &xq[i * per_row..(i + g) * per_row] };
                     match g {
-                        4 => o.copy_from_slice(&self.row_dots::<4>(first + r, xs, simd)),
-                        2 => o.copy_from_slice(&self.row_dots::<2>(first + r, xs, simd)),
-                        _ => o.copy_from_slice(&self.row_dots::<1>(first + r, xs, simd)),
+                        4 => o.copy_from_slice(&self.row_dots::<4>(first + r, xs, xqs, simd)),
+                        2 => o.copy_from_slice(&self.row_dots::<2>(first + r, xs, xqs, simd)),
+                        _ => o.copy_from_slice(&self.row_dots::<1>(first + r, xs, xqs, simd)),
                     }
                 }
                 i += g;
@@ -471,10 +496,13 @@ impl PackedMatrix {
         y
     }
 
-    /// The dot products of weight row `r` with the `R` activation rows of `xs` (`[R, cols]`).
-    fn row_dots<const R: usize>(&self, r: usize, xs: &[f32], simd: bool) -> [f32; R] {
+    /// The dot products of weight row `r` with the `R` activation rows of `xs` (`[R, cols]`), or,
+    /// for a Q8_0 weight, of `xq` (the same rows as `cols / 32` blocks each).
+    fn row_dots<const R: usize>(&self, r: usize, xs: &[f32], xq: &[BlockQ8_0], simd: bool) -> [f32; R] {
         let c = self.cols;
         let x: [&[f32]; R] = std::array::from_fn(|i| &xs[i * c..(i + 1) * c]);
+        let per_row = c / Q8_0_BLOCK;
+        let xq: [&[BlockQ8_0]; R] = std::array::from_fn(|i| xq.get(i * per_row..(i + 1) * per_row).unwrap_or_default());
         #[cfg(target_arch = "x86_64")]
         if simd {
             // SAFETY: `simd` is only true when `simd_available()` found AVX2, FMA and F16C on
@@ -484,15 +512,12 @@ impl PackedMatrix {
                     PackedData::F32(v) => x86::dot_f32::<R>(&v[r * c..(r + 1) * c], x),
                     PackedData::Bf16(v) => x86::dot_bf16::<R>(&v[r * c..(r + 1) * c], x),
                     PackedData::F16(v) => x86::dot_f16::<R>(&v[r * c..(r + 1) * c], x),
-                    PackedData::Q8_0(v) => {
-                        let per_row = c / Q8_0_BLOCK;
-                        x86::dot_q8_0::<R>(&v[r * per_row..(r + 1) * per_row], x)
-                    }
+                    PackedData::Q8_0(v) => x86::dot_q8_0::<R>(&v[r * per_row..(r + 1) * per_row], xq),
                 };
             }
         }
         let _ = simd;
-        scalar_dots(self, r, x)
+        scalar_dots(self, r, x, xq)
     }
 }
 
@@ -535,8 +560,9 @@ impl std::fmt::Debug for Packed {
     }
 }
 
-/// The reference: each product in f32, summed in order, per activation row.
-fn scalar_dots<const R: usize>(w: &PackedMatrix, r: usize, x: [&[f32]; R]) -> [f32; R] {
+/// The reference: each product in f32, summed in order, per activation row; for Q8_0 llama.cpp's
+/// `ggml_vec_dot_q8_0_q8_0` (each block's integer dot product times both scales) on `xq`.
+fn scalar_dots<const R: usize>(w: &PackedMatrix, r: usize, x: [&[f32]; R], xq: [&[BlockQ8_0]; R]) -> [f32; R] {
     let c = w.cols;
     let mut out = [0.0f32; R];
     let dot = |get: &dyn Fn(usize) -> f32| {
@@ -557,10 +583,10 @@ fn scalar_dots<const R: usize>(w: &PackedMatrix, r: usize, x: [&[f32]; R]) -> [f
             let per_row = c / Q8_0_BLOCK;
             for (b, block) in v[r * per_row..(r + 1) * per_row].iter().enumerate() {
                 let d = block.scale();
-                for (o, xi) in out.iter_mut().zip(&x) {
-                    let xb = &xi[b * Q8_0_BLOCK..(b + 1) * Q8_0_BLOCK];
-                    let s: f32 = block.qs.iter().zip(xb).map(|(&q, &xv)| f32::from(q) * xv).sum();
-                    *o += s * d;
+                for (o, xi) in out.iter_mut().zip(&xq) {
+                    let xb = &xi[b];
+                    let s: i32 = block.qs.iter().zip(&xb.qs).map(|(&q, &xv)| i32::from(q) * i32::from(xv)).sum();
+                    *o += s as f32 * (d * xb.scale());
                 }
             }
         }
@@ -583,16 +609,16 @@ pub fn simd_available() -> bool {
     })
 }
 
-/// AVX2 + FMA + F16C kernels: 8 f32 lanes. Each widens 8 weights to f32 in a register (bf16: a
-/// 16-bit shift; f16: `vcvtph2ps`; Q8_0: sign-extend bytes and convert, the block's scale
-/// applied once per 32 values) and multiply-adds them into each activation row's accumulators.
+/// AVX2 + FMA + F16C kernels: 8 f32 lanes. The f32, bf16 and f16 ones widen 8 weights to f32 in a
+/// register (bf16: a 16-bit shift; f16: `vcvtph2ps`) and multiply-add them into each activation
+/// row's accumulators; Q8_0 multiplies bytes by bytes (`dot_q8_0`).
 /// With one activation row (decode) four accumulators per row keep four FMAs in flight (FMA
 /// latency 4, so one chain could not keep up with memory); with four rows, one each.
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{BlockQ8_0, Q8_0_BLOCK};
+    use super::BlockQ8_0;
 
     /// Accumulators per activation row: 4 chains in flight over all rows.
     const fn chains(r: usize) -> usize {
@@ -684,30 +710,41 @@ mod x86 {
         dot_lanes::<R>(w.len(), x, load, |k| half::f16::from_bits(w[k]).to_f32())
     }
 
+    /// One f16's bits as f32 (`vcvtph2ps`).
+    #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn dot_q8_0<const R: usize>(blocks: &[BlockQ8_0], x: [&[f32]; R]) -> [f32; R] {
-        let a = chains(R).min(2);
-        let mut acc = [[_mm256_setzero_ps(); 2]; R];
+    unsafe fn f16_to_f32(bits: u16) -> f32 {
+        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits))))
+    }
+
+    /// llama.cpp's AVX2 `ggml_vec_dot_q8_0_q8_0`: per block, `|w|` (unsigned) times `x` with
+    /// `w`'s signs (`vpsignb`), multiplied and added in pairs to i16 (`vpmaddubsw`: at most
+    /// 2·128·127, no saturation), then in pairs to i32 (`vpmaddwd` by ones), converted once and
+    /// scaled by both blocks' scales in one FMA.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_q8_0<const R: usize>(blocks: &[BlockQ8_0], x: [&[BlockQ8_0]; R]) -> [f32; R] {
+        let a = chains(R);
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [[_mm256_setzero_ps(); 4]; R];
         for (b, block) in blocks.iter().enumerate() {
-            let d = _mm256_set1_ps(_mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(block.d)))));
-            let q = block.qs.as_ptr();
-            // The block's 32 products per row in two partial sums, then scaled once.
-            let mut part = [[_mm256_setzero_ps(); 2]; R];
-            for v in 0..4 {
-                let w = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(q.add(8 * v) as *const __m128i)));
-                for r in 0..R {
-                    let xv = _mm256_loadu_ps(x[r].as_ptr().add(b * Q8_0_BLOCK + 8 * v));
-                    part[r][v % 2] = _mm256_fmadd_ps(w, xv, part[r][v % 2]);
-                }
-            }
+            let wd = f16_to_f32(block.d);
+            let qw = _mm256_loadu_si256(block.qs.as_ptr() as *const __m256i);
+            let aw = _mm256_sign_epi8(qw, qw);
             for r in 0..R {
-                let s = _mm256_add_ps(part[r][0], part[r][1]);
-                acc[r][b % a] = _mm256_fmadd_ps(s, d, acc[r][b % a]);
+                let xb = &x[r][b];
+                let qx = _mm256_loadu_si256(xb.qs.as_ptr() as *const __m256i);
+                let dot = _mm256_madd_epi16(_mm256_maddubs_epi16(aw, _mm256_sign_epi8(qx, qw)), ones);
+                let d = _mm256_set1_ps(wd * f16_to_f32(xb.d));
+                acc[r][b % a] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(dot), acc[r][b % a]);
             }
         }
         let mut out = [0.0f32; R];
         for r in 0..R {
-            out[r] = hsum(if a > 1 { _mm256_add_ps(acc[r][0], acc[r][1]) } else { acc[r][0] });
+            let mut s = acc[r][0];
+            for c in acc[r].iter().take(a).skip(1) {
+                s = _mm256_add_ps(s, *c);
+            }
+            out[r] = hsum(s);
         }
         out
     }
@@ -728,8 +765,18 @@ mod tests {
             .collect()
     }
 
-    /// The f64 sum of the dequantized weights times the activations: what both paths approximate.
+    /// The f64 sum of the dequantized weights times the activations: what both paths approximate
+    /// (for a Q8_0 weight, times the activations as the kernel quantizes them).
     fn exact(w: &PackedMatrix, x: &[f32], m: usize) -> Vec<f64> {
+        let mut x = x.to_vec();
+        if let PackedData::Q8_0(_) = w.data {
+            round_through_q8_0(&mut x);
+        }
+        exact_f32(w, &x, m)
+    }
+
+    /// The f64 sum of the dequantized weights times the f32 activations.
+    fn exact_f32(w: &PackedMatrix, x: &[f32], m: usize) -> Vec<f64> {
         let wf = w.to_f32();
         let mut y = vec![0.0; m * w.rows];
         for i in 0..m {
@@ -768,6 +815,36 @@ mod tests {
                             );
                         }
                     }
+                }
+            }
+        }
+    }
+
+    /// Quantizing a Q8_0 matmul's activations moves each activation by at most half a step plus
+    /// the f16 rounding of the block's scale (127 steps · 2^-11): the result is within
+    /// `Σ |w| · 0.563 · d_x` of the f32-activation sum.
+    #[test]
+    fn q8_0_activation_rounding_is_bounded() {
+        let (rows, cols, m) = (37, 256, 3);
+        let w = PackedMatrix::from_f32(&values(rows * cols, 5), rows, cols, WeightDtype::Q8_0).unwrap();
+        let wf = w.to_f32();
+        let x: Vec<f32> = values(m * cols, 6).iter().enumerate().map(|(k, v)| v * (1.0 + (k % 97) as f32)).collect();
+        let xq = PackedMatrix::from_f32(&x, m, cols, WeightDtype::Q8_0).unwrap();
+        let PackedData::Q8_0(xb) = &xq.data else { unreachable!() };
+        let want = exact_f32(&w, &x, m);
+        for simd in [false, true] {
+            let got = w.matmul_with(&x, m, simd);
+            for i in 0..m {
+                for o in 0..rows {
+                    let bound: f64 = (0..cols)
+                        .map(|k| f64::from(wf[o * cols + k].abs()) * 0.563 * f64::from(xb[(i * cols + k) / 32].scale()))
+                        .sum();
+                    let (g, e) = (f64::from(got[i * rows + o]), want[i * rows + o]);
+                    // Plus the f32 sums' rounding.
+                    assert!(
+                        (g - e).abs() <= bound + 1e-5 * cols as f64 * (1.0 + e.abs()),
+                        "simd={simd} {i},{o}: {g} vs {e}"
+                    );
                 }
             }
         }

@@ -25,7 +25,7 @@ use crate::config::QwenConfig;
 use crate::error::{ModelError, Result};
 use crate::lora::{adapted, Lora};
 use crate::moe::SparseMoe;
-use crate::packed::{Packed, PackedMatrix};
+use crate::packed::{Packed, PackedData, PackedMatrix};
 
 // ---------------------------------------------------------------------------------------------
 // Rotary embedding
@@ -568,7 +568,13 @@ pub(crate) fn packed_forward<B: Backend, const D: usize>(w: &PackedMatrix, x: Te
     let rows = dims[..D - 1].iter().product::<usize>();
     let device = x.device();
     let y = if rows >= PACKED_TILE_ROWS {
-        let x = x.reshape([rows, w.cols]);
+        let mut x = x.reshape([rows, w.cols]);
+        if let PackedData::Q8_0(_) = w.data {
+            // The activations as the Q8_0 kernel (and llama.cpp) multiplies them.
+            let (mut host, _) = host_rows(x);
+            crate::packed::round_through_q8_0(&mut host);
+            x = Tensor::from_data(TensorData::new(host, [rows, w.cols]), &device);
+        }
         let tile = ((1 << 20) / w.cols.max(1)).max(64);
         let parts: Vec<Tensor<B, 2>> = (0..w.rows)
             .step_by(tile)
