@@ -141,6 +141,14 @@ impl BlockQ8_0 {
     fn scale(&self) -> f32 {
         f16::from_bits(self.d).to_f32()
     }
+
+    /// The block's 32 values as f32 (`q · d`) into `out`.
+    pub fn dequantize_into(&self, out: &mut [f32]) {
+        let d = self.scale();
+        for (o, &q) in out.iter_mut().zip(&self.qs) {
+            *o = f32::from(q) * d;
+        }
+    }
 }
 
 /// Rounds activations `x` (whole blocks of 32) to the values their Q8_0 blocks hold, as the
@@ -148,11 +156,7 @@ impl BlockQ8_0 {
 /// prefill path that multiplies dequantized tiles in f32 instead.
 pub fn round_through_q8_0(x: &mut [f32]) {
     for chunk in x.chunks_exact_mut(Q8_0_BLOCK) {
-        let block = BlockQ8_0::quantize(chunk);
-        let d = block.scale();
-        for (v, &q) in chunk.iter_mut().zip(&block.qs) {
-            *v = f32::from(q) * d;
-        }
+        BlockQ8_0::quantize(chunk).dequantize_into(chunk);
     }
 }
 
@@ -394,10 +398,7 @@ impl PackedMatrix {
             PackedData::Q8_0(v) => {
                 let per_row = c / Q8_0_BLOCK;
                 for (block, o) in v[r * per_row..(r + 1) * per_row].iter().zip(out.chunks_exact_mut(Q8_0_BLOCK)) {
-                    let d = block.scale();
-                    for (o, &q) in o.iter_mut().zip(&block.qs) {
-                        *o = f32::from(q) * d;
-                    }
+                    block.dequantize_into(o);
                 }
             }
         }
@@ -444,7 +445,6 @@ impl PackedMatrix {
             PackedData::Q8_0(_) => x.chunks_exact(Q8_0_BLOCK).map(BlockQ8_0::quantize).collect(),
             _ => Vec::new(),
         };
-        let per_row = cols / Q8_0_BLOCK;
         // `yt` is `[rows, m]`: each task writes its own rows' outputs contiguously.
         let mut yt = vec![0.0f32; rows * m];
         let work = |(ci, out): (usize, &mut [f32])| {
@@ -463,12 +463,10 @@ impl PackedMatrix {
                 };
                 for r in 0..n {
                     let o = &mut out[r * m + i..r * m + i + g];
-                    let xs = &x[i * cols..(i + g) * cols];
-                    let xqs = if xq.is_empty() { &[][..] } else { &xq[i * per_row..(i + g) * per_row] };
                     match g {
-                        4 => o.copy_from_slice(&self.row_dots::<4>(first + r, xs, xqs, simd)),
-                        2 => o.copy_from_slice(&self.row_dots::<2>(first + r, xs, xqs, simd)),
-                        _ => o.copy_from_slice(&self.row_dots::<1>(first + r, xs, xqs, simd)),
+                        4 => o.copy_from_slice(&self.row_dots::<4>(first + r, x, &xq, i, simd)),
+                        2 => o.copy_from_slice(&self.row_dots::<2>(first + r, x, &xq, i, simd)),
+                        _ => o.copy_from_slice(&self.row_dots::<1>(first + r, x, &xq, i, simd)),
                     }
                 }
                 i += g;
@@ -496,13 +494,15 @@ impl PackedMatrix {
         y
     }
 
-    /// The dot products of weight row `r` with the `R` activation rows of `xs` (`[R, cols]`), or,
-    /// for a Q8_0 weight, of `xq` (the same rows as `cols / 32` blocks each).
-    fn row_dots<const R: usize>(&self, r: usize, xs: &[f32], xq: &[BlockQ8_0], simd: bool) -> [f32; R] {
+    /// The dot products of weight row `r` with activation rows `i..i + R` of `x` (`[m, cols]`),
+    /// or, for a Q8_0 weight, with the same rows of `xq` (`cols / 32` blocks each).
+    fn row_dots<const R: usize>(&self, r: usize, x: &[f32], xq: &[BlockQ8_0], i: usize, simd: bool) -> [f32; R] {
         let c = self.cols;
-        let x: [&[f32]; R] = std::array::from_fn(|i| &xs[i * c..(i + 1) * c]);
+        let x: [&[f32]; R] = std::array::from_fn(|j| &x[(i + j) * c..(i + j + 1) * c]);
         let per_row = c / Q8_0_BLOCK;
-        let xq: [&[BlockQ8_0]; R] = std::array::from_fn(|i| xq.get(i * per_row..(i + 1) * per_row).unwrap_or_default());
+        // `xq` is empty for every dtype but Q8_0, whose kernels alone read it.
+        let xq: [&[BlockQ8_0]; R] =
+            std::array::from_fn(|j| xq.get((i + j) * per_row..(i + j + 1) * per_row).unwrap_or_default());
         #[cfg(target_arch = "x86_64")]
         if simd {
             // SAFETY: `simd` is only true when `simd_available()` found AVX2, FMA and F16C on
