@@ -24,7 +24,11 @@
 //!    training prompts, every wrong one against the right answer: comparisons labelled by the
 //!    checker, as the report fine-tunes on comparisons of its models' responses).
 //! 3. **PPO** from the SFT policy with that reward model (value model from the reward model,
-//!    frozen reference, KL penalty, value warm-up).
+//!    frozen reference, KL penalty, value warm-up). With `--ppo-rounds N` (iterated online RLHF)
+//!    PPO runs in N rounds: between two, the current policy's sampled mistakes on fresh training
+//!    prompts fine-tune the reward model further (a reward run `OUT/stages/reward-roundK/`), and
+//!    PPO goes on against the refreshed model (`report.json`'s `ppo_rounds` says what each
+//!    refresh measured).
 //! 4. **DPO** from the SFT policy on half near misses, half the SFT policy's mistakes in one
 //!    sampled reply to each of `--dpo-mistake-prompts` training prompts.
 //! 5. **GRPO** from the SFT policy with the `exact_match` verifier (beyond the report).
@@ -58,8 +62,8 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use qwen::backend::{device, optimizer_update, Backend, TrainBackend};
 use qwen_align::{
     constant, sequence_logprobs, DpoConfig, DpoRunConfig, GrpoBatch, GrpoConfig, GrpoReward, GrpoRunConfig, Overflow,
-    Pair, PairBatch, PpoBatch, PpoConfig, PpoOptim, PpoRunConfig, ResponseBatch, RewardConfig, Run, ScoreModel,
-    SftBatcher, SftConfig,
+    Pair, PairBatch, PpoBatch, PpoConfig, PpoOptim, PpoRunConfig, ResponseBatch, RewardConfig, Run, RunningMoments,
+    ScoreModel, SftBatcher, SftConfig,
 };
 use qwen_data::corpus::{CorpusConfig, CorpusFiles, SourceSpec};
 use qwen_data::rng::SplitMix64;
@@ -109,6 +113,19 @@ struct Args {
     /// PPO KL penalty coefficient (the report: 0.04).
     #[arg(long, default_value_t = 0.04)]
     kl_coef: f64,
+    /// PPO in this many rounds of equal steps (iterated online RLHF): before each round after the
+    /// first, the current policy answers `--round-prompts` training prompts it has not been
+    /// measured on (`--mistake-samples` replies each) and the reward model is fine-tuned further
+    /// for `--round-rm-steps` on its wrong ones (half of the mistake pairs from that round, half
+    /// from all earlier ones), then PPO continues against it. 1: PPO against the first reward model.
+    #[arg(long, default_value_t = 1)]
+    ppo_rounds: u64,
+    /// Training prompts the current PPO policy answers before each reward-model refresh.
+    #[arg(long, default_value_t = 2048)]
+    round_prompts: usize,
+    /// Reward-model fine-tuning steps of each refresh between PPO rounds.
+    #[arg(long, default_value_t = 100)]
+    round_rm_steps: u64,
     /// DPO steps (0 skips DPO).
     #[arg(long, default_value_t = 80)]
     dpo_steps: u64,
@@ -174,6 +191,10 @@ struct Args {
 
 const HELD_OUT: usize = 512;
 const MAX_NEW_TOKENS: usize = 16;
+/// Prompts per generation batch in [`Task::replies`].
+const REPLY_CHUNK: usize = 256;
+/// Rows per forward when measuring a policy (scores and log-probs).
+const MEASURE_CHUNK: usize = 64;
 
 /// One prompt of the task: a run of consecutive words from a document.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -353,7 +374,11 @@ impl Task {
         let config =
             GenerateConfig { max_new_tokens: MAX_NEW_TOKENS, stop_ids: vec![self.stop], sampling: sampling.clone() };
         let mut replies = Vec::with_capacity(prompts.len());
-        for chunk in prompts.chunks(256) {
+        for (i, chunk) in prompts.chunks(REPLY_CHUNK).enumerate() {
+            // `generate_batch` seeds row `r` with `seed + r`: offset by the chunk's start, so that
+            // every reply of the call has its own seed (`seed + its index`).
+            let mut config = config.clone();
+            config.sampling.seed = sampling.seed.wrapping_add((i * REPLY_CHUNK) as u64);
             replies.extend(model.generate_batch(chunk, &config, |_, _| true)?);
         }
         let texts = replies.iter().map(|r| self.text(r)).collect::<Result<Vec<_>>>()?;
@@ -381,15 +406,25 @@ impl Task {
         let prompts = items.iter().map(|w| self.prompt_ids(w)).collect::<qwen_align::Result<Vec<_>>>()?;
         let mut score = 0.0;
         let mut kl = 0.0;
-        for ((p, g), s) in prompts.iter().zip(&greedy).zip(&sampled) {
-            let row = [p.clone(), g.clone()].concat();
-            score += reward.rewards(std::slice::from_ref(&row), &[row.len() - 1])?.into_scalar() as f64;
+        for (at, chunk) in prompts.chunks(MEASURE_CHUNK).enumerate().map(|(i, c)| (i * MEASURE_CHUNK, c)) {
+            let rows = |replies: &[Vec<u32>]| {
+                let items: Vec<(&[u32], &[u32])> = chunk
+                    .iter()
+                    .zip(&replies[at..at + chunk.len()])
+                    .map(|(p, r)| (p.as_slice(), r.as_slice()))
+                    .collect();
+                ResponseBatch::new(&items, self.pad, usize::MAX)
+            };
+            // The reward model's score at each greedy reply's last token (right padding does not
+            // reach it: attention is causal).
+            let g = rows(&greedy)?;
+            score += reward.rewards(&g.rows, &g.ends)?.sum().into_scalar() as f64;
             let Some(reference) = reference else { continue };
-            // log π(y|x) − log π_ref(y|x) of the sampled reply y: the k1 estimate of the KL.
-            let rows = ResponseBatch::new(&[(p.as_slice(), s.as_slice())], self.pad, usize::MAX)?;
+            // log π(y|x) − log π_ref(y|x) of each sampled reply y: the k1 estimate of the KL.
+            let s = rows(&sampled)?;
             let lp = |m: &QwenModel<Backend>| -> Result<f64> {
-                let logits = m.forward_mode(&rows.rows, Mode::Inference)?;
-                Ok(sequence_logprobs(logits, &rows.targets)?.into_scalar() as f64)
+                let logits = m.forward_mode(&s.rows, Mode::Inference)?;
+                Ok(sequence_logprobs(logits, &s.targets)?.sum().into_scalar() as f64)
             };
             kl += lp(policy)? - lp(reference)?;
         }
@@ -401,6 +436,176 @@ impl Task {
             format: greedy.iter().filter(|r| r.last() == Some(&self.stop)).count() as f64 / n,
             sampled_accuracy: self.accuracy(items, &sampled_texts),
         })
+    }
+}
+
+/// Held-out comparisons in batches of 32.
+fn pair_batches(task: &Task, pairs: &[Pair]) -> Result<Vec<PairBatch>> {
+    pairs.chunks(32).map(|c| Ok(PairBatch::new(c, task.pad, 128)?)).collect()
+}
+
+/// A policy's sampled wrong replies: `(round, prompt index, prompt, reply)`.
+type Mistakes = Vec<(u64, usize, Item, String)>;
+
+/// One reward-model refresh between PPO rounds (`--ppo-rounds`): the current policy samples
+/// replies to training prompts not asked before, its wrong ones become comparisons against the
+/// right answer, and the reward model is fine-tuned further on them (and on the earlier rounds'
+/// mistakes and near misses), measured on the current policy's held-out mistakes before and after.
+struct Refresh<'a> {
+    args: &'a Args,
+    task: &'a Task,
+    round: u64,
+    /// The PPO step the round ended at.
+    step: u64,
+    /// Whether PPO is at that step (a resumed run past it must find the round's mistakes saved).
+    at_boundary: bool,
+    train: &'a [Item],
+    /// The first training prompt no policy has answered yet (the SFT policy's mistakes come from
+    /// the ones before it); round `k` asks the `--round-prompts` after the previous rounds'.
+    first_prompt: usize,
+    held: &'a [Item],
+    held_near: &'a [PairBatch],
+    held_sft_mistakes: &'a [PairBatch],
+    near: &'a MakePair<'a>,
+    mistakes_of: &'a dyn Fn(&QwenModel<Backend>, &[Item], u64) -> Result<Mistakes>,
+}
+
+/// The mistakes a refresh sampled, kept in its folder so that a run resumed past the round
+/// boundary (the policy that made them is gone) fine-tunes on the same ones.
+#[derive(Debug, Serialize, serde::Deserialize)]
+struct RoundMistakes {
+    replies: usize,
+    train: Vec<(Vec<String>, String)>,
+    held: Vec<(Vec<String>, String)>,
+}
+
+/// What one reward-model refresh measured (`report.json`'s `ppo_rounds`).
+#[derive(Debug, Clone, Serialize)]
+struct RoundReport {
+    round: u64,
+    /// The PPO step after which the reward model was refreshed.
+    step: u64,
+    /// Replies the policy sampled to training prompts, and the wrong ones (new comparisons).
+    replies: usize,
+    mistakes: usize,
+    /// Comparisons from the policy's wrong replies to the held-out prompts (`--mistake-samples`
+    /// replies each), and the reward model's accuracy on them before and after the refresh.
+    held_pairs: usize,
+    accuracy_before: f64,
+    accuracy_after: f64,
+    /// The refreshed reward model on the SFT policy's held-out mistakes and on near misses.
+    sft_mistakes_after: f64,
+    near_misses_after: f64,
+}
+
+impl std::fmt::Display for RoundReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "after step {}: {} mistakes in {} sampled replies; reward model on the policy's held-out mistakes {:.1}% -> \
+             {:.1}% ({} pairs), on the SFT policy's {:.1}%, near misses {:.1}%",
+            self.step,
+            self.mistakes,
+            self.replies,
+            100.0 * self.accuracy_before,
+            100.0 * self.accuracy_after,
+            self.held_pairs,
+            100.0 * self.sft_mistakes_after,
+            100.0 * self.near_misses_after
+        )
+    }
+}
+
+impl Refresh<'_> {
+    /// Samples `policy`'s mistakes (or reads the saved ones), fine-tunes `judge` on them and on
+    /// `pool` (all earlier mistakes) in the reward run `dir`; returns the refreshed reward model,
+    /// the new mistakes and what was measured.
+    fn run(
+        &self,
+        policy: &QwenModel<Backend>,
+        judge: &ScoreModel<TrainBackend>,
+        pool: &[(Item, String)],
+        dir: &Path,
+        dev: &burn::tensor::Device<TrainBackend>,
+    ) -> Result<(ScoreModel<TrainBackend>, Vec<(Item, String)>, RoundReport)> {
+        let (args, task) = (self.args, self.task);
+        let saved = dir.join("round_mistakes.json");
+        let found: RoundMistakes = match std::fs::read(&saved) {
+            Ok(bytes) => serde_json::from_slice(&bytes)?,
+            Err(_) => {
+                ensure!(self.at_boundary, "{} is missing: the round's policy is gone", saved.display());
+                let start = self.first_prompt + (self.round as usize - 1) * args.round_prompts;
+                let asked: Vec<Item> =
+                    (0..args.round_prompts).map(|j| self.train[(start + j) % self.train.len()].clone()).collect();
+                let strip = |m: Mistakes| m.into_iter().map(|(_, _, w, t)| (w.0, t)).collect();
+                let found = RoundMistakes {
+                    replies: asked.len() * args.mistake_samples,
+                    train: strip((self.mistakes_of)(policy, &asked, 100 + self.round)?),
+                    held: strip((self.mistakes_of)(policy, self.held, 13)?),
+                };
+                std::fs::create_dir_all(dir)?;
+                let tmp = dir.join("round_mistakes.json.tmp");
+                std::fs::write(&tmp, serde_json::to_vec(&found)?)?;
+                std::fs::rename(&tmp, &saved)?;
+                found
+            }
+        };
+        let items = |v: &[(Vec<String>, String)]| -> Vec<(Item, String)> {
+            v.iter().map(|(w, t)| (Item(w.clone()), t.clone())).collect()
+        };
+        let (fresh, held) = (items(&found.train), items(&found.held));
+        let held_batches =
+            pair_batches(task, &held.iter().map(|(w, t)| task.pair(w, t)).collect::<qwen_align::Result<Vec<_>>>()?)?;
+        let accuracy_before = qwen_align::evaluate_pairs(&judge.valid(), &held_batches)?.accuracy as f64;
+
+        let config = RewardConfig {
+            optim: OptimConfig { update: optimizer_update(), ..OptimConfig::default() },
+            schedule: constant(args.rm_lr, 10),
+            pmp_steps: 0,
+            finetune_steps: args.round_rm_steps,
+            checkpoint_every: args.checkpoint_every,
+        };
+        let share = (1000.0 * args.mistake_share.clamp(0.0, 1.0)).round() as u64;
+        let make = |w: &Item, rng: &mut SplitMix64| -> qwen_align::Result<Pair> {
+            // Half of the mistake pairs from this round's, half from the earlier ones.
+            let from = if pool.is_empty() || (!fresh.is_empty() && rng.below(2) == 0) { &fresh[..] } else { pool };
+            if rng.below(1000) < share && !from.is_empty() {
+                let (w, wrong) = &from[rng.below(from.len() as u64) as usize];
+                task.pair(w, wrong)
+            } else {
+                (self.near)(w, rng)
+            }
+        };
+        let mut data = |step: u64| -> qwen_align::Result<PairBatch> {
+            let mut rng = step_rng(args.seed, 10 + self.round, step);
+            let pairs = (0..args.batch)
+                .map(|_| make(&self.train[rng.below(self.train.len() as u64) as usize], &mut rng))
+                .collect::<qwen_align::Result<Vec<_>>>()?;
+            PairBatch::new(&pairs, task.pad, 128)
+        };
+        let mut rm = Run::reward(&config, judge.clone(), dir, dev)?;
+        let pb = progress(args.round_rm_steps, rm.step(), "rm");
+        rm.train(&mut data, |s| {
+            pb.set_prefix(format!("loss {:.3} acc {:.2}", s.pairs.loss, s.pairs.accuracy));
+            pb.inc(1);
+        })?;
+        pb.finish_and_clear();
+        let refreshed = rm.into_stage().trainer.model;
+        let valid = refreshed.valid();
+        let acc =
+            |batches: &[PairBatch]| -> Result<f64> { Ok(qwen_align::evaluate_pairs(&valid, batches)?.accuracy as f64) };
+        let row = RoundReport {
+            round: self.round,
+            step: self.step,
+            replies: found.replies,
+            mistakes: fresh.len(),
+            held_pairs: held.len(),
+            accuracy_before,
+            accuracy_after: acc(&held_batches)?,
+            sft_mistakes_after: acc(self.held_sft_mistakes)?,
+            near_misses_after: acc(self.held_near)?,
+        };
+        Ok((refreshed, fresh, row))
     }
 }
 
@@ -457,6 +662,9 @@ struct Report {
     sft: BeforeAfter,
     #[serde(skip_serializing_if = "Option::is_none")]
     ppo: Option<BeforeAfter>,
+    /// The reward model's refreshes between PPO rounds (`--ppo-rounds`; none with one round).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    ppo_rounds: Vec<RoundReport>,
     #[serde(skip_serializing_if = "Option::is_none")]
     dpo: Option<BeforeAfter>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -684,11 +892,11 @@ fn main() -> Result<()> {
     // `--mistake-samples` replies per prompt, each wrong one kept with its round and prompt index
     // (a prompt the policy often gets wrong, and a frequent wrong answer, weigh as much as the
     // policy makes them).
-    let mistakes = |items: &[Item], seed: u64| -> Result<Vec<(u64, usize, Item, String)>> {
+    let mistakes_of = |model: &QwenModel<Backend>, items: &[Item], seed: u64| -> Result<Mistakes> {
         let mut out = Vec::new();
         for round in 0..args.mistake_samples as u64 {
-            // Rows of a generation batch are seeded `seed + row`, below 256: rounds 1000 apart.
-            let (_, texts) = task.replies(&sft_model, items, &sampling(0.9, seed + 1000 * round))?;
+            // Reply `i` of a call is seeded `seed + i`: each round's seeds after the last one's.
+            let (_, texts) = task.replies(model, items, &sampling(0.9, seed + round * items.len() as u64))?;
             let wrong = items.iter().zip(texts).enumerate().filter(|(_, (w, t))| w.answer(task.kind) != t.trim());
             out.extend(wrong.map(|(i, (w, t))| (round, i, w.clone(), t)));
         }
@@ -696,8 +904,8 @@ fn main() -> Result<()> {
     };
     let asked = args.mistake_prompts.min(train_words.len());
     let sampling_started = Instant::now();
-    let all_mistakes = mistakes(&train_words[..asked], 11)?;
-    let held_mistakes = mistakes(&held_words, 13)?;
+    let all_mistakes = mistakes_of(&sft_model, &train_words[..asked], 11)?;
+    let held_mistakes = mistakes_of(&sft_model, &held_words, 13)?;
     let pool = |keep: &dyn Fn(u64, usize) -> bool| -> Vec<(Item, String)> {
         all_mistakes.iter().filter(|m| keep(m.0, m.1)).map(|(_, _, w, t)| (w.clone(), t.clone())).collect()
     };
@@ -725,9 +933,7 @@ fn main() -> Result<()> {
     };
     let rm_pairs = near_or_mistake((1000.0 * args.mistake_share.clamp(0.0, 1.0)).round() as u64, 1000, false);
     let dpo_pairs = near_or_mistake(1, 2, true);
-    let batches = |pairs: Vec<Pair>| -> Result<Vec<PairBatch>> {
-        pairs.chunks(32).map(|c| Ok(PairBatch::new(c, task.pad, 128)?)).collect()
-    };
+    let batches = |pairs: Vec<Pair>| pair_batches(&task, &pairs);
     let held_pairs = |make: &MakePair, rng: &mut SplitMix64| -> Result<Vec<PairBatch>> {
         batches(held_words.iter().map(|w| make(w, rng)).collect::<qwen_align::Result<Vec<_>>>()?)
     };
@@ -812,9 +1018,11 @@ fn main() -> Result<()> {
     println!("SFT   before: {m_pretrained}\n      after:  {m_sft}");
     // Before PPO, DPO and GRPO: the SFT policy, against itself (KL 0 by construction).
     let m_start = Measure { kl: 0.0, ..m_sft };
+    let mut report_rounds = Vec::new();
     let mut report = Report {
         sft: BeforeAfter { before: m_pretrained, after: m_sft },
         ppo: None,
+        ppo_rounds: Vec::new(),
         dpo: None,
         grpo: None,
         reward_model: rm_report,
@@ -846,10 +1054,57 @@ fn main() -> Result<()> {
                 (0..args.batch / 2).map(|_| task.prompt_ids(&pick(&mut rng))).collect::<qwen_align::Result<_>>()?;
             Ok(PpoBatch { prompts, ptx: None })
         };
-        ppo.train(&mut ppo_data, |s| {
-            pb.set_prefix(format!("score {:.3} kl {:.3}", s.score, s.kl));
-            pb.inc(1);
-        })?;
+        // Iterated online RLHF (`--ppo-rounds`): after each round but the last, the reward model
+        // is fine-tuned further on the current policy's sampled mistakes, and PPO goes on against it.
+        let rounds = args.ppo_rounds.max(1);
+        let mut judge = rm_model.clone();
+        let mut pool = train_mistakes.clone();
+        for round in 1..=rounds {
+            let until = args.ppo_steps * round / rounds;
+            ppo.train_until(until, &mut ppo_data, |s| {
+                pb.set_prefix(format!("score {:.3} kl {:.3}", s.score, s.kl));
+                pb.inc(1);
+            })?;
+            if round == rounds {
+                break;
+            }
+            // At the boundary (not on a resume past it), the checkpoint the refresh samples from.
+            let at_boundary = ppo.step() == until;
+            if at_boundary {
+                ppo.checkpoint()?;
+            }
+            let refresh = Refresh {
+                args: &args,
+                task: &task,
+                round,
+                step: until,
+                at_boundary,
+                train: &train_words,
+                first_prompt: asked,
+                held: &held_words,
+                held_near: &held_near,
+                held_sft_mistakes: &held_policy,
+                near: &near,
+                mistakes_of: &mistakes_of,
+            };
+            let (refreshed, fresh, row) = refresh.run(
+                &ppo.stage.valid_policy(),
+                &judge,
+                &pool,
+                &stages.join(format!("reward-round{round}")),
+                &dev,
+            )?;
+            println!("PPO   round {round}: {row}");
+            report_rounds.push(row);
+            pool.extend(fresh);
+            judge = refreshed;
+            ppo.stage.reward = judge.valid();
+            if at_boundary {
+                // The running reward mean is of the old reward model's scores (a resumed run past
+                // the boundary has the moments its checkpoint saved).
+                ppo.stage.moments = RunningMoments::default();
+            }
+        }
         pb.finish_and_clear();
         metrics.push(ppo.metrics_path().to_path_buf());
         let policy = ppo.stage.valid_policy();
@@ -860,6 +1115,7 @@ fn main() -> Result<()> {
             args.ppo_steps, args.value_warmup
         );
         report.ppo = Some(BeforeAfter { before: m_start, after });
+        report.ppo_rounds = report_rounds;
     }
 
     if args.dpo_steps > 0 {
