@@ -13,6 +13,8 @@
 //! - [`grpo`]: [`GrpoTrainer`], group-relative RL (groups of sampled responses, group-normalised
 //!   advantages, no value model, k3 KL to the reference) with rewards from a reward model or a
 //!   [`Verifier`].
+//! - [`compare`]: two policies on the same checked prompts ([`Flips`]: the prompts a stage turned
+//!   right and wrong, and McNemar's exact test of the split).
 //! - [`run`]: each stage as a config-driven run ([`SftConfig`], [`RewardConfig`], [`PpoRunConfig`],
 //!   [`DpoRunConfig`], [`GrpoRunConfig`] → [`Run`]) with a metrics JSONL, atomic checkpoints, its config saved in its
 //!   output folder, and exact resume after a kill.
@@ -38,6 +40,7 @@
 //! ```
 
 mod checkpoint;
+pub mod compare;
 pub mod dpo;
 mod error;
 pub mod grpo;
@@ -48,6 +51,7 @@ pub mod reward;
 pub mod run;
 pub mod sft;
 
+pub use compare::{sign_test, Flips};
 pub use dpo::{dpo_loss, DpoConfig, DpoStats, DpoStep, DpoTrainer};
 pub use error::{AlignError, Result};
 pub use grpo::{
