@@ -460,6 +460,12 @@ fn pair_batches(task: &Task, pairs: &[Pair]) -> Result<Vec<PairBatch>> {
 /// A policy's sampled wrong replies: `(round, prompt index, prompt, reply)`.
 type Mistakes = Vec<(u64, usize, Item, String)>;
 
+/// `(policy, prompts, seed)` → the policy's sampled wrong replies to the prompts.
+type MistakesOf<'f> = dyn Fn(&QwenModel<Backend>, &[Item], u64) -> Result<Mistakes> + 'f;
+
+/// What a refresh gives: the fine-tuned reward model, the round's new mistake pairs, its report row.
+type Refreshed = (ScoreModel<TrainBackend>, Vec<(Item, String)>, RoundReport);
+
 /// One reward-model refresh between PPO rounds (`--ppo-rounds`): the current policy samples
 /// replies to training prompts not asked before, its wrong ones become comparisons against the
 /// right answer, and the reward model is fine-tuned further on them (and on the earlier rounds'
@@ -480,7 +486,7 @@ struct Refresh<'a> {
     held_near: &'a [PairBatch],
     held_sft_mistakes: &'a [PairBatch],
     near: &'a MakePair<'a>,
-    mistakes_of: &'a dyn Fn(&QwenModel<Backend>, &[Item], u64) -> Result<Mistakes>,
+    mistakes_of: &'a MistakesOf<'a>,
 }
 
 /// The mistakes a refresh sampled, kept in its folder so that a run resumed past the round
@@ -540,7 +546,7 @@ impl Refresh<'_> {
         pool: &[(Item, String)],
         dir: &Path,
         dev: &burn::tensor::Device<TrainBackend>,
-    ) -> Result<(ScoreModel<TrainBackend>, Vec<(Item, String)>, RoundReport)> {
+    ) -> Result<Refreshed> {
         let (args, task) = (self.args, self.task);
         let saved = dir.join("round_mistakes.json");
         let found: RoundMistakes = match std::fs::read(&saved) {
