@@ -39,10 +39,11 @@
 //! for SFT, the SFT policy for the others), `Σ log π − log π_ref` over replies sampled at T = 1,
 //! nats per reply. `--report PATH` writes that table as JSON:
 //! `{"sft": S, "ppo": S, "dpo": S, "grpo": S, "reward_model": {"pmp": {"accuracy": x}, "finetune":
-//! {"accuracy": x}}}`, each `S` `{"before": M, "after": M, "greedy_flips": F}`, `M` `{"reward",
-//! "accuracy", "kl", "format", "sampled_accuracy"}` (accuracy of the greedy replies;
-//! `sampled_accuracy` of the replies the KL is measured on), `F` `{"gained", "lost", "p_value"}`
-//! (the held-out prompts the stage turned right and wrong, and McNemar's exact test of the split:
+//! {"accuracy": x}}}`, each `S` `{"before": M, "after": M, "greedy_flips": F, "sampled_flips":
+//! F}`, `M` `{"reward", "accuracy", "kl", "format", "sampled_accuracy"}` (accuracy of the greedy
+//! replies; `sampled_accuracy` of the replies the KL is measured on, one per prompt with the same
+//! seed before and after), `F` `{"gained", "lost", "p_value"}` (the held-out prompts the stage
+//! turned right and wrong, greedy or sampled, and McNemar's exact test of the split:
 //! `qwen_align::Flips`). The run fails when a stage does not move what it optimises the
 //! right way (see `check`), and prints a note where a stage lowered the greedy accuracy.
 //!
@@ -391,12 +392,6 @@ impl Task {
         Ok((replies, texts))
     }
 
-    /// Fraction of `texts` that are the right answers to `items`.
-    fn accuracy(&self, items: &[Item], texts: &[String]) -> f64 {
-        let right = self.correct(items, texts);
-        right.iter().filter(|&&r| r).count() as f64 / items.len() as f64
-    }
-
     /// Whether each reply is the prompt's answer.
     fn correct(&self, items: &[Item], texts: &[String]) -> Vec<bool> {
         items.iter().zip(texts).map(|(w, t)| w.answer(self.kind) == t.trim()).collect()
@@ -441,13 +436,16 @@ impl Task {
             kl += lp(policy)? - lp(reference)?;
         }
         let n = items.len() as f64;
+        let (correct, sampled_correct) = (self.correct(items, &texts), self.correct(items, &sampled_texts));
+        let fraction = |right: &[bool]| right.iter().filter(|&&r| r).count() as f64 / n;
         Ok(Measure {
             reward: score / n,
-            accuracy: self.accuracy(items, &texts),
-            correct: self.correct(items, &texts),
+            accuracy: fraction(&correct),
             kl: kl / n,
             format: greedy.iter().filter(|r| r.last() == Some(&self.stop)).count() as f64 / n,
-            sampled_accuracy: self.accuracy(items, &sampled_texts),
+            sampled_accuracy: fraction(&sampled_correct),
+            correct,
+            sampled_correct,
         })
     }
 }
@@ -551,7 +549,7 @@ impl Refresh<'_> {
         let saved = dir.join("round_mistakes.json");
         let found: RoundMistakes = match std::fs::read(&saved) {
             Ok(bytes) => serde_json::from_slice(&bytes)?,
-            Err(_) => {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 ensure!(self.at_boundary, "{} is missing: the round's policy is gone", saved.display());
                 let start = self.first_prompt + (self.round as usize - 1) * args.round_prompts;
                 let asked: Vec<Item> =
@@ -563,11 +561,10 @@ impl Refresh<'_> {
                     held: strip((self.mistakes_of)(policy, self.held, 13)?),
                 };
                 std::fs::create_dir_all(dir)?;
-                let tmp = dir.join("round_mistakes.json.tmp");
-                std::fs::write(&tmp, serde_json::to_vec(&found)?)?;
-                std::fs::rename(&tmp, &saved)?;
+                qwen_train::persist::write_file_atomically(&saved, &serde_json::to_vec(&found)?)?;
                 found
             }
+            Err(e) => return Err(e).with_context(|| format!("reading {}", saved.display())),
         };
         let items = |v: &[(Vec<String>, String)]| -> Vec<(Item, String)> {
             v.iter().map(|(w, t)| (Item(w.clone()), t.clone())).collect()
@@ -640,6 +637,10 @@ struct Measure {
     format: f64,
     /// Exact match of the replies sampled at T = 1 (the ones the KL is measured on).
     sampled_accuracy: f64,
+    /// Whether each held-out prompt's sampled reply is right (seeded per prompt, so the same
+    /// prompt gets the same seed before and after a stage).
+    #[serde(skip)]
+    sampled_correct: Vec<bool>,
 }
 
 impl std::fmt::Display for Measure {
@@ -662,12 +663,15 @@ struct BeforeAfter {
     after: Measure,
     /// The held-out prompts whose greedy reply the stage turned right and turned wrong.
     greedy_flips: Flips,
+    /// The same of the sampled replies (one per prompt, the same seed before and after).
+    sampled_flips: Flips,
 }
 
 impl BeforeAfter {
     fn new(before: Measure, after: Measure) -> Self {
         let greedy_flips = Flips::new(&before.correct, &after.correct);
-        Self { before, after, greedy_flips }
+        let sampled_flips = Flips::new(&before.sampled_correct, &after.sampled_correct);
+        Self { before, after, greedy_flips, sampled_flips }
     }
 }
 
@@ -911,7 +915,8 @@ fn main() -> Result<()> {
     );
     ensure!(args.no_checks || sft_after.loss < 0.5 * sft_before.loss, "SFT did not halve the held-out loss");
     let (_, sft_texts) = task.replies(&sft_model, &held_words, &SamplingConfig::default())?;
-    println!("SFT   held-out greedy accuracy {:.1}%", 100.0 * task.accuracy(&held_words, &sft_texts));
+    let right = task.correct(&held_words, &sft_texts).iter().filter(|&&r| r).count();
+    println!("SFT   held-out greedy accuracy {:.1}%", 100.0 * right as f64 / held_words.len() as f64);
 
     // 2. Reward model: PMP on coarse comparisons, then fine-tuning on near misses and mistakes.
     let coarse = |w: &Item, rng: &mut SplitMix64| -> qwen_align::Result<Pair> {
@@ -1155,7 +1160,7 @@ fn main() -> Result<()> {
             args.ppo_steps, args.value_warmup
         );
         let stage = BeforeAfter::new(m_start.clone(), after);
-        println!("      greedy: {}", stage.greedy_flips);
+        println!("      greedy: {}; sampled: {}", stage.greedy_flips, stage.sampled_flips);
         report.ppo = Some(stage);
         report.ppo_rounds = report_rounds;
     }
@@ -1190,7 +1195,7 @@ fn main() -> Result<()> {
             100.0 * pairs.accuracy
         );
         let stage = BeforeAfter::new(m_start.clone(), after);
-        println!("      greedy: {}", stage.greedy_flips);
+        println!("      greedy: {}; sampled: {}", stage.greedy_flips, stage.sampled_flips);
         report.dpo = Some(stage);
     }
 
@@ -1238,7 +1243,7 @@ fn main() -> Result<()> {
         let after = measure(&policy, Some(&sft_model))?;
         println!("GRPO  before: {m_start}\n      after:  {after}  ({} steps)", args.grpo_steps);
         let stage = BeforeAfter::new(m_start.clone(), after);
-        println!("      greedy: {}", stage.greedy_flips);
+        println!("      greedy: {}; sampled: {}", stage.greedy_flips, stage.sampled_flips);
         report.grpo = Some(stage);
     }
 

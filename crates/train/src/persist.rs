@@ -393,11 +393,14 @@ pub fn write_dir_atomically<E: From<TrainError>>(
     Ok(())
 }
 
-/// Writes `bytes` to `path.tmp-<pid>` and renames it to `path`.
+/// Writes `bytes` to `path.tmp-<pid>`, syncs it, and renames it to `path`: after a crash `path`
+/// holds the old bytes or the new ones, never a torn file.
 pub fn write_file_atomically(path: impl AsRef<Path>, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
     let path = path.as_ref();
     let tmp = sibling(path, "tmp")?;
-    std::fs::write(&tmp, bytes).map_err(io(&tmp))?;
+    let mut file = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+    file.write_all(bytes).and_then(|()| file.sync_all()).map_err(io(&tmp))?;
     std::fs::rename(&tmp, path).map_err(io(path))
 }
 
