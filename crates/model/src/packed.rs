@@ -92,6 +92,10 @@ impl std::str::FromStr for WeightDtype {
     }
 }
 
+/// Activation rows from which [`PackedMatrix::matmul`] runs a GEMM (prefill) instead of the
+/// matrix-vector kernel (decode, speculative and small batches).
+pub const GEMM_ROWS: usize = 16;
+
 /// Values per Q8_0 block.
 pub const Q8_0_BLOCK: usize = 32;
 
@@ -407,10 +411,15 @@ impl PackedMatrix {
     /// Rows `first..first + n` as f32, `[n, cols]` row-major, rows in parallel: a prefill tile.
     pub fn dequantize_rows(&self, first: usize, n: usize) -> Vec<f32> {
         let mut out = vec![0.0f32; n * self.cols];
+        self.dequantize_rows_into(first, &mut out);
+        out
+    }
+
+    /// Rows `first..` as f32 into `out` (whole rows of `cols` values), rows in parallel.
+    fn dequantize_rows_into(&self, first: usize, out: &mut [f32]) {
         if self.cols > 0 {
             out.par_chunks_mut(self.cols).enumerate().for_each(|(i, row)| self.dequantize_row(first + i, row));
         }
-        out
     }
 
     /// Every value as f32, row-major (tests and saving; inference never calls it).
@@ -422,12 +431,94 @@ impl PackedMatrix {
         out
     }
 
-    /// `y = x · Wᵀ + bias`: `x` is `[m, cols]` row-major, the result `[m, rows]`.
+    /// `y = x · Wᵀ + bias`: `x` is `[m, cols]` row-major, the result `[m, rows]`. Fewer than
+    /// [`GEMM_ROWS`] rows (decode) run this module's kernel; more (prefill) run
+    /// [`Self::matmul_gemm`].
     pub fn matmul(&self, x: &[f32], m: usize) -> Vec<f32> {
-        self.matmul_with(x, m, simd_available())
+        if m >= GEMM_ROWS {
+            self.matmul_gemm(x, m)
+        } else {
+            self.matmul_with(x, m, simd_available())
+        }
     }
 
-    /// [`Self::matmul`] on the scalar reference (`simd` false) or the SIMD kernel when available.
+    /// [`Self::matmul`] with the `gemm` crate (the matmul burn's Flex backend runs, with its
+    /// AVX-512 kernels where the binary turns them on): compute-bound prefill, where a tuned
+    /// GEMM's register blocking beats the kernel's dot products. An f32 weight is read where it
+    /// lies, as the transposed view of `[rows, cols]`; the other dtypes are dequantized ~4 MiB of
+    /// f32 rows at a time into one buffer, each tile multiplied into its columns of the result.
+    /// A Q8_0 weight's activations are rounded through Q8_0 first ([`round_through_q8_0`]), so
+    /// the product is the one the kernel (and llama.cpp) computes, up to summation order.
+    pub fn matmul_gemm(&self, x: &[f32], m: usize) -> Vec<f32> {
+        assert_eq!(x.len(), m * self.cols, "x must be [m, cols]");
+        let (n, k) = (self.rows, self.cols);
+        let mut y = vec![0.0f32; m * n];
+        if n == 0 || m == 0 {
+            return y;
+        }
+        let rounded;
+        let x = match self.data {
+            PackedData::Q8_0(_) => {
+                let mut v = x.to_vec();
+                round_through_q8_0(&mut v);
+                rounded = v;
+                &rounded[..]
+            }
+            _ => x,
+        };
+        // `y[:, first..first + t] = x · tileᵀ`, `tile` the weight's rows `first..first + t`.
+        let mut multiply = |first: usize, tile: &[f32]| {
+            let t = tile.len() / k.max(1);
+            // SAFETY: `y` is `[m, n]` row-major (row stride n, column stride 1) and the block
+            // written, rows 0..m and columns first..first + t, lies inside it; `x` is `[m, k]`
+            // row-major; `tile` holds `t` rows of `k` values, read as the `[k, t]` transposed
+            // view (row stride 1, column stride k). gemm reads and writes nothing else.
+            unsafe {
+                gemm::gemm(
+                    m,
+                    t,
+                    k,
+                    y.as_mut_ptr().add(first),
+                    1,
+                    n as isize,
+                    false,
+                    x.as_ptr(),
+                    1,
+                    k as isize,
+                    tile.as_ptr(),
+                    k as isize,
+                    1,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::Rayon(0),
+                )
+            }
+        };
+        match &self.data {
+            PackedData::F32(v) => multiply(0, v),
+            _ => {
+                let rows_per_tile = ((1 << 20) / k.max(1)).max(64).min(n);
+                let mut tile = vec![0.0f32; rows_per_tile * k];
+                for first in (0..n).step_by(rows_per_tile) {
+                    let t = rows_per_tile.min(n - first);
+                    self.dequantize_rows_into(first, &mut tile[..t * k]);
+                    multiply(first, &tile[..t * k]);
+                }
+            }
+        }
+        if let Some(b) = &self.bias {
+            for row in y.chunks_exact_mut(n) {
+                row.iter_mut().zip(b).for_each(|(y, b)| *y += b);
+            }
+        }
+        y
+    }
+
+    /// [`Self::matmul`] on this module's kernel at any row count: the scalar reference (`simd`
+    /// false) or the SIMD kernel when available.
     pub fn matmul_with(&self, x: &[f32], m: usize, simd: bool) -> Vec<f32> {
         assert_eq!(x.len(), m * self.cols, "x must be [m, cols]");
         let (rows, cols) = (self.rows, self.cols);
@@ -814,6 +905,30 @@ mod tests {
                                 "{dtype} {rows}x{cols} m={m} simd={simd}: {g} vs {e}"
                             );
                         }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The GEMM path (prefill: [`GEMM_ROWS`] rows and more) against the same f64 sums: every
+    /// dtype, with and without a bias, odd shapes, and a width whose ~4 MiB tiles split the rows
+    /// into three (128 rows a tile at 8,192 columns; the f32 weight is read in one piece).
+    #[test]
+    fn gemm_matches_the_reference() {
+        for &(rows, cols, m) in &[(17, 96, GEMM_ROWS), (33, 1056, 37), (300, 8192, 16), (5, 64, 130)] {
+            for dtype in [WeightDtype::F32Packed, WeightDtype::Bf16, WeightDtype::F16, WeightDtype::Q8_0] {
+                let mut w = PackedMatrix::from_f32(&values(rows * cols, 1), rows, cols, dtype).unwrap();
+                let x = values(m * cols, 3);
+                for bias in [None, Some(values(rows, 4))] {
+                    w.bias = bias.clone();
+                    let got = w.matmul(&x, m);
+                    let want = exact(&w, &x, m);
+                    assert_eq!(got.len(), m * rows);
+                    for (i, (g, e)) in got.iter().zip(&want).enumerate() {
+                        let e = e + bias.as_ref().map_or(0.0, |b| f64::from(b[i % rows]));
+                        let tol = 1e-6 * cols as f64 + 1e-6 * e.abs();
+                        assert!((f64::from(*g) - e).abs() <= tol, "{dtype} {rows}x{cols} m={m}: {g} vs {e}");
                     }
                 }
             }

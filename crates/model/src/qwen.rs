@@ -25,7 +25,7 @@ use crate::config::QwenConfig;
 use crate::error::{ModelError, Result};
 use crate::lora::{adapted, Lora};
 use crate::moe::SparseMoe;
-use crate::packed::{Packed, PackedData, PackedMatrix};
+use crate::packed::{Packed, PackedMatrix};
 
 // ---------------------------------------------------------------------------------------------
 // Rotary embedding
@@ -533,10 +533,6 @@ pub(crate) fn project<B: Backend, const D: usize>(
     y.reshape(out)
 }
 
-/// Activation rows from which a packed projection dequantizes tiles for the backend's matmul
-/// instead of running the packed kernel (docs/model.md).
-const PACKED_TILE_ROWS: usize = 16;
-
 /// `linear(x)` with the weight `packed` when given ([`packed_forward`]), else [`project`].
 pub(crate) fn project_packed<B: Backend, const D: usize>(
     linear: &Linear<B>,
@@ -558,44 +554,44 @@ fn host_rows<B: Backend, const D: usize>(x: Tensor<B, D>) -> (Vec<f32>, usize) {
     (host, rows)
 }
 
-/// `x · Wᵀ + bias` of a packed weight ([`crate::packed`]). Few rows (decode): the activations go
-/// to the host, the kernel multiplies them by the packed rows, the product comes back. Many rows
-/// (prefill, compute-bound, where the backend's matmul is faster than the kernel's dot products):
-/// rows of the weight are dequantized a tile (~4 MiB of f32) at a time and multiplied on the
-/// backend as a transposed view; no f32 copy of the whole weight exists.
+/// `x · Wᵀ + bias` of a packed weight ([`crate::packed`]): the activations go to the host, are
+/// multiplied there ([`PackedMatrix::matmul`]: the kernel for a few rows, a GEMM on the weight's
+/// own bytes or dequantized tiles for many), and the product comes back. No f32 copy of the
+/// whole weight exists, and an f32 weight is never copied at all.
 pub(crate) fn packed_forward<B: Backend, const D: usize>(w: &PackedMatrix, x: Tensor<B, D>) -> Tensor<B, D> {
+    let mut parts = packed_forward_parts(w, x, &[w.rows]);
+    parts.pop().expect("one part asked for")
+}
+
+/// [`packed_forward`] of a fused weight (q | k | v), its output columns split on the host into
+/// one tensor per width of `widths` (summing to the weight's rows). Each part is contiguous: a
+/// narrowed view of the fused product would send every later op (RoPE, the cache's copy) through
+/// burn's strided iteration, ~10% of a 128-token prefill.
+pub(crate) fn packed_forward_parts<B: Backend, const D: usize>(
+    w: &PackedMatrix,
+    x: Tensor<B, D>,
+    widths: &[usize],
+) -> Vec<Tensor<B, D>> {
+    debug_assert_eq!(widths.iter().sum::<usize>(), w.rows);
     let dims = x.dims();
-    let rows = dims[..D - 1].iter().product::<usize>();
     let device = x.device();
-    let y = if rows >= PACKED_TILE_ROWS {
-        let mut x = x.reshape([rows, w.cols]);
-        if let PackedData::Q8_0(_) = w.data {
-            // The activations as the Q8_0 kernel (and llama.cpp) multiplies them.
-            let (mut host, _) = host_rows(x);
-            crate::packed::round_through_q8_0(&mut host);
-            x = Tensor::from_data(TensorData::new(host, [rows, w.cols]), &device);
-        }
-        let tile = ((1 << 20) / w.cols.max(1)).max(64);
-        let parts: Vec<Tensor<B, 2>> = (0..w.rows)
-            .step_by(tile)
-            .map(|first| {
-                let n = tile.min(w.rows - first);
-                let t = Tensor::<B, 2>::from_data(TensorData::new(w.dequantize_rows(first, n), [n, w.cols]), &device);
-                x.clone().matmul(t.transpose())
-            })
-            .collect();
-        let y = Tensor::cat(parts, 1);
-        match &w.bias {
-            Some(b) => y + Tensor::<B, 1>::from_data(TensorData::new(b.clone(), [w.rows]), &device).unsqueeze::<2>(),
-            None => y,
-        }
-    } else {
-        let (host, rows) = host_rows(x);
-        Tensor::<B, 2>::from_data(TensorData::new(w.matmul(&host, rows), [rows, w.rows]), &device)
-    };
-    let mut out = dims;
-    out[D - 1] = w.rows;
-    y.reshape(out)
+    let (host, rows) = host_rows(x);
+    let y = w.matmul(&host, rows);
+    let mut first = 0;
+    widths
+        .iter()
+        .map(|&width| {
+            let part = if width == w.rows {
+                y.clone()
+            } else {
+                y.chunks_exact(w.rows.max(1)).flat_map(|row| &row[first..first + width]).copied().collect()
+            };
+            first += width;
+            let mut out = dims;
+            out[D - 1] = width;
+            Tensor::<B, 2>::from_data(TensorData::new(part, [rows, width]), &device).reshape(out)
+        })
+        .collect()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -668,17 +664,14 @@ impl<B: Backend> Attention<B> {
         let (mut q, mut k, mut v) = match self.packed.get(0) {
             // Packed: q | k | v are one matrix, one pass of the kernel.
             Some(qkv) => {
-                let y = packed_forward(qkv, x.clone());
-                let (dq, dk) = (nh * hd, nkv * hd);
+                let [q, k, v]: [Tensor<B, 3>; 3] = packed_forward_parts(qkv, x.clone(), &[nh * hd, nkv * hd, nkv * hd])
+                    .try_into()
+                    .expect("three parts asked for");
                 let delta = |l: &Option<Lora<B>>, t: Tensor<B, 3>| match l {
                     Some(l) => t + l.delta(x.clone(), p),
                     None => t,
                 };
-                (
-                    delta(&self.q_lora, y.clone().narrow(2, 0, dq)),
-                    delta(&self.k_lora, y.clone().narrow(2, dq, dk)),
-                    delta(&self.v_lora, y.narrow(2, dq + dk, dk)),
-                )
+                (delta(&self.q_lora, q), delta(&self.k_lora, k), delta(&self.v_lora, v))
             }
             None => (
                 adapted(&self.q_proj, None, &self.q_lora, x.clone(), p),
@@ -842,32 +835,39 @@ impl<B: Backend> Mlp<B> {
         };
         let ff = gate_up.rows / 2;
         let dims = x.dims();
-        let rows = dims[..D - 1].iter().product::<usize>();
         let plain = self.gate_lora.is_none() && self.up_lora.is_none() && self.down_lora.is_none();
-        if rows < PACKED_TILE_ROWS && plain {
-            // Decode: the whole block on the host, one transfer each way.
+        if plain {
+            // The whole block on the host, one transfer each way (the gate and up halves of the
+            // fused product are never narrowed views on the backend).
             let device = x.device();
             let (host, rows) = host_rows(x);
             let gu = gate_up.matmul(&host, rows);
             let mut h = vec![0.0f32; rows * ff];
-            for (h, gu) in h.chunks_exact_mut(ff).zip(gu.chunks_exact(2 * ff)) {
+            let swiglu = |(h, gu): (&mut [f32], &[f32])| {
                 let (g, u) = gu.split_at(ff);
                 for ((h, &g), &u) in h.iter_mut().zip(g).zip(u) {
                     *h = g / (1.0 + (-g).exp()) * u;
                 }
+            };
+            if rows < crate::packed::GEMM_ROWS {
+                h.chunks_exact_mut(ff).zip(gu.chunks_exact(2 * ff)).for_each(swiglu);
+            } else {
+                use rayon::prelude::*;
+                h.par_chunks_exact_mut(ff).zip(gu.par_chunks_exact(2 * ff)).for_each(swiglu);
             }
             let mut out = dims;
             out[D - 1] = down.rows;
             let y = down.matmul(&h, rows);
             return Tensor::<B, 2>::from_data(TensorData::new(y, [rows, down.rows]), &device).reshape(out);
         }
-        let gu = packed_forward(gate_up, x.clone());
+        let [gate, up]: [Tensor<B, D>; 2] =
+            packed_forward_parts(gate_up, x.clone(), &[ff, ff]).try_into().expect("two parts asked for");
         let delta = |l: &Option<Lora<B>>, t: Tensor<B, D>, x: &Tensor<B, D>| match l {
             Some(l) => t + l.delta(x.clone(), precision),
             None => t,
         };
-        let gate = delta(&self.gate_lora, gu.clone().narrow(D - 1, 0, ff), &x);
-        let up = delta(&self.up_lora, gu.narrow(D - 1, ff, ff), &x);
+        let gate = delta(&self.gate_lora, gate, &x);
+        let up = delta(&self.up_lora, up, &x);
         let h = silu(gate) * up;
         delta(&self.down_lora, packed_forward(down, h.clone()), &h)
     }
