@@ -14,7 +14,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
-use qwen::backend::{device, Backend};
+use qwen::backend::{device, inference_dtype, Backend};
 use qwen::chat::{Chat, Flow, StopReason};
 use qwen_model::{SamplingConfig, WeightDtype};
 
@@ -47,8 +47,9 @@ struct Args {
     top_p: f32,
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// How the projection and head weights are kept in memory: f32 (burn tensors), or bf16, f16,
-    /// q8_0 (packed, CPU kernel).
+    /// How the projection and head weights are kept in memory: f32, bf16, f16 or q8_0 (on the CPU
+    /// all four in HF's row order, multiplied by our kernel; f32 with --adapter, and on a GPU,
+    /// burn's tensors).
     #[arg(long, default_value = "f32")]
     dtype: WeightDtype,
 }
@@ -58,7 +59,9 @@ fn main() -> anyhow::Result<()> {
     if args.adapter.is_some() && args.dtype != WeightDtype::F32 {
         anyhow::bail!("--adapter is merged into f32 weights: use --dtype f32");
     }
-    let mut chat = Chat::<Backend>::load_as(&args.model, &device(), args.dtype)
+    // An adapter is merged into burn's f32 tensors; otherwise f32 is the CPU's fastest f32.
+    let dtype = if args.adapter.is_some() { args.dtype } else { inference_dtype(args.dtype) };
+    let mut chat = Chat::<Backend>::load_as(&args.model, &device(), dtype)
         .with_context(|| format!("loading {}", args.model.display()))?;
     if let Some(dir) = &args.adapter {
         chat = chat.with_adapter(dir).with_context(|| format!("loading the adapter {}", dir.display()))?;

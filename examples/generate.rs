@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::Parser;
-use qwen::backend::{device, Backend};
+use qwen::backend::{device, inference_dtype, Backend};
 use qwen_model::gguf::GgufFile;
 use qwen_model::{GenerateConfig, SamplingConfig, WeightDtype};
 use qwen_tokenizer::template::{ChatTemplate, RenderOptions};
@@ -24,8 +24,9 @@ struct Args {
     /// Folder with config.json and safetensors weights, or a llama.cpp GGUF file (Qwen2/Qwen3).
     #[arg(long)]
     model: PathBuf,
-    /// How the projection and head weights are kept in memory: f32 (burn tensors), or bf16, f16,
-    /// q8_0 (packed, CPU kernel; a GGUF tensor already in that type is kept as stored).
+    /// How the projection and head weights are kept in memory: f32, bf16, f16 or q8_0 (on the CPU
+    /// all four in HF's row order, multiplied by our kernel; f32 with --adapter, and on a GPU,
+    /// burn's tensors; a GGUF tensor already in that type is kept as stored).
     #[arg(long, default_value = "f32")]
     dtype: WeightDtype,
     /// A LoRA adapter for the model (PEFT's layout: adapter_config.json, adapter_model.safetensors),
@@ -79,9 +80,11 @@ fn main() -> anyhow::Result<()> {
         (None, None) => anyhow::bail!("--tokenizer is needed unless --model is a GGUF file"),
     }
     .with_normalization(Normalization::Nfc);
+    // An adapter is merged into burn's f32 tensors; otherwise f32 is the CPU's fastest f32.
+    let dtype = if args.adapter.is_some() { args.dtype } else { inference_dtype(args.dtype) };
     let model = match &gguf {
-        Some(file) => qwen_model::load_gguf::load_gguf_file_as::<Backend>(file, &device(), args.dtype),
-        None => qwen_model::load_as::<Backend>(&args.model, &device(), args.dtype),
+        Some(file) => qwen_model::load_gguf::load_gguf_file_as::<Backend>(file, &device(), dtype),
+        None => qwen_model::load_as::<Backend>(&args.model, &device(), dtype),
     }
     .with_context(|| format!("loading {}", args.model.display()))?;
     if args.adapter.is_some() && args.dtype != WeightDtype::F32 {

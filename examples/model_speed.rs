@@ -26,7 +26,8 @@ struct Args {
     /// Matmuls in bf16 (f32 weights cast around each matmul, `qwen_model::Precision::Bf16`).
     #[arg(long)]
     bf16: bool,
-    /// How the projection and head weights are kept: f32 (burn tensors), bf16, f16, q8_0.
+    /// How the projection and head weights are kept: f32 (burn tensors, as training loads them),
+    /// f32_packed (what `generate`, `chat` and `serve` run for f32 on the CPU), bf16, f16, q8_0.
     #[arg(long, default_value = "f32")]
     dtype: WeightDtype,
     /// A checkpoint (folder or GGUF file) instead of random weights of the 0.5B shape.

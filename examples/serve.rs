@@ -17,7 +17,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
-use qwen::backend::{device, Backend};
+use qwen::backend::{device, inference_dtype, Backend};
 use qwen::chat::{find_tokenizer, GenerationDefaults};
 use qwen_model::SamplingConfig;
 use qwen_serve::{ChatFormat, Engine, EngineConfig, ServerConfig};
@@ -52,8 +52,9 @@ struct Args {
     /// The model id in /v1/models and replies (default: the folder's name).
     #[arg(long)]
     served_model_name: Option<String>,
-    /// How the projection and head weights are kept in memory: f32 (burn tensors), or bf16, f16,
-    /// q8_0 (packed, CPU kernel; a GGUF tensor already in that type is kept as stored).
+    /// How the projection and head weights are kept in memory: f32, bf16, f16 or q8_0 (on the CPU
+    /// all four in HF's row order, multiplied by our kernel; f32 with --adapter, and on a GPU,
+    /// burn's tensors; a GGUF tensor already in that type is kept as stored).
     #[arg(long, default_value = "f32")]
     dtype: qwen_model::WeightDtype,
 }
@@ -67,7 +68,7 @@ fn main() -> anyhow::Result<()> {
     let tokenizer = Tokenizer::from_file(&tok_path)
         .with_context(|| format!("loading {}", tok_path.display()))?
         .with_normalization(Normalization::Nfc);
-    let model = qwen_model::load_as::<Backend>(&args.model, &device(), args.dtype)
+    let model = qwen_model::load_as::<Backend>(&args.model, &device(), inference_dtype(args.dtype))
         .with_context(|| format!("loading {}", args.model.display()))?;
     let context = model.config.max_position_embeddings;
 

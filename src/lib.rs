@@ -53,6 +53,21 @@ pub mod backend {
     pub type CheckpointedTrainBackend =
         burn::backend::Autodiff<Backend, burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing>;
 
+    /// What an inference command (`generate`, `chat`, `serve`) keeps weights in for the
+    /// `--dtype` asked for. On the CPU backends f32 weights stay in HF's `[d_out, d_in]` layout
+    /// and are multiplied by `qwen_model::packed` (its matrix-vector kernel at decode, the gemm
+    /// crate on the weights' own bytes at prefill): measured faster than burn's `[d_in, d_out]`
+    /// matmul at decode, no slower at prefill, and without the transposed copy at load
+    /// (docs/model.md, "f32 for inference"). GPU backends keep burn's tensors. Training loads
+    /// [`qwen_model::WeightDtype::F32`] as it is.
+    pub fn inference_dtype(requested: qwen_model::WeightDtype) -> qwen_model::WeightDtype {
+        #[cfg(not(any(feature = "wgpu", feature = "cuda")))]
+        if requested == qwen_model::WeightDtype::F32 {
+            return qwen_model::WeightDtype::F32Packed;
+        }
+        requested
+    }
+
     /// The default device of the selected backend.
     pub fn device() -> burn::tensor::Device<Backend> {
         Default::default()
