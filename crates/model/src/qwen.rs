@@ -577,19 +577,21 @@ pub(crate) fn packed_forward_parts<B: Backend, const D: usize>(
     let device = x.device();
     let (host, rows) = host_rows(x);
     let y = w.matmul(&host, rows);
+    let tensor = |part: Vec<f32>, width: usize| {
+        let mut out = dims;
+        out[D - 1] = width;
+        Tensor::<B, 2>::from_data(TensorData::new(part, [rows, width]), &device).reshape(out)
+    };
+    if let [width] = widths {
+        return vec![tensor(y, *width)];
+    }
     let mut first = 0;
     widths
         .iter()
         .map(|&width| {
-            let part = if width == w.rows {
-                y.clone()
-            } else {
-                y.chunks_exact(w.rows.max(1)).flat_map(|row| &row[first..first + width]).copied().collect()
-            };
+            let part = y.chunks_exact(w.rows.max(1)).flat_map(|row| &row[first..first + width]).copied().collect();
             first += width;
-            let mut out = dims;
-            out[D - 1] = width;
-            Tensor::<B, 2>::from_data(TensorData::new(part, [rows, width]), &device).reshape(out)
+            tensor(part, width)
         })
         .collect()
 }
