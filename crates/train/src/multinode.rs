@@ -51,10 +51,19 @@
 //! loss concatenated into one tensor), each a registration with its WebSocket connections and a
 //! restart of one orchestrator on rank 0 (`docs/training.md` has the measured cost: ~50 ms a
 //! round on loopback, nearly all of it burn's `finish_collective`); the move to the next round
-//! runs on a thread of its own while the replica computes. One race of
-//! burn's barrier remains: its `Notified` is created after the check, so a peer's sync that lands
-//! between the two is missed; the node then stops with [`TrainError::CollectiveTimeout`] instead
-//! of hanging.
+//! runs on a thread of its own while the replica computes.
+//!
+//! **Lost wake-ups, closed by running burn's node on one thread.** burn's barrier checks its list
+//! and only then waits on a `tokio::sync::Notify` (`notify_waiters` keeps no permit), and its data
+//! service does the same while a download waits for a tensor to be exposed: a peer's sync (or
+//! the exposure) that lands between the check and the wait is lost, and that all-reduce never
+//! returns. It happens when another thread of the runtime handles the arrival in that window
+//! (measured: 5 of 50 runs of `tests/multinode.rs`, two at once on 2 cores, had a node hung
+//! there; 0 of 60 with one worker). All of a node's
+//! tasks (its local server, the data service, the barrier's handler) run on burn's collective
+//! runtime, built on first use with tokio's default worker count, which the environment variable
+//! `TOKIO_WORKER_THREADS` sets: [`NodeGroup::new`] sets it to 1 (see [`one_collective_worker`]).
+//! With one worker the handler can only run when the waiting task yields, after it waits.
 
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs, UdpSocket};
 use std::str::FromStr;
@@ -398,6 +407,18 @@ fn restart_orchestrator(host: &str, port: u16, limit: Duration) -> Result<bool> 
     Ok(true)
 }
 
+/// Sets `TOKIO_WORKER_THREADS=1` (once per process) for burn-collective's runtime, so that its
+/// node's tasks run one at a time and the lost wake-ups of its barrier and data service cannot
+/// happen (see the module docs). It takes effect when burn builds that runtime, at the
+/// process's first `register`: call it before. It also applies to any other tokio runtime this
+/// process builds later without a worker count of its own (the orchestrators here set theirs).
+pub fn one_collective_worker() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    // The variable is set before the process's first collective call, from the thread that will
+    // make it; burn reads it when it builds its runtime, in that call.
+    ONCE.call_once(|| std::env::set_var("TOKIO_WORKER_THREADS", "1"));
+}
+
 /// The replicas of one node in a multi-node run: its [`NodeConfig`] and what its local replicas
 /// share (a barrier between burn's `finish_collective` and `register`; see the module docs).
 /// Clone it for every replica thread.
@@ -416,6 +437,7 @@ impl NodeGroup {
     /// [`TrainError::NodeConfig`] for what [`NodeConfig::validate`] refuses.
     pub fn new(node: NodeConfig) -> Result<Self> {
         node.validate()?;
+        one_collective_worker();
         let barrier = Barrier::new(node.devices);
         Ok(Self(Arc::new(GroupShared { node, barrier })))
     }

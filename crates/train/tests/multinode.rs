@@ -25,6 +25,7 @@ use std::fs;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use burn::backend::{Autodiff, Flex};
@@ -32,7 +33,7 @@ use burn::collective::{all_reduce, register, PeerId, ReduceOperation};
 use burn::tensor::{Tensor, TensorPrimitive};
 use qwen_model::QwenModel;
 use qwen_train::multinode::{
-    bounded, start_orchestrator, NodeConfig, NodeGroup, NodeMember, DATA_PORTS, ORCHESTRATORS,
+    bounded, one_collective_worker, start_orchestrator, NodeConfig, NodeGroup, NodeMember, DATA_PORTS, ORCHESTRATORS,
 };
 use qwen_train::{Schedule, TrainConfig, TrainError, Trainer};
 use serde_json::{json, Value};
@@ -55,22 +56,42 @@ struct Ports {
 }
 
 impl Ports {
-    /// A block of free consecutive loopback ports (the listeners are dropped: another process
-    /// could take one in between, which the bounded waits turn into a failure, not a hang).
+    /// A block of free consecutive loopback ports below the kernel's ephemeral range (the
+    /// listeners are dropped: another process could take one in between, which the bounded waits
+    /// turn into a failure, not a hang).
+    ///
+    /// Why below: every round opens and closes connections (to the orchestrator, to the peer's
+    /// data service, for the barrier), and each outgoing connection's local port is drawn from the
+    /// ephemeral range (`ip_local_port_range`). A node's data port there can be taken by such a
+    /// connection while the node is between two rounds; its next bind then fails (burn only logs
+    /// it) and the peer's download from it panics inside burn. Blocks come from a counter shared
+    /// by this process's tests, starting at an offset from the process id.
     fn new(nodes: usize) -> Self {
-        let len = ORCHESTRATORS + DATA_PORTS * nodes as u16;
-        for _ in 0..100 {
-            let first = TcpListener::bind("127.0.0.1:0").unwrap();
-            let base = first.local_addr().unwrap().port();
-            let Some(end) = base.checked_add(len) else { continue };
-            let rest: Vec<_> = (base + 1..end).map(|p| TcpListener::bind(("127.0.0.1", p))).collect();
-            if rest.iter().all(|l| l.is_ok()) {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        const FIRST: u32 = 10_000;
+        let len = u32::from(ORCHESTRATORS + DATA_PORTS * nodes as u16);
+        let end = ephemeral_start().max(FIRST + 100 * len);
+        let span = end - FIRST - len;
+        let offset = std::process::id() * 7 * len;
+        for _ in 0..1000 {
+            let base = FIRST + (offset + NEXT.fetch_add(len, Ordering::SeqCst)) % span;
+            let taken: Vec<_> = (base..base + len).map(|p| TcpListener::bind(("127.0.0.1", p as u16))).collect();
+            if taken.iter().all(Result::is_ok) {
+                let base = base as u16;
                 let data = (0..nodes as u16).map(|r| base + ORCHESTRATORS + DATA_PORTS * r).collect();
                 return Self { coordinator: base, data };
             }
         }
-        panic!("no {len} consecutive free ports on 127.0.0.1");
+        panic!("no {len} consecutive free ports on 127.0.0.1 below {end}");
     }
+}
+
+/// The first port of the kernel's ephemeral range (Linux: 32768 unless configured).
+fn ephemeral_start() -> u32 {
+    fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768)
 }
 
 /// The child processes of a test, killed and reaped when it ends, passing or not.
@@ -119,9 +140,21 @@ impl Nodes {
         (0..self.children.len())
             .map(|r| {
                 let log = fs::read_to_string(self.dir.join(format!("node{r}.log"))).unwrap_or_default();
-                let tail: String =
-                    log.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
-                format!("--- node {r} (last lines) ---\n{tail}")
+                let lines: Vec<_> = log.lines().collect();
+                // Every panic's message (a backtrace after each would push the first out of
+                // the tail), then the last lines.
+                let panics: Vec<_> = lines
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, l)| l.contains(" panicked at "))
+                    .flat_map(|(i, _)| lines[i..(i + 2).min(lines.len())].iter().copied())
+                    .collect();
+                let tail = &lines[lines.len().saturating_sub(40)..];
+                format!(
+                    "--- node {r} (panics) ---\n{}\n--- node {r} (last lines) ---\n{}",
+                    panics.join("\n"),
+                    tail.join("\n")
+                )
             })
             .collect::<Vec<_>>()
             .join("\n")
@@ -225,6 +258,9 @@ fn reduce_role(node: &NodeConfig, start: Instant) -> Value {
     if node.orchestrator {
         start_orchestrator(node).unwrap();
     }
+    // burn's runtime on one thread, as `NodeGroup::new` sets it: without, its barrier's lost
+    // wake-up can hang the first all-reduce too (the bug shown here is the second's, every time).
+    one_collective_worker();
     let device = Default::default();
     // One registration for all three, as burn-collective's API intends (not the rounds).
     let (peer, config) = (node.peer(0), node.collective_config(0));
