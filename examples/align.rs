@@ -437,7 +437,6 @@ impl Task {
         }
         let n = items.len() as f64;
         let (correct, sampled_correct) = (self.correct(items, &texts), self.correct(items, &sampled_texts));
-        let fraction = |right: &[bool]| right.iter().filter(|&&r| r).count() as f64 / n;
         Ok(Measure {
             reward: score / n,
             accuracy: fraction(&correct),
@@ -707,6 +706,11 @@ struct Report {
     reward_model: RewardModelReport,
 }
 
+/// The fraction of `right` that is true (0 for none).
+fn fraction(right: &[bool]) -> f64 {
+    right.iter().filter(|&&r| r).count() as f64 / right.len().max(1) as f64
+}
+
 /// Sampling at `temperature` (the rollouts: top-p 0.9 as the report; the KL: plain sampling).
 fn sampling(top_p: f32, seed: u64) -> SamplingConfig {
     SamplingConfig { temperature: 1.0, top_p, seed, ..SamplingConfig::default() }
@@ -915,8 +919,7 @@ fn main() -> Result<()> {
     );
     ensure!(args.no_checks || sft_after.loss < 0.5 * sft_before.loss, "SFT did not halve the held-out loss");
     let (_, sft_texts) = task.replies(&sft_model, &held_words, &SamplingConfig::default())?;
-    let right = task.correct(&held_words, &sft_texts).iter().filter(|&&r| r).count();
-    println!("SFT   held-out greedy accuracy {:.1}%", 100.0 * right as f64 / held_words.len() as f64);
+    println!("SFT   held-out greedy accuracy {:.1}%", 100.0 * fraction(&task.correct(&held_words, &sft_texts)));
 
     // 2. Reward model: PMP on coarse comparisons, then fine-tuning on near misses and mistakes.
     let coarse = |w: &Item, rng: &mut SplitMix64| -> qwen_align::Result<Pair> {

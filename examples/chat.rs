@@ -60,7 +60,7 @@ fn main() -> anyhow::Result<()> {
         anyhow::bail!("--adapter is merged into f32 weights: use --dtype f32");
     }
     // An adapter is merged into burn's f32 tensors; otherwise f32 is the CPU's fastest f32.
-    let dtype = if args.adapter.is_some() { args.dtype } else { inference_dtype(args.dtype) };
+    let dtype = inference_dtype(args.dtype, args.adapter.is_some());
     let mut chat = Chat::<Backend>::load_as(&args.model, &device(), dtype)
         .with_context(|| format!("loading {}", args.model.display()))?;
     if let Some(dir) = &args.adapter {

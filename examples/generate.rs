@@ -81,7 +81,7 @@ fn main() -> anyhow::Result<()> {
     }
     .with_normalization(Normalization::Nfc);
     // An adapter is merged into burn's f32 tensors; otherwise f32 is the CPU's fastest f32.
-    let dtype = if args.adapter.is_some() { args.dtype } else { inference_dtype(args.dtype) };
+    let dtype = inference_dtype(args.dtype, args.adapter.is_some());
     let model = match &gguf {
         Some(file) => qwen_model::load_gguf::load_gguf_file_as::<Backend>(file, &device(), dtype),
         None => qwen_model::load_as::<Backend>(&args.model, &device(), dtype),

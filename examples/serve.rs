@@ -68,7 +68,7 @@ fn main() -> anyhow::Result<()> {
     let tokenizer = Tokenizer::from_file(&tok_path)
         .with_context(|| format!("loading {}", tok_path.display()))?
         .with_normalization(Normalization::Nfc);
-    let model = qwen_model::load_as::<Backend>(&args.model, &device(), inference_dtype(args.dtype))
+    let model = qwen_model::load_as::<Backend>(&args.model, &device(), inference_dtype(args.dtype, false))
         .with_context(|| format!("loading {}", args.model.display()))?;
     let context = model.config.max_position_embeddings;
 

@@ -58,11 +58,12 @@ pub mod backend {
     /// and are multiplied by `qwen_model::packed` (its matrix-vector kernel at decode, the gemm
     /// crate on the weights' own bytes at prefill): measured faster than burn's `[d_in, d_out]`
     /// matmul at decode, no slower at prefill, and without the transposed copy at load
-    /// (docs/model.md, "f32 for inference"). GPU backends keep burn's tensors. Training loads
-    /// [`qwen_model::WeightDtype::F32`] as it is.
-    pub fn inference_dtype(requested: qwen_model::WeightDtype) -> qwen_model::WeightDtype {
+    /// (docs/model.md, "f32 for inference"). GPU backends keep burn's tensors, and so does a
+    /// model that gets a LoRA adapter (`with_adapter`: `--adapter` wraps burn's linear layers).
+    /// Training loads [`qwen_model::WeightDtype::F32`] as it is.
+    pub fn inference_dtype(requested: qwen_model::WeightDtype, with_adapter: bool) -> qwen_model::WeightDtype {
         #[cfg(not(any(feature = "wgpu", feature = "cuda")))]
-        if requested == qwen_model::WeightDtype::F32 {
+        if requested == qwen_model::WeightDtype::F32 && !with_adapter {
             return qwen_model::WeightDtype::F32Packed;
         }
         requested

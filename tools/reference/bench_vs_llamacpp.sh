@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# qwen-rs against llama.cpp on the same GGUF files, per weight dtype, one after the other in one run.
+# qwen-rs against llama.cpp on the same GGUF files, per weight dtype, one after the other.
 #
 #   bench_vs_llamacpp.sh [DTYPES] [ARGS]
 #
@@ -7,10 +7,11 @@
 # `chat` and `serve` run for f32 on the CPU (model_speed --dtype f32_packed: HF's row order, our
 # kernel at decode, gemm on the weights' own bytes at prefill); f32_burn is the same file as burn
 # tensors (model_speed --dtype f32: what training loads, burn's matmul), llama.cpp running it again.
-# ARGS (e.g. `--reps 5 --decode 64`) go to both sides. The GGUF files (a random Qwen2.5-0.5B-shaped Qwen2 checkpoint, see
-# tools/reference/bench_llamacpp.py) are written once to target/bench-gguf/ with gguf-py. Each dtype:
-# examples/model_speed.rs --model FILE --dtype D --last-only (our packed kernel for f32/bf16/f16/q8_0,
-# burn's f32 matmul for f32_burn; GGUF tensors kept as stored), then llama.cpp on the same file
+# ARGS (e.g. `--reps 5 --decode 64`) go to both sides. The GGUF files (a random
+# Qwen2.5-0.5B-shaped Qwen2 checkpoint, see tools/reference/bench_llamacpp.py) are written once to
+# target/bench-gguf/ with gguf-py. Each dtype: examples/model_speed.rs --model FILE --dtype D
+# --last-only (our packed kernel for f32/bf16/f16/q8_0, burn's f32 matmul for f32_burn; GGUF
+# tensors kept as stored), then llama.cpp on the same file
 # (llama-cpp-python, the same thread count, prompt and decode ids). Prints both JSON lines and the
 # ratios: decode and prefill tokens/s, peak RSS, GB/s of weights read per decoded token.
 # FEATURES (e.g. `collective`) go to the cargo build. Needs .venv-llamacpp

@@ -17,6 +17,10 @@
 //! across threads (rayon, burn's own pool), each thread streams its weight rows once and
 //! multiplies each row into up to four activation rows at a time while it is in registers.
 //!
+//! Packed weights live on the host and every product with them is computed there, whatever the
+//! backend (the activations go to the host and the product comes back): a CPU layout. A GPU
+//! backend loads them and runs, but multiplies on the CPU; keep [`WeightDtype::F32`] there.
+//!
 //! x86_64 with AVX2, FMA and F16C (checked once at run time with `is_x86_feature_detected!`)
 //! takes the SIMD path; anything else runs the scalar reference, which computes the same sums
 //! in another order.
