@@ -62,11 +62,12 @@ pub mod backend {
     /// model that gets a LoRA adapter (`with_adapter`: `--adapter` wraps burn's linear layers).
     /// Training loads [`qwen_model::WeightDtype::F32`] as it is.
     pub fn inference_dtype(requested: qwen_model::WeightDtype, with_adapter: bool) -> qwen_model::WeightDtype {
-        #[cfg(not(any(feature = "wgpu", feature = "cuda")))]
-        if requested == qwen_model::WeightDtype::F32 && !with_adapter {
-            return qwen_model::WeightDtype::F32Packed;
+        let cpu = cfg!(not(any(feature = "wgpu", feature = "cuda")));
+        if cpu && requested == qwen_model::WeightDtype::F32 && !with_adapter {
+            qwen_model::WeightDtype::F32Packed
+        } else {
+            requested
         }
-        requested
     }
 
     /// The default device of the selected backend.
