@@ -34,11 +34,12 @@ fn logits(model: &QwenModel<B>, ids: &[u32]) -> Vec<f32> {
 /// Max |logit - f32 logit| allowed per dtype on the tiny fixtures (logits: std 1.2, max |4.6|):
 /// bf16 keeps 8 significant bits (relative error up to 2^-9 a weight), f16 11 (2^-12), Q8_0 a
 /// step of 1/127 of its block's largest value. Measured worst cases over both fixtures (printed
-/// by the test): bf16 7.7e-2, f16 8.6e-3, Q8_0 2.6e-1 (Q8_0 rounds the activations too, as
-/// llama.cpp, whose own Q8_0 error against transformers on the same fixture is 2.6e-1,
-/// tests/gguf.rs); the tolerances are 1.15-1.4x those.
+/// by the test): bf16 9.3e-2, f16 8.6e-3, Q8_0 2.6e-1. Q8_0 rounds the activations too, as
+/// llama.cpp does (whose own Q8_0 error against transformers on the same fixture is 2.6e-1,
+/// tests/gguf.rs), and so does bf16 at prefill (16 rows and more: to bf16, as llama.cpp's bf16
+/// matmul; 7.7e-2 with f32 activations). The tolerances are 1.15-1.4x those.
 const TOLERANCES: [(WeightDtype, f32); 3] =
-    [(WeightDtype::Bf16, 1e-1), (WeightDtype::F16, 1.2e-2), (WeightDtype::Q8_0, 3e-1)];
+    [(WeightDtype::Bf16, 1.2e-1), (WeightDtype::F16, 1.2e-2), (WeightDtype::Q8_0, 3e-1)];
 
 /// f32 weights through the packed kernel: the same function as burn's matmul, summed in another
 /// order.

@@ -440,6 +440,12 @@ impl PackedMatrix {
     /// [`Self::matmul_gemm`].
     pub fn matmul(&self, x: &[f32], m: usize) -> Vec<f32> {
         if m >= GEMM_ROWS {
+            #[cfg(target_arch = "x86_64")]
+            if let PackedData::Bf16(w) = &self.data {
+                if self.cols.is_multiple_of(x86::BF16_STEP) && x86::bf16_dot_available() {
+                    return self.matmul_bf16_dot(w, x, m);
+                }
+            }
             self.matmul_gemm(x, m)
         } else {
             self.matmul_with(x, m, simd_available())
@@ -452,7 +458,9 @@ impl PackedMatrix {
     /// lies, as the transposed view of `[rows, cols]`; the other dtypes are dequantized ~4 MiB of
     /// f32 rows at a time into one buffer, each tile multiplied into its columns of the result.
     /// A Q8_0 weight's activations are rounded through Q8_0 first ([`round_through_q8_0`]), so
-    /// the product is the one the kernel (and llama.cpp) computes, up to summation order.
+    /// the product is the one the kernel (and llama.cpp) computes, up to summation order; a bf16
+    /// weight's through bf16 ([`round_through_bf16`]), the product [`Self::matmul`] computes with
+    /// AVX-512 BF16 where the CPU has it.
     pub fn matmul_gemm(&self, x: &[f32], m: usize) -> Vec<f32> {
         assert_eq!(x.len(), m * self.cols, "x must be [m, cols]");
         let (n, k) = (self.rows, self.cols);
@@ -465,6 +473,12 @@ impl PackedMatrix {
             PackedData::Q8_0(_) => {
                 let mut v = x.to_vec();
                 round_through_q8_0(&mut v);
+                rounded = v;
+                &rounded[..]
+            }
+            PackedData::Bf16(_) => {
+                let mut v = x.to_vec();
+                round_through_bf16(&mut v);
                 rounded = v;
                 &rounded[..]
             }
@@ -513,6 +527,41 @@ impl PackedMatrix {
                 }
             }
         }
+        if let Some(b) = &self.bias {
+            for row in y.chunks_exact_mut(n) {
+                row.iter_mut().zip(b).for_each(|(y, b)| *y += b);
+            }
+        }
+        y
+    }
+
+    /// [`Self::matmul`] of a bf16 weight with AVX-512 BF16 (`vdpbf16ps`: 32 products of bf16
+    /// pairs summed into 16 f32 lanes an instruction, twice the f32 FMA's rate), for prefill:
+    /// the activations are rounded to bf16 once (as llama.cpp's bf16 matmul does), and the weight
+    /// is multiplied as it lies, never widened to f32. Blocks of weight rows small enough to stay
+    /// in L2 (~128 KiB) are the parallel tasks; within one, each group of 4 activation rows (in
+    /// L1) meets each group of 4 weight rows in 16 accumulators. `cols` is a multiple of 32.
+    #[cfg(target_arch = "x86_64")]
+    fn matmul_bf16_dot(&self, w: &[u16], x: &[f32], m: usize) -> Vec<f32> {
+        assert_eq!(x.len(), m * self.cols, "x must be [m, cols]");
+        let (n, k) = (self.rows, self.cols);
+        let mut y = vec![0.0f32; m * n];
+        if n == 0 || m == 0 || k == 0 {
+            return y;
+        }
+        // Activation rows as bf16, padded with zero rows to a multiple of 4.
+        let m4 = m.div_ceil(4) * 4;
+        let mut xb = vec![0u16; m4 * k];
+        xb[..m * k].par_chunks_mut(k).zip(x.par_chunks(k)).for_each(|(b, x)| x86::to_bf16(x, b));
+        let rows_per_task = ((64 << 10) / k / 4).clamp(1, 64) * 4;
+        let y_at = y.as_mut_ptr() as usize;
+        (0..n).into_par_iter().step_by(rows_per_task).for_each(|first| {
+            let rows = rows_per_task.min(n - first);
+            // SAFETY: `bf16_dot_available` held; `xb` is `[m4, k]` and `w` `[n, k]` with `k` a
+            // multiple of 32; the task writes `y[i][first..first + rows]` for `i < m` only, a
+            // block no other task writes, inside `y` (`[m, n]`, alive until every task ends).
+            unsafe { x86::bf16_block(&xb, m, &w[first * k..(first + rows) * k], k, (y_at as *mut f32).add(first), n) }
+        });
         if let Some(b) = &self.bias {
             for row in y.chunks_exact_mut(n) {
                 row.iter_mut().zip(b).for_each(|(y, b)| *y += b);
@@ -709,6 +758,15 @@ pub fn simd_available() -> bool {
 /// row's accumulators; Q8_0 multiplies bytes by bytes (`dot_q8_0`).
 /// With one activation row (decode) four accumulators per row keep four FMAs in flight (FMA
 /// latency 4, so one chain could not keep up with memory); with four rows, one each.
+/// Rounds activations `x` to bf16 (to nearest, ties to even) and back: what a bf16 weight's
+/// prefill multiplies them as, on every CPU ([`PackedMatrix::matmul`]; llama.cpp does the same
+/// with the activations of its bf16 matmuls).
+pub fn round_through_bf16(x: &mut [f32]) {
+    for v in x {
+        *v = bf16::from_f32(*v).to_f32();
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
@@ -843,6 +901,99 @@ mod x86 {
         }
         out
     }
+
+    /// Values of a row one `vdpbf16ps` step covers.
+    pub const BF16_STEP: usize = 32;
+
+    /// Whether the CPU has AVX-512 F and BF16, checked once.
+    pub fn bf16_dot_available() -> bool {
+        static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *AVAILABLE.get_or_init(|| is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bf16"))
+    }
+
+    /// `x` (a multiple of 32 values) rounded to bf16 bits into `out` (`vcvtne2ps2bf16`: to
+    /// nearest, ties to even, as `half::bf16::from_f32`, except that subnormal inputs become 0).
+    pub fn to_bf16(x: &[f32], out: &mut [u16]) {
+        assert!(bf16_dot_available() && x.len().is_multiple_of(BF16_STEP) && out.len() == x.len());
+        // SAFETY: checked just above: the features, and whole 32-value steps in both slices.
+        unsafe { to_bf16_unchecked(x, out) }
+    }
+
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    unsafe fn to_bf16_unchecked(x: &[f32], out: &mut [u16]) {
+        for (x, o) in x.chunks_exact(BF16_STEP).zip(out.chunks_exact_mut(BF16_STEP)) {
+            let lo = _mm512_loadu_ps(x.as_ptr());
+            let hi = _mm512_loadu_ps(x.as_ptr().add(16));
+            // The low half of the result comes from the second operand.
+            let b: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
+            _mm512_storeu_si512(o.as_mut_ptr().cast(), b);
+        }
+    }
+
+    /// `y[i * n + j] = Σ_k x[i][k] · w[j][k]` for `i < m` and the `w.len() / k` rows `j` of `w`
+    /// (bf16 bits, `[rows, k]`), `x` bf16 bits `[m rounded up to 4, k]`.
+    ///
+    /// # Safety
+    /// AVX-512 F and BF16 present; `k` a multiple of 32; `y` valid for writes of rows `0..m`
+    /// (row stride `n`), columns `0..w.len() / k`.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub unsafe fn bf16_block(x: &[u16], m: usize, w: &[u16], k: usize, y: *mut f32, n: usize) {
+        let rows = w.len() / k;
+        let store = |i: usize, j: usize, sums: &[[f32; 4]; 4], r: usize| {
+            for (a, s) in sums.iter().enumerate().take(m.saturating_sub(i).min(4)) {
+                for (b, &v) in s.iter().enumerate().take(r) {
+                    // SAFETY: row i + a < m, column j + b < rows: inside the caller's block.
+                    unsafe { *y.add((i + a) * n + j + b) = v };
+                }
+            }
+        };
+        for i in (0..m).step_by(4) {
+            let xs = x.as_ptr().add(i * k);
+            let mut j = 0;
+            while j + 4 <= rows {
+                let sums = dot_4x4::<4>(xs, w.as_ptr().add(j * k), k);
+                store(i, j, &sums, 4);
+                j += 4;
+            }
+            while j < rows {
+                let sums = dot_4x4::<1>(xs, w.as_ptr().add(j * k), k);
+                let mut padded = [[0.0f32; 4]; 4];
+                for (p, s) in padded.iter_mut().zip(sums) {
+                    p[0] = s[0];
+                }
+                store(i, j, &padded, 1);
+                j += 1;
+            }
+        }
+    }
+
+    /// The sums of 4 activation rows at `x` times `R` weight rows at `w` (each `k` bf16 values,
+    /// rows `k` apart): `4 x R` accumulators of 16 lanes, one `vdpbf16ps` each per 32 values.
+    #[inline(always)]
+    unsafe fn dot_4x4<const R: usize>(x: *const u16, w: *const u16, k: usize) -> [[f32; R]; 4] {
+        let mut acc = [[_mm512_setzero_ps(); R]; 4];
+        let mut c = 0;
+        while c < k {
+            let mut wv = [_mm512_setzero_si512(); R];
+            for (r, v) in wv.iter_mut().enumerate() {
+                *v = _mm512_loadu_si512(w.add(r * k + c).cast());
+            }
+            for (a, acc) in acc.iter_mut().enumerate() {
+                let xv: __m512bh = std::mem::transmute(_mm512_loadu_si512(x.add(a * k + c).cast()));
+                for (acc, v) in acc.iter_mut().zip(&wv) {
+                    *acc = _mm512_dpbf16_ps(*acc, xv, std::mem::transmute::<__m512i, __m512bh>(*v));
+                }
+            }
+            c += BF16_STEP;
+        }
+        let mut sums = [[0.0f32; R]; 4];
+        for (s, acc) in sums.iter_mut().zip(&acc) {
+            for (s, v) in s.iter_mut().zip(acc) {
+                *s = _mm512_reduce_add_ps(*v);
+            }
+        }
+        sums
+    }
 }
 
 #[cfg(test)]
@@ -915,26 +1066,60 @@ mod tests {
         }
     }
 
-    /// The GEMM path (prefill: [`GEMM_ROWS`] rows and more) against the same f64 sums: every
-    /// dtype, with and without a bias, odd shapes, and a width whose ~4 MiB tiles split the rows
-    /// into three (128 rows a tile at 8,192 columns; the f32 weight is read in one piece).
+    /// The prefill paths ([`GEMM_ROWS`] rows and more: `matmul`, which takes AVX-512 BF16 for a
+    /// bf16 weight where the CPU has it, and `matmul_gemm`) against the f64 sums of the same
+    /// weights times the activations as the path rounds them (Q8_0 blocks for Q8_0, bf16 for
+    /// bf16): every dtype, with and without a bias, odd shapes (weight rows past the last group
+    /// of 4, activation rows past the last 4), and a width whose ~4 MiB tiles split the rows into
+    /// three (128 rows a tile at 8,192 columns; the f32 weight is read in one piece).
     #[test]
     fn gemm_matches_the_reference() {
-        for &(rows, cols, m) in &[(17, 96, GEMM_ROWS), (33, 1056, 37), (300, 8192, 16), (5, 64, 130)] {
+        for &(rows, cols, m) in &[(17, 96, GEMM_ROWS), (33, 1056, 37), (300, 8192, 16), (5, 64, 130), (150, 352, 19)] {
             for dtype in [WeightDtype::F32Packed, WeightDtype::Bf16, WeightDtype::F16, WeightDtype::Q8_0] {
                 let mut w = PackedMatrix::from_f32(&values(rows * cols, 1), rows, cols, dtype).unwrap();
                 let x = values(m * cols, 3);
+                let mut rounded = x.clone();
+                if dtype == WeightDtype::Bf16 {
+                    round_through_bf16(&mut rounded);
+                }
                 for bias in [None, Some(values(rows, 4))] {
                     w.bias = bias.clone();
-                    let got = w.matmul(&x, m);
-                    let want = exact(&w, &x, m);
-                    assert_eq!(got.len(), m * rows);
-                    for (i, (g, e)) in got.iter().zip(&want).enumerate() {
-                        let e = e + bias.as_ref().map_or(0.0, |b| f64::from(b[i % rows]));
-                        let tol = 1e-6 * cols as f64 + 1e-6 * e.abs();
-                        assert!((f64::from(*g) - e).abs() <= tol, "{dtype} {rows}x{cols} m={m}: {g} vs {e}");
+                    let want = exact(&w, &rounded, m);
+                    for (path, got) in [("matmul", w.matmul(&x, m)), ("gemm", w.matmul_gemm(&x, m))] {
+                        assert_eq!(got.len(), m * rows);
+                        for (i, (g, e)) in got.iter().zip(&want).enumerate() {
+                            let e = e + bias.as_ref().map_or(0.0, |b| f64::from(b[i % rows]));
+                            let tol = 1e-6 * cols as f64 + 1e-6 * e.abs();
+                            assert!((f64::from(*g) - e).abs() <= tol, "{path} {dtype} {rows}x{cols} m={m}: {g} vs {e}");
+                        }
                     }
                 }
+            }
+        }
+    }
+
+    /// `to_bf16` (`vcvtne2ps2bf16`) rounds as `half` does, ties and the edges included
+    /// (subnormals: zero).
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn bf16_conversion_is_half_s() {
+        if !x86::bf16_dot_available() {
+            eprintln!("no AVX-512 BF16 on this CPU: nothing to compare");
+            return;
+        }
+        let mut x = values(4096, 7);
+        // Exact ties (a bf16 value plus half a step, odd and even), extremes, zeros, infinities.
+        x.extend([1.0 + 2f32.powi(-8), 1.0 + 3.0 * 2f32.powi(-8), f32::MAX, f32::MIN_POSITIVE, -0.0, 0.0]);
+        x.extend([f32::INFINITY, f32::NEG_INFINITY, 1e-40, -3.3e38, 65504.0, 1.0 / 3.0]);
+        x.resize(x.len().div_ceil(32) * 32, 0.5);
+        let mut got = vec![0u16; x.len()];
+        x86::to_bf16(&x, &mut got);
+        for (v, g) in x.iter().zip(&got) {
+            if v.is_subnormal() {
+                // The instruction takes subnormal inputs as zero (half keeps them).
+                assert_eq!(*g, if v.is_sign_negative() { 0x8000 } else { 0 }, "{v:e}");
+            } else {
+                assert_eq!(*g, bf16::from_f32(*v).to_bits(), "{v:e}");
             }
         }
     }
