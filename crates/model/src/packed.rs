@@ -7,7 +7,9 @@
 //! without ever building an f32 copy of the weight: each row's values are widened to f32 in SIMD
 //! registers, multiplied into the activations and summed there. A Q8_0 weight's product is
 //! llama.cpp's: the activation rows are quantized to Q8_0 blocks too (per call, a few KiB) and
-//! each block pair is an integer dot product. Activations between matmuls, norms, RoPE, attention
+//! each block pair is an integer dot product. A bf16 weight's prefill (16 rows and more) rounds
+//! the activation rows to bf16 the same way and, on CPUs with AVX-512 BF16, multiplies bf16 by
+//! bf16 (`vdpbf16ps`), as llama.cpp does. Activations between matmuls, norms, RoPE, attention
 //! and residuals stay f32.
 //!
 //! Why our own kernel and not burn's: burn 0.21's Flex backend has bf16/f16 tensors, but its
@@ -753,11 +755,6 @@ pub fn simd_available() -> bool {
     })
 }
 
-/// AVX2 + FMA + F16C kernels: 8 f32 lanes. The f32, bf16 and f16 ones widen 8 weights to f32 in a
-/// register (bf16: a 16-bit shift; f16: `vcvtph2ps`) and multiply-add them into each activation
-/// row's accumulators; Q8_0 multiplies bytes by bytes (`dot_q8_0`).
-/// With one activation row (decode) four accumulators per row keep four FMAs in flight (FMA
-/// latency 4, so one chain could not keep up with memory); with four rows, one each.
 /// Rounds activations `x` to bf16 (to nearest, ties to even) and back: what a bf16 weight's
 /// prefill multiplies them as, on every CPU ([`PackedMatrix::matmul`]; llama.cpp does the same
 /// with the activations of its bf16 matmuls).
@@ -767,6 +764,12 @@ pub fn round_through_bf16(x: &mut [f32]) {
     }
 }
 
+/// AVX2 + FMA + F16C kernels: 8 f32 lanes. The f32, bf16 and f16 ones widen 8 weights to f32 in a
+/// register (bf16: a 16-bit shift; f16: `vcvtph2ps`) and multiply-add them into each activation
+/// row's accumulators; Q8_0 multiplies bytes by bytes (`dot_q8_0`).
+/// With one activation row (decode) four accumulators per row keep four FMAs in flight (FMA
+/// latency 4, so one chain could not keep up with memory); with four rows, one each.
+/// AVX-512 F + BF16 (`bf16_block`): bf16 prefill, bf16 products summed in f32 (`vdpbf16ps`).
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
