@@ -7,9 +7,10 @@
 //! without ever building an f32 copy of the weight: each row's values are widened to f32 in SIMD
 //! registers, multiplied into the activations and summed there. A Q8_0 weight's product is
 //! llama.cpp's: the activation rows are quantized to Q8_0 blocks too (per call, a few KiB) and
-//! each block pair is an integer dot product. A bf16 weight's prefill (16 rows and more) rounds
-//! the activation rows to bf16 the same way and, on CPUs with AVX-512 BF16, multiplies bf16 by
-//! bf16 (`vdpbf16ps`), as llama.cpp does. Activations between matmuls, norms, RoPE, attention
+//! each block pair is an integer dot product (`vpdpbusd` on CPUs with AVX-512 VNNI). A bf16
+//! weight's prefill (16 rows and more) rounds the activation rows to bf16, as llama.cpp's bf16
+//! matmul does. Prefill multiplies in f32 with the `gemm` crate, a task of 64 weight rows at a
+//! time (dequantized into the task's buffer). Activations between matmuls, norms, RoPE, attention
 //! and residuals stay f32.
 //!
 //! Why our own kernel and not burn's: burn 0.21's Flex backend has bf16/f16 tensors, but its
@@ -102,6 +103,10 @@ impl std::str::FromStr for WeightDtype {
 /// matrix-vector kernel (decode, speculative and small batches).
 pub const GEMM_ROWS: usize = 16;
 
+/// Weight rows per parallel task of [`PackedMatrix::matmul_gemm`]: 64 rows of 896 f32 values are
+/// 224 KiB, of 4,864 values 1.2 MiB (L2-sized); enough tasks for two threads on every projection.
+const GEMM_TASK_ROWS: usize = 64;
+
 /// Values per Q8_0 block.
 pub const Q8_0_BLOCK: usize = 32;
 
@@ -167,6 +172,38 @@ impl BlockQ8_0 {
 pub fn round_through_q8_0(x: &mut [f32]) {
     for chunk in x.chunks_exact_mut(Q8_0_BLOCK) {
         BlockQ8_0::quantize(chunk).dequantize_into(chunk);
+    }
+}
+
+/// An activation block as the AVX-512 VNNI decode kernel uses it: `vpdpbusd` multiplies unsigned
+/// by signed bytes, so the kernel takes the weight's bytes plus 128 (one `vpxor`) as the unsigned
+/// side and this block's own bytes as the signed one; each of the 8 lane sums then starts at
+/// `-128 ·` the sum of its 4 activation bytes (`start`), and the result is the exact integer dot
+/// product. Prepared once per matmul, and reused by every weight row.
+#[derive(Debug, Clone, Copy)]
+#[repr(C, align(32))]
+pub struct VnniBlock {
+    start: [i32; 8],
+    d: f32,
+}
+
+impl VnniBlock {
+    fn new(block: &BlockQ8_0) -> Self {
+        let start =
+            std::array::from_fn(|l| -128 * block.qs[4 * l..4 * l + 4].iter().map(|&q| i32::from(q)).sum::<i32>());
+        Self { start, d: block.scale() }
+    }
+}
+
+/// Whether the CPU has AVX-512 F, VL and VNNI (with F16C), checked once.
+fn vnni_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        x86::vnni_available()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
     }
 }
 
@@ -442,12 +479,6 @@ impl PackedMatrix {
     /// [`Self::matmul_gemm`].
     pub fn matmul(&self, x: &[f32], m: usize) -> Vec<f32> {
         if m >= GEMM_ROWS {
-            #[cfg(target_arch = "x86_64")]
-            if let PackedData::Bf16(w) = &self.data {
-                if self.cols.is_multiple_of(x86::BF16_STEP) && x86::bf16_dot_available() {
-                    return self.matmul_bf16_dot(w, x, m);
-                }
-            }
             self.matmul_gemm(x, m)
         } else {
             self.matmul_with(x, m, simd_available())
@@ -456,13 +487,13 @@ impl PackedMatrix {
 
     /// [`Self::matmul`] with the `gemm` crate (the matmul burn's Flex backend runs, with its
     /// AVX-512 kernels where the binary turns them on): compute-bound prefill, where a tuned
-    /// GEMM's register blocking beats the kernel's dot products. An f32 weight is read where it
-    /// lies, as the transposed view of `[rows, cols]`; the other dtypes are dequantized ~4 MiB of
-    /// f32 rows at a time into one buffer, each tile multiplied into its columns of the result.
-    /// A Q8_0 weight's activations are rounded through Q8_0 first ([`round_through_q8_0`]), so
-    /// the product is the one the kernel (and llama.cpp) computes, up to summation order; a bf16
-    /// weight's through bf16 ([`round_through_bf16`]), the product [`Self::matmul`] computes with
-    /// AVX-512 BF16 where the CPU has it.
+    /// GEMM's register blocking beats the kernel's dot products. The weight's rows go in tasks
+    /// of 64: an f32 weight's are read where they lie, as the transposed view of `[rows, cols]`;
+    /// the other dtypes' are dequantized into the task's buffer, then multiplied into their
+    /// columns of the result. A Q8_0 weight's activations are rounded through Q8_0 first
+    /// ([`round_through_q8_0`]), so the product is the one the kernel (and llama.cpp) computes,
+    /// up to summation order; a bf16 weight's through bf16 ([`round_through_bf16`]), as llama.cpp's
+    /// bf16 matmul multiplies them.
     pub fn matmul_gemm(&self, x: &[f32], m: usize) -> Vec<f32> {
         assert_eq!(x.len(), m * self.cols, "x must be [m, cols]");
         let (n, k) = (self.rows, self.cols);
@@ -470,35 +501,49 @@ impl PackedMatrix {
         if n == 0 || m == 0 {
             return y;
         }
-        let rounded;
-        let x = match self.data {
-            PackedData::Q8_0(_) => {
-                let mut v = x.to_vec();
-                round_through_q8_0(&mut v);
-                rounded = v;
-                &rounded[..]
-            }
-            PackedData::Bf16(_) => {
-                let mut v = x.to_vec();
-                round_through_bf16(&mut v);
-                rounded = v;
-                &rounded[..]
-            }
-            _ => x,
+        let round: Option<fn(&mut [f32])> = match self.data {
+            PackedData::Q8_0(_) => Some(round_through_q8_0),
+            PackedData::Bf16(_) => Some(round_through_bf16),
+            _ => None,
         };
-        // `y[:, first..first + t] = x · tileᵀ`, `tile` the weight's rows `first..first + t`.
-        let mut multiply = |first: usize, tile: &[f32]| {
-            let t = tile.len() / k.max(1);
+        let rounded;
+        let x = match round {
+            Some(round) => {
+                let mut v = x.to_vec();
+                v.par_chunks_mut(k.max(1)).for_each(round);
+                rounded = v;
+                &rounded[..]
+            }
+            None => x,
+        };
+        // Tasks of `GEMM_TASK_ROWS` weight rows, each multiplied into its columns of `y` by a
+        // one-thread gemm: an f32 weight's rows where they lie, other dtypes dequantized into the
+        // task's own buffer (in cache when multiplied). gemm's own threading split the down
+        // projection's shape (k = 4864, n = 896) so that two threads ran at one's speed.
+        let y_at = y.as_mut_ptr() as usize;
+        (0..n).into_par_iter().step_by(GEMM_TASK_ROWS).for_each_init(Vec::new, |buf, first| {
+            let t = GEMM_TASK_ROWS.min(n - first);
+            let tile: &[f32] = match &self.data {
+                PackedData::F32(v) => &v[first * k..(first + t) * k],
+                _ => {
+                    buf.resize(t * k, 0.0);
+                    for (r, row) in buf.chunks_exact_mut(k).enumerate() {
+                        self.dequantize_row(first + r, row);
+                    }
+                    buf
+                }
+            };
             // SAFETY: `y` is `[m, n]` row-major (row stride n, column stride 1) and the block
-            // written, rows 0..m and columns first..first + t, lies inside it; `x` is `[m, k]`
-            // row-major; `tile` holds `t` rows of `k` values, read as the `[k, t]` transposed
-            // view (row stride 1, column stride k). gemm reads and writes nothing else.
+            // written, rows 0..m and columns first..first + t, lies inside it and is written by
+            // no other task (`y` outlives them all); `x` is `[m, k]` row-major; `tile` holds `t`
+            // rows of `k` values, read as the `[k, t]` transposed view (row stride 1, column
+            // stride k). gemm reads and writes nothing else.
             unsafe {
                 gemm::gemm(
                     m,
                     t,
                     k,
-                    y.as_mut_ptr().add(first),
+                    (y_at as *mut f32).add(first),
                     1,
                     n as isize,
                     false,
@@ -513,56 +558,9 @@ impl PackedMatrix {
                     false,
                     false,
                     false,
-                    gemm::Parallelism::Rayon(0),
+                    gemm::Parallelism::None,
                 )
             }
-        };
-        match &self.data {
-            PackedData::F32(v) => multiply(0, v),
-            _ => {
-                let rows_per_tile = ((1 << 20) / k.max(1)).max(64).min(n);
-                let mut tile = vec![0.0f32; rows_per_tile * k];
-                for first in (0..n).step_by(rows_per_tile) {
-                    let t = rows_per_tile.min(n - first);
-                    self.dequantize_rows_into(first, &mut tile[..t * k]);
-                    multiply(first, &tile[..t * k]);
-                }
-            }
-        }
-        if let Some(b) = &self.bias {
-            for row in y.chunks_exact_mut(n) {
-                row.iter_mut().zip(b).for_each(|(y, b)| *y += b);
-            }
-        }
-        y
-    }
-
-    /// [`Self::matmul`] of a bf16 weight with AVX-512 BF16 (`vdpbf16ps`: 32 products of bf16
-    /// pairs summed into 16 f32 lanes an instruction, twice the f32 FMA's rate), for prefill:
-    /// the activations are rounded to bf16 once (as llama.cpp's bf16 matmul does), and the weight
-    /// is multiplied as it lies, never widened to f32. Blocks of weight rows small enough to stay
-    /// in L2 (~128 KiB) are the parallel tasks; within one, each group of 4 activation rows (in
-    /// L1) meets each group of 4 weight rows in 16 accumulators. `cols` is a multiple of 32.
-    #[cfg(target_arch = "x86_64")]
-    fn matmul_bf16_dot(&self, w: &[u16], x: &[f32], m: usize) -> Vec<f32> {
-        assert_eq!(x.len(), m * self.cols, "x must be [m, cols]");
-        let (n, k) = (self.rows, self.cols);
-        let mut y = vec![0.0f32; m * n];
-        if n == 0 || m == 0 || k == 0 {
-            return y;
-        }
-        // Activation rows as bf16, padded with zero rows to a multiple of 4.
-        let m4 = m.div_ceil(4) * 4;
-        let mut xb = vec![0u16; m4 * k];
-        xb[..m * k].par_chunks_mut(k).zip(x.par_chunks(k)).for_each(|(b, x)| x86::to_bf16(x, b));
-        let rows_per_task = ((64 << 10) / k / 4).clamp(1, 64) * 4;
-        let y_at = y.as_mut_ptr() as usize;
-        (0..n).into_par_iter().step_by(rows_per_task).for_each(|first| {
-            let rows = rows_per_task.min(n - first);
-            // SAFETY: `bf16_dot_available` held; `xb` is `[m4, k]` and `w` `[n, k]` with `k` a
-            // multiple of 32; the task writes `y[i][first..first + rows]` for `i < m` only, a
-            // block no other task writes, inside `y` (`[m, n]`, alive until every task ends).
-            unsafe { x86::bf16_block(&xb, m, &w[first * k..(first + rows) * k], k, (y_at as *mut f32).add(first), n) }
         });
         if let Some(b) = &self.bias {
             for row in y.chunks_exact_mut(n) {
@@ -591,6 +589,9 @@ impl PackedMatrix {
             PackedData::Q8_0(_) => x.chunks_exact(Q8_0_BLOCK).map(BlockQ8_0::quantize).collect(),
             _ => Vec::new(),
         };
+        // With AVX-512 VNNI each block also gets what `vpdpbusd` needs (`VnniBlock`).
+        let xv: Vec<VnniBlock> =
+            if simd && vnni_available() { xq.iter().map(VnniBlock::new).collect() } else { Vec::new() };
         // `yt` is `[rows, m]`: each task writes its own rows' outputs contiguously.
         let mut yt = vec![0.0f32; rows * m];
         let work = |(ci, out): (usize, &mut [f32])| {
@@ -610,9 +611,9 @@ impl PackedMatrix {
                 for r in 0..n {
                     let o = &mut out[r * m + i..r * m + i + g];
                     match g {
-                        4 => o.copy_from_slice(&self.row_dots::<4>(first + r, x, &xq, i, simd)),
-                        2 => o.copy_from_slice(&self.row_dots::<2>(first + r, x, &xq, i, simd)),
-                        _ => o.copy_from_slice(&self.row_dots::<1>(first + r, x, &xq, i, simd)),
+                        4 => o.copy_from_slice(&self.row_dots::<4>(first + r, x, (&xq, &xv), i, simd)),
+                        2 => o.copy_from_slice(&self.row_dots::<2>(first + r, x, (&xq, &xv), i, simd)),
+                        _ => o.copy_from_slice(&self.row_dots::<1>(first + r, x, (&xq, &xv), i, simd)),
                     }
                 }
                 i += g;
@@ -641,14 +642,24 @@ impl PackedMatrix {
     }
 
     /// The dot products of weight row `r` with activation rows `i..i + R` of `x` (`[m, cols]`),
-    /// or, for a Q8_0 weight, with the same rows of `xq` (`cols / 32` blocks each).
-    fn row_dots<const R: usize>(&self, r: usize, x: &[f32], xq: &[BlockQ8_0], i: usize, simd: bool) -> [f32; R] {
+    /// or, for a Q8_0 weight, with the same rows of `xq` (`cols / 32` blocks each; `xv` the same
+    /// blocks prepared for AVX-512 VNNI, or empty).
+    fn row_dots<const R: usize>(
+        &self,
+        r: usize,
+        x: &[f32],
+        (xq, xv): (&[BlockQ8_0], &[VnniBlock]),
+        i: usize,
+        simd: bool,
+    ) -> [f32; R] {
         let c = self.cols;
         let x: [&[f32]; R] = std::array::from_fn(|j| &x[(i + j) * c..(i + j + 1) * c]);
         let per_row = c / Q8_0_BLOCK;
         // `xq` is empty for every dtype but Q8_0, whose kernels alone read it.
         let xq: [&[BlockQ8_0]; R] =
             std::array::from_fn(|j| xq.get((i + j) * per_row..(i + j + 1) * per_row).unwrap_or_default());
+        let xv: [&[VnniBlock]; R] =
+            std::array::from_fn(|j| xv.get((i + j) * per_row..(i + j + 1) * per_row).unwrap_or_default());
         #[cfg(target_arch = "x86_64")]
         if simd {
             // SAFETY: `simd` is only true when `simd_available()` found AVX2, FMA and F16C on
@@ -658,6 +669,9 @@ impl PackedMatrix {
                     PackedData::F32(v) => x86::dot_f32::<R>(&v[r * c..(r + 1) * c], x),
                     PackedData::Bf16(v) => x86::dot_bf16::<R>(&v[r * c..(r + 1) * c], x),
                     PackedData::F16(v) => x86::dot_f16::<R>(&v[r * c..(r + 1) * c], x),
+                    PackedData::Q8_0(v) if !xv[0].is_empty() => {
+                        x86::dot_q8_0_vnni::<R>(&v[r * per_row..(r + 1) * per_row], xq, xv)
+                    }
                     PackedData::Q8_0(v) => x86::dot_q8_0::<R>(&v[r * per_row..(r + 1) * per_row], xq),
                 };
             }
@@ -769,7 +783,7 @@ pub fn round_through_bf16(x: &mut [f32]) {
 /// row's accumulators; Q8_0 multiplies bytes by bytes (`dot_q8_0`).
 /// With one activation row (decode) four accumulators per row keep four FMAs in flight (FMA
 /// latency 4, so one chain could not keep up with memory); with four rows, one each.
-/// AVX-512 F + BF16 (`bf16_block`): bf16 prefill, bf16 products summed in f32 (`vdpbf16ps`).
+/// With AVX-512 VNNI, Q8_0 decode multiplies bytes with `vpdpbusd` (`dot_q8_0_vnni`).
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
@@ -866,33 +880,38 @@ mod x86 {
         dot_lanes::<R>(w.len(), x, load, |k| half::f16::from_bits(w[k]).to_f32())
     }
 
-    /// One f16's bits as f32 (`vcvtph2ps`).
+    /// One f16's bits as f32 in all 8 lanes (`vpbroadcastw`, `vcvtph2ps`). Not a scalar
+    /// conversion: LLVM made `_mm_cvtsi32_si128` a `vpinsrw` into any register it thought free,
+    /// once an accumulator of the loop, and every block's conversion then waited for that sum.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn f16_to_f32(bits: u16) -> f32 {
-        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits))))
+    unsafe fn f16_splat(bits: u16) -> __m256 {
+        _mm256_cvtph_ps(_mm_set1_epi16(bits as i16))
     }
 
-    /// llama.cpp's AVX2 `ggml_vec_dot_q8_0_q8_0`: per block, `|w|` (unsigned) times `x` with
-    /// `w`'s signs (`vpsignb`), multiplied and added in pairs to i16 (`vpmaddubsw`: at most
-    /// 2·128·127, no saturation), then in pairs to i32 (`vpmaddwd` by ones), converted once and
-    /// scaled by both blocks' scales in one FMA.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn dot_q8_0<const R: usize>(blocks: &[BlockQ8_0], x: [&[BlockQ8_0]; R]) -> [f32; R] {
+    /// The loop of the Q8_0 decode kernels: `block(b)` gives, per activation row, block `b`'s
+    /// two scales multiplied (8 lanes alike) and its integer dot products as f32 (8 lanes, to be
+    /// summed), and each row's sum is kept in `chains(R)` accumulators. Blocks go 4 at a time so
+    /// that each accumulator's index is a constant and it stays in a register.
+    #[inline(always)]
+    unsafe fn q8_0_chains<const R: usize>(n: usize, mut block: impl FnMut(usize) -> [(__m256, __m256); R]) -> [f32; R] {
         let a = chains(R);
-        let ones = _mm256_set1_epi16(1);
         let mut acc = [[_mm256_setzero_ps(); 4]; R];
-        for (b, block) in blocks.iter().enumerate() {
-            let wd = f16_to_f32(block.d);
-            let qw = _mm256_loadu_si256(block.qs.as_ptr() as *const __m256i);
-            let aw = _mm256_sign_epi8(qw, qw);
-            for r in 0..R {
-                let xb = &x[r][b];
-                let qx = _mm256_loadu_si256(xb.qs.as_ptr() as *const __m256i);
-                let dot = _mm256_madd_epi16(_mm256_maddubs_epi16(aw, _mm256_sign_epi8(qx, qw)), ones);
-                let d = _mm256_set1_ps(wd * f16_to_f32(xb.d));
-                acc[r][b % a] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(dot), acc[r][b % a]);
+        let mut step = |b: usize, c: usize| {
+            for (acc, (d, dot)) in acc.iter_mut().zip(block(b)) {
+                acc[c] = _mm256_fmadd_ps(d, dot, acc[c]);
             }
+        };
+        let full = n / 4 * 4;
+        let mut b = 0;
+        while b < full {
+            for v in 0..4 {
+                step(b + v, v % a);
+            }
+            b += 4;
+        }
+        for b in full..n {
+            step(b, 0);
         }
         let mut out = [0.0f32; R];
         for r in 0..R {
@@ -905,97 +924,59 @@ mod x86 {
         out
     }
 
-    /// Values of a row one `vdpbf16ps` step covers.
-    pub const BF16_STEP: usize = 32;
+    /// llama.cpp's AVX2 `ggml_vec_dot_q8_0_q8_0`: per block, `|w|` (unsigned) times `x` with
+    /// `w`'s signs (`vpsignb`), multiplied and added in pairs to i16 (`vpmaddubsw`: at most
+    /// 2·128·127, no saturation), then in pairs to i32 (`vpmaddwd` by ones), converted once and
+    /// scaled by both blocks' scales in one FMA.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_q8_0<const R: usize>(blocks: &[BlockQ8_0], x: [&[BlockQ8_0]; R]) -> [f32; R] {
+        let ones = _mm256_set1_epi16(1);
+        q8_0_chains::<R>(blocks.len(), |b| {
+            let block = &blocks[b];
+            let wd = f16_splat(block.d);
+            let qw = _mm256_loadu_si256(block.qs.as_ptr() as *const __m256i);
+            let aw = _mm256_sign_epi8(qw, qw);
+            std::array::from_fn(|r| {
+                let xb = &x[r][b];
+                let qx = _mm256_loadu_si256(xb.qs.as_ptr() as *const __m256i);
+                let dot = _mm256_madd_epi16(_mm256_maddubs_epi16(aw, _mm256_sign_epi8(qx, qw)), ones);
+                (_mm256_mul_ps(wd, f16_splat(xb.d)), _mm256_cvtepi32_ps(dot))
+            })
+        })
+    }
 
-    /// Whether the CPU has AVX-512 F and BF16, checked once.
-    pub fn bf16_dot_available() -> bool {
+    /// [`dot_q8_0`] with AVX-512 VNNI: per block one `vpxor` (the weight's bytes plus 128) and one
+    /// `vpdpbusd` started at the activation block's `-128 · Σ x` ([`super::VnniBlock`]) give the
+    /// exact integer dot products, where AVX2 takes two `vpsignb`, `vpmaddubsw` and `vpmaddwd`.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
+    pub unsafe fn dot_q8_0_vnni<const R: usize>(
+        blocks: &[BlockQ8_0],
+        x: [&[BlockQ8_0]; R],
+        xv: [&[super::VnniBlock]; R],
+    ) -> [f32; R] {
+        let flip = _mm256_set1_epi8(-128);
+        q8_0_chains::<R>(blocks.len(), |b| {
+            let block = &blocks[b];
+            let wd = f16_splat(block.d);
+            let wu = _mm256_xor_si256(_mm256_loadu_si256(block.qs.as_ptr() as *const __m256i), flip);
+            std::array::from_fn(|r| {
+                let p = &xv[r][b];
+                let qx = _mm256_loadu_si256(x[r][b].qs.as_ptr() as *const __m256i);
+                let dot = _mm256_dpbusd_epi32(_mm256_load_si256(p.start.as_ptr() as *const __m256i), wu, qx);
+                (_mm256_mul_ps(wd, _mm256_set1_ps(p.d)), _mm256_cvtepi32_ps(dot))
+            })
+        })
+    }
+
+    /// Whether the CPU has AVX-512 F, VL and VNNI, checked once.
+    pub fn vnni_available() -> bool {
         static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *AVAILABLE.get_or_init(|| is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bf16"))
-    }
-
-    /// `x` (a multiple of 32 values) rounded to bf16 bits into `out` (`vcvtne2ps2bf16`: to
-    /// nearest, ties to even, as `half::bf16::from_f32`, except that subnormal inputs become 0).
-    pub fn to_bf16(x: &[f32], out: &mut [u16]) {
-        assert!(bf16_dot_available() && x.len().is_multiple_of(BF16_STEP) && out.len() == x.len());
-        // SAFETY: checked just above: the features, and whole 32-value steps in both slices.
-        unsafe { to_bf16_unchecked(x, out) }
-    }
-
-    #[target_feature(enable = "avx512f,avx512bf16")]
-    unsafe fn to_bf16_unchecked(x: &[f32], out: &mut [u16]) {
-        for (x, o) in x.chunks_exact(BF16_STEP).zip(out.chunks_exact_mut(BF16_STEP)) {
-            let lo = _mm512_loadu_ps(x.as_ptr());
-            let hi = _mm512_loadu_ps(x.as_ptr().add(16));
-            // The low half of the result comes from the second operand.
-            let b: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
-            _mm512_storeu_si512(o.as_mut_ptr().cast(), b);
-        }
-    }
-
-    /// `y[i * n + j] = Σ_k x[i][k] · w[j][k]` for `i < m` and the `w.len() / k` rows `j` of `w`
-    /// (bf16 bits, `[rows, k]`), `x` bf16 bits `[m rounded up to 4, k]`.
-    ///
-    /// # Safety
-    /// AVX-512 F and BF16 present; `k` a multiple of 32; `y` valid for writes of rows `0..m`
-    /// (row stride `n`), columns `0..w.len() / k`.
-    #[target_feature(enable = "avx512f,avx512bf16")]
-    pub unsafe fn bf16_block(x: &[u16], m: usize, w: &[u16], k: usize, y: *mut f32, n: usize) {
-        let rows = w.len() / k;
-        let store = |i: usize, j: usize, sums: &[[f32; 4]; 4], r: usize| {
-            for (a, s) in sums.iter().enumerate().take(m.saturating_sub(i).min(4)) {
-                for (b, &v) in s.iter().enumerate().take(r) {
-                    // SAFETY: row i + a < m, column j + b < rows: inside the caller's block.
-                    unsafe { *y.add((i + a) * n + j + b) = v };
-                }
-            }
-        };
-        for i in (0..m).step_by(4) {
-            let xs = x.as_ptr().add(i * k);
-            let mut j = 0;
-            while j + 4 <= rows {
-                let sums = dot_4x4::<4>(xs, w.as_ptr().add(j * k), k);
-                store(i, j, &sums, 4);
-                j += 4;
-            }
-            while j < rows {
-                let sums = dot_4x4::<1>(xs, w.as_ptr().add(j * k), k);
-                let mut padded = [[0.0f32; 4]; 4];
-                for (p, s) in padded.iter_mut().zip(sums) {
-                    p[0] = s[0];
-                }
-                store(i, j, &padded, 1);
-                j += 1;
-            }
-        }
-    }
-
-    /// The sums of 4 activation rows at `x` times `R` weight rows at `w` (each `k` bf16 values,
-    /// rows `k` apart): `4 x R` accumulators of 16 lanes, one `vdpbf16ps` each per 32 values.
-    #[inline(always)]
-    unsafe fn dot_4x4<const R: usize>(x: *const u16, w: *const u16, k: usize) -> [[f32; R]; 4] {
-        let mut acc = [[_mm512_setzero_ps(); R]; 4];
-        let mut c = 0;
-        while c < k {
-            let mut wv = [_mm512_setzero_si512(); R];
-            for (r, v) in wv.iter_mut().enumerate() {
-                *v = _mm512_loadu_si512(w.add(r * k + c).cast());
-            }
-            for (a, acc) in acc.iter_mut().enumerate() {
-                let xv: __m512bh = std::mem::transmute(_mm512_loadu_si512(x.add(a * k + c).cast()));
-                for (acc, v) in acc.iter_mut().zip(&wv) {
-                    *acc = _mm512_dpbf16_ps(*acc, xv, std::mem::transmute::<__m512i, __m512bh>(*v));
-                }
-            }
-            c += BF16_STEP;
-        }
-        let mut sums = [[0.0f32; R]; 4];
-        for (s, acc) in sums.iter_mut().zip(&acc) {
-            for (s, v) in s.iter_mut().zip(acc) {
-                *s = _mm512_reduce_add_ps(*v);
-            }
-        }
-        sums
+        *AVAILABLE.get_or_init(|| {
+            is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx512vl")
+                && is_x86_feature_detected!("avx512vnni")
+                && is_x86_feature_detected!("f16c")
+        })
     }
 }
 
@@ -1069,12 +1050,10 @@ mod tests {
         }
     }
 
-    /// The prefill paths ([`GEMM_ROWS`] rows and more: `matmul`, which takes AVX-512 BF16 for a
-    /// bf16 weight where the CPU has it, and `matmul_gemm`) against the f64 sums of the same
-    /// weights times the activations as the path rounds them (Q8_0 blocks for Q8_0, bf16 for
-    /// bf16): every dtype, with and without a bias, odd shapes (weight rows past the last group
-    /// of 4, activation rows past the last 4), and a width whose ~4 MiB tiles split the rows into
-    /// three (128 rows a tile at 8,192 columns; the f32 weight is read in one piece).
+    /// The prefill path (`matmul` at [`GEMM_ROWS`] rows and more, i.e. `matmul_gemm`) against the
+    /// f64 sums of the same weights times the activations as the path rounds them (Q8_0 blocks
+    /// for Q8_0, bf16 for bf16): every dtype, with and without a bias, odd shapes, and weights of
+    /// one to five tasks of 64 rows (the last one short).
     #[test]
     fn gemm_matches_the_reference() {
         for &(rows, cols, m) in &[(17, 96, GEMM_ROWS), (33, 1056, 37), (300, 8192, 16), (5, 64, 130), (150, 352, 19)] {
@@ -1088,41 +1067,14 @@ mod tests {
                 for bias in [None, Some(values(rows, 4))] {
                     w.bias = bias.clone();
                     let want = exact(&w, &rounded, m);
-                    for (path, got) in [("matmul", w.matmul(&x, m)), ("gemm", w.matmul_gemm(&x, m))] {
-                        assert_eq!(got.len(), m * rows);
-                        for (i, (g, e)) in got.iter().zip(&want).enumerate() {
-                            let e = e + bias.as_ref().map_or(0.0, |b| f64::from(b[i % rows]));
-                            let tol = 1e-6 * cols as f64 + 1e-6 * e.abs();
-                            assert!((f64::from(*g) - e).abs() <= tol, "{path} {dtype} {rows}x{cols} m={m}: {g} vs {e}");
-                        }
+                    let got = w.matmul(&x, m);
+                    assert_eq!(got.len(), m * rows);
+                    for (i, (g, e)) in got.iter().zip(&want).enumerate() {
+                        let e = e + bias.as_ref().map_or(0.0, |b| f64::from(b[i % rows]));
+                        let tol = 1e-6 * cols as f64 + 1e-6 * e.abs();
+                        assert!((f64::from(*g) - e).abs() <= tol, "{dtype} {rows}x{cols} m={m}: {g} vs {e}");
                     }
                 }
-            }
-        }
-    }
-
-    /// `to_bf16` (`vcvtne2ps2bf16`) rounds as `half` does, ties and the edges included
-    /// (subnormals: zero).
-    #[cfg(target_arch = "x86_64")]
-    #[test]
-    fn bf16_conversion_is_half_s() {
-        if !x86::bf16_dot_available() {
-            eprintln!("no AVX-512 BF16 on this CPU: nothing to compare");
-            return;
-        }
-        let mut x = values(4096, 7);
-        // Exact ties (a bf16 value plus half a step, odd and even), extremes, zeros, infinities.
-        x.extend([1.0 + 2f32.powi(-8), 1.0 + 3.0 * 2f32.powi(-8), f32::MAX, f32::MIN_POSITIVE, -0.0, 0.0]);
-        x.extend([f32::INFINITY, f32::NEG_INFINITY, 1e-40, -3.3e38, 65504.0, 1.0 / 3.0]);
-        x.resize(x.len().div_ceil(32) * 32, 0.5);
-        let mut got = vec![0u16; x.len()];
-        x86::to_bf16(&x, &mut got);
-        for (v, g) in x.iter().zip(&got) {
-            if v.is_subnormal() {
-                // The instruction takes subnormal inputs as zero (half keeps them).
-                assert_eq!(*g, if v.is_sign_negative() { 0x8000 } else { 0 }, "{v:e}");
-            } else {
-                assert_eq!(*g, bf16::from_f32(*v).to_bits(), "{v:e}");
             }
         }
     }
