@@ -182,7 +182,7 @@ pub fn round_through_q8_0(x: &mut [f32]) {
 /// product. Prepared once per matmul, and reused by every weight row.
 #[derive(Debug, Clone, Copy)]
 #[repr(C, align(32))]
-pub struct VnniBlock {
+struct VnniBlock {
     start: [i32; 8],
     d: f32,
 }
@@ -527,7 +527,7 @@ impl PackedMatrix {
                 PackedData::F32(v) => &v[first * k..(first + t) * k],
                 _ => {
                     buf.resize(t * k, 0.0);
-                    for (r, row) in buf.chunks_exact_mut(k).enumerate() {
+                    for (r, row) in buf.chunks_exact_mut(k.max(1)).enumerate() {
                         self.dequantize_row(first + r, row);
                     }
                     buf
