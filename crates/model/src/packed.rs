@@ -230,6 +230,47 @@ pub struct PackedMatrix {
     pub bias: Option<Vec<f32>>,
 }
 
+/// `dst = scale · lhs · rhs` for `[m, n, k]` on the calling thread (`gemm::Parallelism::None`),
+/// overwriting `dst`: `dst` (`[m, n]`) and `lhs` (`[m, k]`) given by their first element and row
+/// stride (column stride 1), `rhs` (`[k, n]`) by its first element, row stride and column stride
+/// (a transposed view is a row stride of 1).
+///
+/// # Safety
+/// Every element the shapes and strides address must lie inside its allocation, and no other
+/// thread may touch the `dst` elements meanwhile.
+pub(crate) unsafe fn gemm_one_thread(
+    [m, n, k]: [usize; 3],
+    (dst, dst_rs): (*mut f32, isize),
+    (lhs, lhs_rs): (*const f32, isize),
+    (rhs, rhs_rs, rhs_cs): (*const f32, isize, isize),
+    scale: f32,
+) {
+    // SAFETY: the caller's contract; gemm reads and writes nothing else.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            1,
+            dst_rs,
+            false,
+            lhs,
+            1,
+            lhs_rs,
+            rhs,
+            rhs_cs,
+            rhs_rs,
+            0.0,
+            scale,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        )
+    }
+}
+
 fn shape_error(what: &str, rows: usize, cols: usize, len: usize) -> ModelError {
     ModelError::Unsupported(format!("{what}: {len} values for a [{rows}, {cols}] matrix"))
 }
@@ -451,17 +492,10 @@ impl PackedMatrix {
         }
     }
 
-    /// Rows `first..first + n` as f32, `[n, cols]` row-major, rows in parallel: a prefill tile.
-    pub fn dequantize_rows(&self, first: usize, n: usize) -> Vec<f32> {
-        let mut out = vec![0.0f32; n * self.cols];
-        self.dequantize_rows_into(first, &mut out);
-        out
-    }
-
-    /// Rows `first..` as f32 into `out` (whole rows of `cols` values), rows in parallel.
+    /// Rows `first..` as f32 into `out` (whole rows of `cols` values): a prefill task's tile.
     fn dequantize_rows_into(&self, first: usize, out: &mut [f32]) {
-        if self.cols > 0 {
-            out.par_chunks_mut(self.cols).enumerate().for_each(|(i, row)| self.dequantize_row(first + i, row));
+        for (i, row) in out.chunks_exact_mut(self.cols.max(1)).enumerate() {
+            self.dequantize_row(first + i, row);
         }
     }
 
@@ -527,9 +561,7 @@ impl PackedMatrix {
                 PackedData::F32(v) => &v[first * k..(first + t) * k],
                 _ => {
                     buf.resize(t * k, 0.0);
-                    for (r, row) in buf.chunks_exact_mut(k.max(1)).enumerate() {
-                        self.dequantize_row(first + r, row);
-                    }
+                    self.dequantize_rows_into(first, buf);
                     buf
                 }
             };
@@ -539,26 +571,12 @@ impl PackedMatrix {
             // rows of `k` values, read as the `[k, t]` transposed view (row stride 1, column
             // stride k). gemm reads and writes nothing else.
             unsafe {
-                gemm::gemm(
-                    m,
-                    t,
-                    k,
-                    (y_at as *mut f32).add(first),
-                    1,
-                    n as isize,
-                    false,
-                    x.as_ptr(),
-                    1,
-                    k as isize,
-                    tile.as_ptr(),
-                    k as isize,
-                    1,
-                    0.0,
+                gemm_one_thread(
+                    [m, t, k],
+                    ((y_at as *mut f32).add(first), n as isize),
+                    (x.as_ptr(), k as isize),
+                    (tile.as_ptr(), 1, k as isize),
                     1.0,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
                 )
             }
         });
