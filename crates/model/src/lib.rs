@@ -37,6 +37,7 @@ pub mod config;
 mod error;
 pub mod generate;
 pub mod gguf;
+mod host_attention;
 pub mod init;
 pub mod lm;
 pub mod load;

@@ -23,6 +23,7 @@ use qwen_context::{RopeConvention, RopeFrequencies};
 use crate::batch::Batch;
 use crate::config::QwenConfig;
 use crate::error::{ModelError, Result};
+use crate::host_attention;
 use crate::lora::{adapted, Lora};
 use crate::moe::SparseMoe;
 use crate::packed::{Packed, PackedMatrix};
@@ -702,9 +703,33 @@ impl<B: Backend> Attention<B> {
         };
         let kv_len = k.dims()[2];
         let groups = nh / nkv;
+        let scale = Some(1.0 / (hd as f64).sqrt());
+        let device = q.device();
+        if s > 1 && self.packed.get(0).is_some() && step.packed.is_none() && !B::ad_enabled(&device) {
+            // CPU inference prefill: on the host, each query head reading its key/value head's
+            // keys where they lie ([`crate::host_attention`]; no `repeat_kv` copies, no mask
+            // tensor). Training (autodiff) and packed rows keep burn's attention below.
+            let shape = host_attention::Shape {
+                batch: b,
+                queries: s,
+                keys: kv_len,
+                heads: nh,
+                kv_heads: nkv,
+                head_dim: hd,
+                offset: step.offset,
+                key_start,
+                window: window.unwrap_or(usize::MAX),
+                left_pad: step.left_pad,
+                scale: 1.0 / (hd as f32).sqrt(),
+            };
+            let host = |t: Tensor<B, 4>| t.into_data().convert::<f32>().into_vec::<f32>().expect("converted to f32");
+            let out = host_attention::attention(&shape, &host(q.swap_dims(1, 2)), &host(k), &host(v));
+            let out = Tensor::<B, 3>::from_data(TensorData::new(out, [b, s, nh * hd]), &device);
+            return adapted(&self.o_proj, self.packed.get(1), &self.o_lora, out, p);
+        }
         // A mask only when padding or the window hides a key from some query; otherwise burn's
         // causal attention (bottom-right aligned) is the same thing.
-        let mask = attention_mask::<B>(s, kv_len, step.offset, key_start, window, step.left_pad, &q.device());
+        let mask = attention_mask::<B>(s, kv_len, step.offset, key_start, window, step.left_pad, &device);
         // Packed rows (training, no cache, no padding): their block-diagonal causal mask, and the
         // window's on top where a layer has one.
         let mask = match (&step.packed, mask) {
@@ -712,7 +737,6 @@ impl<B: Backend> Attention<B> {
             (Some(p), Some(w)) => Some(p.clone().bool_or(w.expand([b, 1, s, kv_len]))),
             (None, m) => m,
         };
-        let scale = Some(1.0 / (hd as f64).sqrt());
         let out = if s == 1 && groups > 1 {
             // One query per row (decode): the `groups` query heads that share a key/value head are
             // that head's `groups` query rows, so keys and values are read as cached instead of
@@ -768,14 +792,13 @@ fn attention_mask<B: Backend>(
         return None;
     }
     let w = window.unwrap_or(usize::MAX);
-    let hidden = |pad: usize, q: usize, k: usize| k > q || q - k >= w || (k < pad && k != q);
     let rows = left_pad.map_or(1, <[usize]>::len);
     let mut m = Vec::with_capacity(rows * queries * keys);
     for r in 0..rows {
         let pad = left_pad.map_or(0, |p| p[r]);
         for i in 0..queries {
             let q = offset + i;
-            m.extend((key_start..key_start + keys).map(|k| hidden(pad, q, k)));
+            m.extend((key_start..key_start + keys).map(|k| host_attention::hidden(pad, w, q, k)));
         }
     }
     let mask = Tensor::<B, 3, Bool>::from_data(TensorData::new(m, [rows, queries, keys]), device);
