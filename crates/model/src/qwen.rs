@@ -703,7 +703,6 @@ impl<B: Backend> Attention<B> {
         };
         let kv_len = k.dims()[2];
         let groups = nh / nkv;
-        let scale = Some(1.0 / (hd as f64).sqrt());
         let device = q.device();
         if s > 1 && self.packed.get(0).is_some() && step.packed.is_none() && !B::ad_enabled(&device) {
             // CPU inference prefill: on the host, each query head reading its key/value head's
@@ -737,6 +736,7 @@ impl<B: Backend> Attention<B> {
             (Some(p), Some(w)) => Some(p.clone().bool_or(w.expand([b, 1, s, kv_len]))),
             (None, m) => m,
         };
+        let scale = Some(1.0 / (hd as f64).sqrt());
         let out = if s == 1 && groups > 1 {
             // One query per row (decode): the `groups` query heads that share a key/value head are
             // that head's `groups` query rows, so keys and values are read as cached instead of
