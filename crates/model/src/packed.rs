@@ -741,10 +741,9 @@ impl PackedMatrix {
         (xq, xv): (&[BlockQ8_0], &[VnniBlock]),
         simd: bool,
     ) -> [f32; W] {
-        let c = self.cols;
         #[cfg(target_arch = "x86_64")]
         if simd {
-            let per_row = c / Q8_0_BLOCK;
+            let (c, per_row) = (self.cols, self.cols / Q8_0_BLOCK);
             // SAFETY: as in `row_dots`: `simd` only when `simd_available()`; every weight row
             // and `x` hold `cols` values (`per_row` blocks), which is all the kernels read.
             unsafe {
