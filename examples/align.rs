@@ -113,6 +113,11 @@ struct Args {
     /// PPO policy learning rate (constant; the value model's is 10x).
     #[arg(long, default_value_t = 1e-5)]
     ppo_lr: f64,
+    /// PPO rollout temperature (top-p 0.9 as the report); the ratios and the KL penalty are the
+    /// log-probs at it. Below 1 the rollouts' rewards vary where the policy's top answers compete,
+    /// which is where its greedy reply can change (docs/alignment.md).
+    #[arg(long, default_value_t = 1.0)]
+    ppo_temperature: f32,
     /// PPO KL penalty coefficient (the report: 0.04).
     #[arg(long, default_value_t = 0.04)]
     kl_coef: f64,
@@ -1085,6 +1090,7 @@ fn main() -> Result<()> {
                 responses_per_query: 2,
                 epochs: 2,
                 kl_coef: args.kl_coef,
+                sampling: SamplingConfig { temperature: args.ppo_temperature, ..PpoConfig::default().sampling },
                 ..PpoConfig::default()
             },
             optim: PpoOptim { optim, policy: constant(args.ppo_lr, 0), value: constant(10.0 * args.ppo_lr, 0) },

@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{load_policy, save_policy};
 use crate::error::{AlignError, Result};
-use crate::logprob::{host, token_logprobs, vector};
+use crate::logprob::{host, tempered, token_logprobs, vector};
 use crate::pairs::ResponseBatch;
 use crate::ppo::{index_tensor, mean_entropy, response_logprobs, sample, Sampled, SamplingDef};
 use crate::reward::ScoreModel;
@@ -74,7 +74,8 @@ pub struct GrpoConfig {
     pub iterations: usize,
     /// TRL `max_completion_length` (512).
     pub max_new_tokens: usize,
-    /// Rollout sampling (TRL: temperature 1, top-p 1).
+    /// Rollout sampling (TRL: temperature 1, top-p 1). The log-probs are the policy's and the
+    /// reference's at this temperature (TRL's `logits / temperature`).
     #[serde(with = "SamplingDef")]
     pub sampling: SamplingConfig,
 }
@@ -104,7 +105,9 @@ impl GrpoConfig {
             && self.epsilon_low < 1.0
             && self.epsilon_high > 0.0
             && self.iterations > 0
-            && self.max_new_tokens > 0;
+            && self.max_new_tokens > 0
+            && self.sampling.temperature.is_finite()
+            && self.sampling.temperature > 0.0;
         if !ok {
             return Err(AlignError::Config(format!(
                 "GRPO settings out of range (a group needs at least 2 responses): {self:?}"
@@ -398,7 +401,7 @@ impl<B: AutodiffBackend> GrpoTrainer<B> {
         let policy = self.policy.valid();
         let Sampled { responses, batch: rows, positions } =
             sample(&policy, &queries, c.max_new_tokens, &self.stop_ids, &c.sampling, self.step, self.pad_id)?;
-        let logp_of = |m: &QwenModel<B::InnerBackend>| response_logprobs(m, &rows, &positions);
+        let logp_of = |m: &QwenModel<B::InnerBackend>| response_logprobs(m, &rows, &positions, c.sampling.temperature);
         let old_logprobs = logp_of(&policy)?;
         let ref_logprobs = logp_of(&self.reference)?;
         drop(policy);
@@ -427,7 +430,7 @@ impl<B: AutodiffBackend> GrpoTrainer<B> {
         for iteration in 0..c.iterations {
             // LoRA dropout masks seeded by (step, iteration): a resumed run draws the same ones.
             let policy = crate::dropout_seeded(&self.policy, self.step, iteration as u64);
-            let logits = policy.logits_of(&rows.rows, Mode::Training)?;
+            let logits = tempered(policy.logits_of(&rows.rows, Mode::Training)?, c.sampling.temperature);
             let logp = token_logprobs(logits.clone(), &rows.targets)?
                 .reshape([-1])
                 .select(0, index_tensor::<B>(&positions, &device));

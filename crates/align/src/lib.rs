@@ -58,7 +58,7 @@ pub use grpo::{
     group_advantages, grpo_clip_fractions, grpo_loss, grpo_token_weights, verifier, Decode, ExactMatch, GrpoBatch,
     GrpoConfig, GrpoLoss, GrpoReward, GrpoStats, GrpoTrainer, Verifier, VERIFIERS,
 };
-pub use logprob::{sequence_logprobs, token_logprobs};
+pub use logprob::{sequence_logprobs, tempered, token_logprobs};
 pub use pairs::{prompt_ids, Pair, PairBatch, ResponseBatch};
 pub use ppo::{
     clipped_policy_loss, clipped_value_loss, gae, kl_penalized_rewards, ratio_stats, value_clip_fraction, whiten,

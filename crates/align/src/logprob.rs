@@ -18,6 +18,17 @@ pub fn sequence_logprobs<B: Backend>(logits: Tensor<B, 3>, targets: &[u32]) -> R
     Ok(token_logprobs(logits, targets)?.sum_dim(1).reshape([b]))
 }
 
+/// `logits / temperature`: the distribution a sampler at that temperature draws from. PPO and GRPO
+/// take their log-probs (ratios, KL, entropy) from it, as TRL divides the policy's and the
+/// reference's logits by the rollout temperature before the log-softmax; at 1 the logits as they are.
+pub fn tempered<B: Backend, const D: usize>(logits: Tensor<B, D>, temperature: f32) -> Tensor<B, D> {
+    if temperature == 1.0 {
+        logits
+    } else {
+        logits.div_scalar(temperature)
+    }
+}
+
 /// A small host vector as a `[n]` tensor.
 pub(crate) fn vector<B: Backend>(values: Vec<f32>, device: &B::Device) -> Tensor<B, 1> {
     let n = values.len();

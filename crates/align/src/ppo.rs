@@ -37,7 +37,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{load_policy, load_score_model, save_policy, save_score_model};
 use crate::error::{AlignError, Result};
-use crate::logprob::{host, token_logprobs, vector};
+use crate::logprob::{host, tempered, token_logprobs, vector};
 use crate::pairs::ResponseBatch;
 use crate::reward::ScoreModel;
 
@@ -125,7 +125,8 @@ pub struct PpoConfig {
     /// Responses sampled per prompt (report 2).
     pub responses_per_query: usize,
     pub max_new_tokens: usize,
-    /// Rollout sampling (report: top-p 0.9).
+    /// Rollout sampling (report: top-p 0.9). The log-probs of the ratios, the KL and the entropy
+    /// are the policy's and the reference's at this temperature (TRL's `logits / temperature`).
     #[serde(with = "SamplingDef")]
     pub sampling: SamplingConfig,
     pub reward_norm: RewardNorm,
@@ -173,7 +174,9 @@ impl PpoConfig {
             && self.epochs > 0
             && self.responses_per_query > 0
             && self.max_new_tokens > 0
-            && self.ptx_coef >= 0.0;
+            && self.ptx_coef >= 0.0
+            && self.sampling.temperature.is_finite()
+            && self.sampling.temperature > 0.0;
         if !ok {
             return Err(AlignError::Config(format!("PPO settings out of range: {self:?}")));
         }
@@ -379,13 +382,15 @@ pub(crate) fn sample<B: Backend>(
     Ok(Sampled { responses, batch, positions })
 }
 
-/// `model`'s log-probabilities of the response tokens at `positions` of `batch`.
+/// `model`'s log-probabilities of the response tokens at `positions` of `batch`, its logits divided
+/// by the sampling `temperature`.
 pub(crate) fn response_logprobs<B: Backend>(
     model: &QwenModel<B>,
     batch: &ResponseBatch,
     positions: &[i64],
+    temperature: f32,
 ) -> Result<Vec<f32>> {
-    let logits = model.logits_of(&batch.rows, Mode::Training)?;
+    let logits = tempered(model.logits_of(&batch.rows, Mode::Training)?, temperature);
     Ok(pick(&host(token_logprobs(logits, &batch.targets)?), positions))
 }
 
@@ -648,7 +653,7 @@ impl<B: AutodiffBackend> PpoTrainer<B> {
         let policy = self.policy.valid();
         let Sampled { responses, batch, positions } =
             sample(&policy, &queries, c.max_new_tokens, &self.stop_ids, &c.sampling, self.step, self.pad_id)?;
-        let logp = |m: &QwenModel<B::InnerBackend>| response_logprobs(m, &batch, &positions);
+        let logp = |m: &QwenModel<B::InnerBackend>| response_logprobs(m, &batch, &positions, c.sampling.temperature);
         let old_logprobs = logp(&policy)?;
         let ref_logprobs = logp(&self.reference)?;
         let after = c.score_placement == ScorePlacement::AfterResponse;
@@ -805,7 +810,7 @@ impl<B: AutodiffBackend> PpoTrainer<B> {
         let positions = index_tensor::<B>(&part.positions, &device);
         // LoRA dropout masks seeded by (step, update): a resumed run draws the same ones.
         let policy = crate::dropout_seeded(&self.policy, self.step, micro);
-        let logits = policy.logits_of(part.rows, Mode::Training)?;
+        let logits = tempered(policy.logits_of(part.rows, Mode::Training)?, self.config.sampling.temperature);
         stats.entropy = mean_entropy(logits.clone().inner(), &part.positions);
         let logp = token_logprobs(logits, part.targets)?.reshape([-1]).select(0, positions);
         let new_logp = host(logp.clone());

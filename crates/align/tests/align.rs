@@ -514,6 +514,61 @@ fn ppo_statistics_average_over_minibatches_under_trl_names() {
     assert!(json.get("minibatches").is_none());
 }
 
+/// Rollouts sampled at a temperature are scored at it: the policy's and the reference's log-probs
+/// of each sampled token are `log_softmax(logits / T)` (TRL), the same as the sampler drew from;
+/// a temperature of 0 (greedy: no distribution to take ratios of) is refused by PPO and GRPO.
+#[test]
+fn ppo_logprobs_are_the_sampling_temperatures() {
+    let device = Default::default();
+    let policy = QwenModel::<B>::random(config(), 0.5, &device);
+    let value = ScoreModel::from_lm(QwenModel::<B>::random(config(), 0.1, &device));
+    let reward = ScoreModel::from_lm(QwenModel::<Inner>::random(config(), 0.1, &device));
+    let t = 0.5f32;
+    let mut ppo_config = PpoConfig { max_new_tokens: 3, value_warmup_steps: 0, ..PpoConfig::default() };
+    ppo_config.sampling.temperature = t;
+    let optim = PpoOptim { optim: OptimConfig::default(), policy: constant(1e-2, 0), value: constant(1e-2, 0) };
+    let mut ppo = PpoTrainer::new(policy, value, reward, ppo_config.clone(), optim, vec![], 0).unwrap();
+    let prompts: Vec<Vec<u32>> = pairs(3, 0).into_iter().map(|p| p.prompt).collect();
+    let rollout = ppo.rollout(&prompts).unwrap();
+    let batch = &rollout.batch;
+    let logits = qwen_model::CausalLm::logits_of(&ppo.valid_policy(), &batch.rows, qwen_model::Mode::Training).unwrap();
+    let v = logits.dims()[2];
+    let logits = logits.into_data().to_vec::<f32>().unwrap();
+    assert_eq!(rollout.positions.len(), rollout.old_logprobs.len());
+    for (k, &p) in rollout.positions.iter().enumerate() {
+        let row: Vec<f64> = logits[p as usize * v..(p as usize + 1) * v].iter().map(|&x| x as f64 / t as f64).collect();
+        let lse = row.iter().map(|x| x.exp()).sum::<f64>().ln();
+        let want = (row[batch.targets[p as usize] as usize] - lse) as f32;
+        assert!((rollout.old_logprobs[k] - want).abs() < 1e-4, "{k}: {} vs {want}", rollout.old_logprobs[k]);
+        // The reference is the starting policy: the same numbers.
+        assert!((rollout.ref_logprobs[k] - want).abs() < 1e-4, "{k}: {} vs {want}", rollout.ref_logprobs[k]);
+    }
+    // The updates take their log-probs at the same temperature: the first update of a step runs
+    // on the rollout's own policy (ratio 1, no KL), and so does GRPO's single update (nothing clipped).
+    let first = ppo.step(&prompts, None).unwrap().minibatches[0];
+    assert!((first.ratio - 1.0).abs() < 1e-4 && first.approx_kl < 1e-6, "{first:?}");
+    let mut grpo_config = GrpoConfig { group_size: 4, max_new_tokens: 3, ..GrpoConfig::default() };
+    grpo_config.sampling.temperature = t;
+    let policy = QwenModel::<B>::random(config(), 0.5, &device);
+    let mut grpo = GrpoTrainer::new(
+        policy,
+        id_verifier(),
+        grpo_config.clone(),
+        OptimConfig::default(),
+        constant(1e-2, 0),
+        vec![],
+        0,
+    )
+    .unwrap();
+    let batch = GrpoBatch { prompts: prompts.clone(), answers: vec![Some("10".into()); 3] };
+    let s = grpo.step(&batch).unwrap();
+    assert!(s.clip_region == 0.0 && s.kl.abs() < 1e-6, "{s:?}");
+    ppo_config.sampling.temperature = 0.0;
+    assert!(matches!(ppo_config.validate(), Err(AlignError::Config(_))));
+    grpo_config.sampling.temperature = 0.0;
+    assert!(matches!(grpo_config.validate(), Err(AlignError::Config(_))));
+}
+
 fn tmp(name: &str) -> std::path::PathBuf {
     let d = std::env::temp_dir().join(format!("qwen-align-run-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
