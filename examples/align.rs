@@ -28,7 +28,8 @@
 //!    PPO runs in N rounds: between two, the current policy's sampled mistakes on fresh training
 //!    prompts fine-tune the reward model further (a reward run `OUT/stages/reward-roundK/`), and
 //!    PPO goes on against the refreshed model (`report.json`'s `ppo_rounds` says what each
-//!    refresh measured).
+//!    refresh measured). `--ppo-temperature` samples the rollouts at another temperature (the
+//!    ratios and the KL taken at it, as TRL does); `--ppo-responses` replies per prompt.
 //! 4. **DPO** from the SFT policy on half near misses, half the SFT policy's mistakes in one
 //!    sampled reply to each of `--dpo-mistake-prompts` training prompts.
 //! 5. **GRPO** from the SFT policy with the `exact_match` verifier (beyond the report).
@@ -44,7 +45,10 @@
 //! replies; `sampled_accuracy` of the replies the KL is measured on, one per prompt with the same
 //! seed before and after), `F` `{"gained", "lost", "p_value"}` (the held-out prompts the stage
 //! turned right and wrong, greedy or sampled, and McNemar's exact test of the split:
-//! `qwen_align::Flips`). The run fails when a stage does not move what it optimises the
+//! `qwen_align::Flips`). `reward_model.sft_greedy` measures the fine-tuned reward model where PPO
+//! would have to change the SFT policy's greedy replies: on its wrong greedy replies against the
+//! right answers, on its sampled mistakes split by whether the prompt's greedy reply is right, and
+//! how often the policy samples a right reply where its greedy one is wrong. The run fails when a stage does not move what it optimises the
 //! right way (see `check`), and prints a note where a stage lowered the greedy accuracy.
 //!
 //! Each stage is a `qwen_align::run` run with its folder under `OUT/stages/` (its config, its
@@ -64,9 +68,9 @@ use clap::Parser;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use qwen::backend::{device, optimizer_update, Backend, TrainBackend};
 use qwen_align::{
-    constant, sequence_logprobs, DpoConfig, DpoRunConfig, Flips, GrpoBatch, GrpoConfig, GrpoReward, GrpoRunConfig,
-    Overflow, Pair, PairBatch, PpoBatch, PpoConfig, PpoOptim, PpoRunConfig, ResponseBatch, RewardConfig, Run,
-    RunningMoments, ScoreModel, SftBatcher, SftConfig,
+    constant, evaluate_pairs, sequence_logprobs, DpoConfig, DpoRunConfig, Flips, GrpoBatch, GrpoConfig, GrpoReward,
+    GrpoRunConfig, Overflow, Pair, PairBatch, PpoBatch, PpoConfig, PpoOptim, PpoRunConfig, ResponseBatch, RewardConfig,
+    Run, RunningMoments, ScoreModel, SftBatcher, SftConfig,
 };
 use qwen_data::corpus::{CorpusConfig, CorpusFiles, SourceSpec};
 use qwen_data::rng::SplitMix64;
@@ -118,6 +122,9 @@ struct Args {
     /// which is where its greedy reply can change (docs/alignment.md).
     #[arg(long, default_value_t = 1.0)]
     ppo_temperature: f32,
+    /// PPO replies sampled per prompt (the report: 2); a step takes `--batch` / this many prompts.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..))]
+    ppo_responses: u64,
     /// PPO KL penalty coefficient (the report: 0.04).
     #[arg(long, default_value_t = 0.04)]
     kl_coef: f64,
@@ -177,7 +184,8 @@ struct Args {
     /// prompts it flipped, so more prompts tell smaller changes from noise.
     #[arg(long, default_value_t = 1536)]
     held_out: usize,
-    /// Conversations (or comparisons) per step; PPO takes half as many prompts (2 replies each).
+    /// Conversations (or comparisons) per step; PPO takes `--ppo-responses` replies to each of
+    /// this many / `--ppo-responses` prompts.
     #[arg(long, default_value_t = 32)]
     batch: usize,
     #[arg(long, default_value_t = 1)]
@@ -443,6 +451,7 @@ impl Task {
         let n = items.len() as f64;
         let (correct, sampled_correct) = (self.correct(items, &texts), self.correct(items, &sampled_texts));
         Ok(Measure {
+            texts,
             reward: score / n,
             accuracy: fraction(&correct),
             kl: kl / n,
@@ -637,6 +646,9 @@ struct Measure {
     /// Whether each held-out prompt's greedy reply is right (what [`Flips`] compares).
     #[serde(skip)]
     correct: Vec<bool>,
+    /// The greedy replies' texts.
+    #[serde(skip)]
+    texts: Vec<String>,
     kl: f64,
     format: f64,
     /// Exact match of the replies sampled at T = 1 (the ones the KL is measured on).
@@ -694,6 +706,27 @@ struct RmAccuracy {
 struct RewardModelReport {
     pmp: RmAccuracy,
     finetune: RmAccuracy,
+    /// The fine-tuned reward model where PPO would have to move the SFT policy's greedy replies.
+    sft_greedy: GreedySplit,
+}
+
+/// The fine-tuned reward model on the SFT policy's held-out prompts, split by the policy's greedy
+/// reply. PPO can turn a wrong greedy reply right only where the judge scores the right answer
+/// above it (and the policy samples the right answer at all).
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+struct GreedySplit {
+    /// Each wrong greedy reply against the right answer.
+    greedy_mistakes: f64,
+    greedy_mistake_pairs: usize,
+    /// The policy's sampled mistakes (the held-out pairs of `policy_mistakes`) on the prompts it
+    /// answers right greedily, and on those it answers wrong.
+    sampled_mistakes_greedy_right: f64,
+    sampled_mistakes_greedy_right_pairs: usize,
+    sampled_mistakes_greedy_wrong: f64,
+    sampled_mistakes_greedy_wrong_pairs: usize,
+    /// Of the prompts answered wrong greedily, the fraction with a right reply among their
+    /// `--mistake-samples` sampled ones.
+    greedy_wrong_sampled_right: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -709,6 +742,44 @@ struct Report {
     #[serde(skip_serializing_if = "Option::is_none")]
     grpo: Option<BeforeAfter>,
     reward_model: RewardModelReport,
+}
+
+/// [`GreedySplit`] of `reward` on the held-out `items`, the SFT policy measured as `sft` with its
+/// sampled `mistakes` (`samples` replies per prompt).
+fn greedy_split(
+    task: &Task,
+    reward: &ScoreModel<Backend>,
+    items: &[Item],
+    sft: &Measure,
+    mistakes: &Mistakes,
+    samples: usize,
+) -> Result<GreedySplit> {
+    let wrong: Vec<usize> = (0..items.len()).filter(|&i| !sft.correct[i]).collect();
+    let accuracy = |pairs: Vec<Pair>| -> Result<(f64, usize)> {
+        let s = evaluate_pairs(reward, &pair_batches(task, &pairs)?)?;
+        Ok((s.accuracy as f64, pairs.len()))
+    };
+    let greedy =
+        accuracy(wrong.iter().map(|&i| task.pair(&items[i], &sft.texts[i])).collect::<qwen_align::Result<_>>()?)?;
+    let sampled = |greedy_right: bool| -> Result<(f64, usize)> {
+        let pairs = mistakes.iter().filter(|m| sft.correct[m.1] == greedy_right).map(|(_, _, w, t)| task.pair(w, t));
+        accuracy(pairs.collect::<qwen_align::Result<_>>()?)
+    };
+    let (right, wrong_sampled) = (sampled(true)?, sampled(false)?);
+    let mut mistakes_per_prompt = vec![0usize; items.len()];
+    for m in mistakes {
+        mistakes_per_prompt[m.1] += 1;
+    }
+    let sampled_right = wrong.iter().filter(|&&i| mistakes_per_prompt[i] < samples).count();
+    Ok(GreedySplit {
+        greedy_mistakes: greedy.0,
+        greedy_mistake_pairs: greedy.1,
+        sampled_mistakes_greedy_right: right.0,
+        sampled_mistakes_greedy_right_pairs: right.1,
+        sampled_mistakes_greedy_wrong: wrong_sampled.0,
+        sampled_mistakes_greedy_wrong_pairs: wrong_sampled.1,
+        greedy_wrong_sampled_right: sampled_right as f64 / wrong.len().max(1) as f64,
+    })
 }
 
 /// The fraction of `right` that is true (0 for none).
@@ -1055,7 +1126,8 @@ fn main() -> Result<()> {
         );
         rm_accuracy.push(acc);
     }
-    let rm_report = RewardModelReport { pmp: rm_accuracy[0], finetune: rm_accuracy[1] };
+    let mut rm_report =
+        RewardModelReport { pmp: rm_accuracy[0], finetune: rm_accuracy[1], sft_greedy: Default::default() };
     let rm_metrics = rm.metrics_path().to_path_buf();
     let rm_model = rm.into_stage().trainer.model;
     let reward = rm_model.valid();
@@ -1069,6 +1141,20 @@ fn main() -> Result<()> {
     let m_pretrained = measure(&base, None)?;
     let m_sft = measure(&sft_model, Some(&base))?;
     println!("SFT   before: {m_pretrained}\n      after:  {m_sft}");
+    rm_report.sft_greedy = greedy_split(&task, &reward, &held_words, &m_sft, &held_mistakes, args.mistake_samples)?;
+    let g = &rm_report.sft_greedy;
+    println!(
+        "RM    where the SFT policy's greedy reply is wrong: right answer above it {:.1}% ({} prompts), right among \
+         {} samples {:.1}%; its sampled mistakes there {:.1}% ({} pairs), where greedy is right {:.1}% ({} pairs)",
+        100.0 * g.greedy_mistakes,
+        g.greedy_mistake_pairs,
+        args.mistake_samples,
+        100.0 * g.greedy_wrong_sampled_right,
+        100.0 * g.sampled_mistakes_greedy_wrong,
+        g.sampled_mistakes_greedy_wrong_pairs,
+        100.0 * g.sampled_mistakes_greedy_right,
+        g.sampled_mistakes_greedy_right_pairs
+    );
     // Before PPO, DPO and GRPO: the SFT policy, against itself (KL 0 by construction).
     let m_start = Measure { kl: 0.0, ..m_sft.clone() };
     let mut report_rounds = Vec::new();
@@ -1087,7 +1173,7 @@ fn main() -> Result<()> {
             ppo: PpoConfig {
                 max_new_tokens: MAX_NEW_TOKENS,
                 value_warmup_steps: args.value_warmup,
-                responses_per_query: 2,
+                responses_per_query: args.ppo_responses as usize,
                 epochs: 2,
                 kl_coef: args.kl_coef,
                 sampling: SamplingConfig { temperature: args.ppo_temperature, ..PpoConfig::default().sampling },
@@ -1104,8 +1190,9 @@ fn main() -> Result<()> {
         let pb = progress(args.ppo_steps, ppo.step(), "ppo");
         let mut ppo_data = |step: u64| -> qwen_align::Result<PpoBatch> {
             let mut rng = step_rng(args.seed, 4, step);
-            let prompts =
-                (0..args.batch / 2).map(|_| task.prompt_ids(&pick(&mut rng))).collect::<qwen_align::Result<_>>()?;
+            let prompts = (0..(args.batch / args.ppo_responses as usize).max(1))
+                .map(|_| task.prompt_ids(&pick(&mut rng)))
+                .collect::<qwen_align::Result<_>>()?;
             Ok(PpoBatch { prompts, ptx: None })
         };
         // Iterated online RLHF (`--ppo-rounds`): after each round but the last, the reward model
