@@ -11,7 +11,8 @@
 //! frozen) and the value model (initialised from the reward model, trained). The defaults are the
 //! report's: KL coefficient 0.04, value clip 0.15, 50 value-only warm-up steps, top-p 0.9, 2
 //! responses per query, policy lr 1e-6 and value lr 5e-6 (constant), running-mean reward
-//! normalisation; TRL's where the report is silent (policy clip 0.2, γ 1, λ 0.95, 4 PPO epochs).
+//! normalisation (`--baseline leave-one-out`: RLOO's per-prompt baseline instead); TRL's where
+//! the report is silent (policy clip 0.2, γ 1, λ 0.95, 4 PPO epochs).
 //! `--ptx-data` (JSON Lines `{"text": ...}`) mixes the LM loss on pretraining text into the policy's
 //! loss (`--ptx-coef`), as the report does to limit the alignment tax. `--prompts` is JSON Lines,
 //! `{"prompt": ...}` (a string or messages); a malformed line stops the run naming its line.
@@ -63,6 +64,14 @@ enum PlacementArg {
     AfterResponse,
 }
 
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Serialize)]
+enum BaselineArg {
+    /// Minus the running mean of every score so far (the report).
+    RunningMean,
+    /// Minus the mean of the other responses to the same prompt (RLOO; `--responses-per-query` ≥ 2).
+    LeaveOneOut,
+}
+
 /// PPO (the report's settings: policy, value, reference and reward models) of an HF Qwen checkpoint.
 #[derive(Parser, Debug, Serialize)]
 #[command(
@@ -93,6 +102,9 @@ struct Args {
     /// KL penalty coefficient (report).
     #[arg(long, default_value_t = 0.04)]
     kl_coef: f64,
+    /// What the reward-model scores are taken relative to before they enter the rewards.
+    #[arg(long, value_enum, default_value_t = BaselineArg::RunningMean)]
+    baseline: BaselineArg,
     /// Per-token KL estimate in the penalty.
     #[arg(long, value_enum, default_value_t = KlArg::K1)]
     kl_estimator: KlArg,
@@ -181,7 +193,10 @@ fn main() -> Result<()> {
             responses_per_query: args.responses_per_query,
             max_new_tokens: r.max_new_tokens,
             sampling: r.sampling(args.top_p),
-            reward_norm: RewardNorm::RunningMean,
+            reward_norm: match args.baseline {
+                BaselineArg::RunningMean => RewardNorm::RunningMean,
+                BaselineArg::LeaveOneOut => RewardNorm::LeaveOneOut,
+            },
             ptx_coef: if ptx.is_empty() { 0.0 } else { args.ptx_coef },
             kl_estimator: match args.kl_estimator {
                 KlArg::K1 => KlEstimator::K1,

@@ -4,8 +4,8 @@
 //! One [`PpoTrainer::step`]:
 //! 1. rollout: the policy samples `responses_per_query` responses per prompt (report: 2, top-p 0.9);
 //! 2. scoring: the reward model's score at each response's end token, normalized by a running
-//!    mean (report), the per-token log-probs of the policy and of the reference, and the value
-//!    model's values;
+//!    mean (report) or by the mean of the same prompt's other responses ([`RewardNorm`]), the
+//!    per-token log-probs of the policy and of the reference, and the value model's values;
 //! 3. rewards per token `−kl_coef · kl_t` (report: 0.04; `kl_t` by [`KlEstimator`], k1 =
 //!    `log π − log π_ref` by default), plus the score on the last token (or one slot after it, as
 //!    TRL: [`ScorePlacement`]); advantages by GAE (γ, λ), returns = advantages + values,
@@ -63,6 +63,13 @@ pub enum RewardNorm {
     RunningMean,
     /// Minus the running mean, divided by the running standard deviation.
     RunningMeanStd,
+    /// Minus the mean score of the other responses to the same prompt (RLOO's leave-one-out
+    /// baseline, Ahmadian et al. 2024; needs `responses_per_query` ≥ 2). A reward model trained on
+    /// pairs fixes no level per prompt: its scores of one prompt's replies sit at an offset of
+    /// their own, which a running mean leaves in the rewards and which the value model has to
+    /// learn away. Here a prompt whose responses all score alike gives them no reward, and one
+    /// whose responses differ pushes them apart by the reward model's preference.
+    LeaveOneOut,
 }
 
 /// How the per-token KL penalty estimates `KL(π ‖ π_ref)` from the sampled token's log-probs
@@ -86,6 +93,26 @@ impl KlEstimator {
             KlEstimator::K3 => r.exp_m1() - r,
         }
     }
+}
+
+/// The scores as they enter the rewards (`norm`); `moments` already holds them. Rows are
+/// prompt-major, `k` responses per prompt (as [`PpoTrainer::rollout`] samples them).
+fn normalize_scores(scores: &[f32], norm: RewardNorm, moments: &RunningMoments, k: usize) -> Vec<f32> {
+    let mean = moments.mean;
+    scores
+        .iter()
+        .enumerate()
+        .map(|(i, &s)| match norm {
+            RewardNorm::None => s,
+            RewardNorm::RunningMean => (s as f64 - mean) as f32,
+            RewardNorm::RunningMeanStd => ((s as f64 - mean) / (moments.std() + 1e-8)) as f32,
+            RewardNorm::LeaveOneOut => {
+                let group = &scores[i / k * k..((i / k + 1) * k).min(scores.len())];
+                let others = group.iter().map(|&x| x as f64).sum::<f64>() - s as f64;
+                (s as f64 - others / (group.len().max(2) - 1) as f64) as f32
+            }
+        })
+        .collect()
 }
 
 /// Where a response's reward-model score enters its per-token rewards.
@@ -176,7 +203,8 @@ impl PpoConfig {
             && self.max_new_tokens > 0
             && self.ptx_coef >= 0.0
             && self.sampling.temperature.is_finite()
-            && self.sampling.temperature > 0.0;
+            && self.sampling.temperature > 0.0
+            && (self.reward_norm != RewardNorm::LeaveOneOut || self.responses_per_query >= 2);
         if !ok {
             return Err(AlignError::Config(format!("PPO settings out of range: {self:?}")));
         }
@@ -671,14 +699,7 @@ impl<B: AutodiffBackend> PpoTrainer<B> {
         let scores = host(self.reward.rewards(&batch.rows, &batch.ends)?);
 
         self.moments.update(&scores);
-        let normalized: Vec<f32> = scores
-            .iter()
-            .map(|&s| match c.reward_norm {
-                RewardNorm::None => s,
-                RewardNorm::RunningMean => (s as f64 - self.moments.mean) as f32,
-                RewardNorm::RunningMeanStd => ((s as f64 - self.moments.mean) / (self.moments.std() + 1e-8)) as f32,
-            })
-            .collect();
+        let normalized = normalize_scores(&scores, c.reward_norm, &self.moments, c.responses_per_query);
         let extra = after as usize;
         let (mut advantages, mut returns) = (Vec::with_capacity(positions.len()), Vec::with_capacity(old_values.len()));
         let (mut at, mut value_at) = (0, 0);
@@ -833,5 +854,28 @@ impl<B: AutodiffBackend> PpoTrainer<B> {
     /// The policy on the inner backend, for evaluation or generation.
     pub fn valid_policy(&self) -> QwenModel<B::InnerBackend> {
         self.policy.valid()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leave_one_out_rewards_are_each_score_minus_its_prompts_other_scores() {
+        // Two prompts, three responses each; the running moments are not used.
+        let scores = [7.0f32, 7.0, 7.0, 1.0, 2.0, 6.0];
+        let r = normalize_scores(&scores, RewardNorm::LeaveOneOut, &RunningMoments::default(), 3);
+        // A prompt whose responses score alike gives them nothing, whatever its level.
+        assert_eq!(&r[..3], &[0.0, 0.0, 0.0]);
+        // 1 − (2 + 6)/2, 2 − (1 + 6)/2, 6 − (1 + 2)/2.
+        assert_eq!(&r[3..], &[-3.0, -1.5, 4.5]);
+        let mut m = RunningMoments::default();
+        m.update(&scores);
+        let r = normalize_scores(&scores, RewardNorm::RunningMean, &m, 3);
+        assert!((r[0] - (7.0 - 30.0 / 6.0)).abs() < 1e-6);
+        let one = PpoConfig { reward_norm: RewardNorm::LeaveOneOut, responses_per_query: 1, ..PpoConfig::default() };
+        assert!(one.validate().is_err());
+        PpoConfig { reward_norm: RewardNorm::LeaveOneOut, ..PpoConfig::default() }.validate().unwrap();
     }
 }
