@@ -134,8 +134,8 @@ struct Args {
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..))]
     ppo_responses: u64,
     /// How PPO's rewards take the reward model's scores: minus the mean of the other replies to
-    /// the same prompt (RLOO's baseline: the reward model's level for the prompt, which varies
-    /// more between prompts than between a right and a wrong reply, drops out; needs
+    /// the same prompt (RLOO's baseline: the reward model's level for the prompt, which varies as
+    /// much between prompts as between a right and a wrong reply, drops out; needs
     /// `--ppo-responses` of 2 or more), or minus the running mean of all scores (the report).
     /// With the running mean PPO's greedy accuracy did not rise (docs/alignment.md).
     #[arg(long, value_enum, default_value_t = Baseline::LeaveOneOut)]
